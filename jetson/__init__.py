@@ -1,0 +1,1 @@
+"""Jetson tooling: device detection, telemetry parsing, install and warm-up helpers. No torch."""
