@@ -1,0 +1,241 @@
+"""Batched next-token sampling over logits [B, V] with per-row parameters (numpy only).
+
+Each sequence owns a `SamplerState`: its `SamplingParams`, its own random generator and the token counts the
+penalties need. A row's draw depends only on its own logits and its own generator, so a seeded request
+yields the same tokens alone or batched with anything else.
+
+Per row, in this order (vLLM/HF order):
+  1. repetition_penalty (HF): over tokens seen in prompt + output, positive logits are divided by the penalty,
+     negative ones multiplied by it;
+  2. frequency_penalty and presence_penalty (OpenAI): over output tokens only,
+     logit -= frequency_penalty * count + presence_penalty * (count > 0);
+  3. greedy rows (temperature 0 or greedy=True): argmax, no further steps;
+  4. temperature: logits / temperature;
+  5. truncation: top_k, then top_p over the top-k-renormalised distribution, then min_p
+     (keep p >= min_p * p_max);
+  6. one uniform draw from the row's generator, inverted through the kept tokens' cumulative distribution.
+
+Logprobs are log-softmax of the logits after steps 1-4 (penalties and temperature; for greedy rows the
+temperature step is skipped, i.e. temperature 1), before truncation: the chosen token's and the top-n
+alternatives'. This is vLLM's "processed" logprobs apart from truncation, which would otherwise put -inf on
+every alternative outside the nucleus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_LOGPROBS = 20
+# OpenAI's documented range for presence/frequency penalties.
+MAX_ABS_ADDITIVE_PENALTY = 2.0
+# First guess at how many candidates hold the top_p nucleus; grown 4x until they do. Sorting 256 of 131072
+# logits instead of all of them is what makes top_p cheap at the usual temperature 0.6 / top_p 0.95.
+_NUCLEUS_FIRST_GUESS = 256
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request picks its tokens. top_k 0, top_p 1, min_p 0 and penalties at their neutral values
+    disable those steps. `logprobs` None returns none; n >= 0 returns the chosen token's plus the top n."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    greedy: bool = False
+    logprobs: int | None = None
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0.0
+
+    @classmethod
+    def model_card_default(cls, reasoning: bool) -> "SamplingParams":
+        """The model card's recommendation: temperature 0.6 / top_p 0.95 with reasoning on, greedy with it off."""
+        return cls(temperature=0.6, top_p=0.95) if reasoning else cls(temperature=0.0, greedy=True)
+
+    def validate(self) -> "SamplingParams":
+        """Raise ValueError naming the first field out of range; return self so calls can chain."""
+        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
+            raise ValueError(f"temperature: must be a finite number >= 0, got {self.temperature!r}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+            raise ValueError(f"top_k: must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        if not (0.0 <= self.min_p <= 1.0):
+            raise ValueError(f"min_p: must be in [0, 1], got {self.min_p!r}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0):
+            raise ValueError(f"repetition_penalty: must be a finite number > 0 (1 disables it), got {self.repetition_penalty!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (-MAX_ABS_ADDITIVE_PENALTY <= value <= MAX_ABS_ADDITIVE_PENALTY):
+                raise ValueError(f"{name}: must be in [-2, 2], got {value!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0
+        ):
+            raise ValueError(f"seed: must be an integer >= 0 or None, got {self.seed!r}")
+        if self.logprobs is not None and (
+            isinstance(self.logprobs, bool) or not isinstance(self.logprobs, (int, np.integer))
+            or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise ValueError(f"logprobs: must be an integer in [0, {MAX_LOGPROBS}] or None, got {self.logprobs!r}")
+        return self
+
+
+@dataclass
+class SamplerState:
+    """One sequence's sampling state; the engine keeps one per sequence and calls `record` for every token
+    appended to it, sampled or forced, so the penalties see the whole output."""
+
+    params: SamplingParams
+    rng: np.random.Generator
+    prompt_token_ids: frozenset[int] = frozenset()
+    output_counts: Counter[int] = field(default_factory=Counter)
+
+    @classmethod
+    def create(cls, params: SamplingParams, prompt_token_ids: Iterable[int] = ()) -> "SamplerState":
+        params.validate()
+        # No seed: fresh OS entropy, so unseeded requests differ from each other.
+        return cls(params, np.random.default_rng(params.seed), frozenset(int(t) for t in prompt_token_ids))
+
+    def record(self, token_ids: int | Iterable[int]) -> None:
+        if isinstance(token_ids, (int, np.integer)):
+            self.output_counts[int(token_ids)] += 1
+        else:
+            self.output_counts.update(int(t) for t in token_ids)
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probability of the chosen token and the top-n alternatives (most probable first)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    token_ids: np.ndarray  # [B] int64
+    logprobs: list[TokenLogprobs | None]  # None for rows that did not ask
+
+
+def sample(logits: np.ndarray, states: Sequence[SamplerState]) -> SampleResult:
+    """Pick one token per row of `logits` [B, V]. Advances each sampled row's generator by exactly one draw;
+    does not record the chosen tokens (the engine does, see `SamplerState.record`)."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits: expected shape [B, V], got {logits.shape}")
+    if logits.shape[0] != len(states):
+        raise ValueError(f"states: {len(states)} states for {logits.shape[0]} rows of logits")
+    chosen = np.empty(len(states), dtype=np.int64)
+    logprobs: list[TokenLogprobs | None] = []
+    for row, state in enumerate(states):
+        token, lp = _sample_row(logits[row], state)
+        chosen[row] = token
+        logprobs.append(lp)
+    return SampleResult(chosen, logprobs)
+
+
+def apply_penalties(logits: np.ndarray, state: SamplerState) -> np.ndarray:
+    """Steps 1 and 2 on one row; returns a float32 copy when a penalty applies, else the input."""
+    p = state.params
+    vocab = logits.shape[-1]
+    out = logits
+    if p.repetition_penalty != 1.0 and (state.prompt_token_ids or state.output_counts):
+        ids = _in_vocab(np.fromiter(state.prompt_token_ids | state.output_counts.keys(), dtype=np.int64), vocab)
+        out = np.array(logits, dtype=np.float32)
+        seen = out[ids]
+        out[ids] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and state.output_counts:
+        ids = np.fromiter(state.output_counts.keys(), dtype=np.int64)
+        counts = np.fromiter(state.output_counts.values(), dtype=np.float32)
+        keep = (ids >= 0) & (ids < vocab)
+        if out is logits:
+            out = np.array(logits, dtype=np.float32)
+        out[ids[keep]] -= p.frequency_penalty * counts[keep] + p.presence_penalty
+    return out
+
+
+def allowed_tokens(probs: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Step 5: the token ids that may be drawn from `probs` (a normalised distribution over the vocabulary)."""
+    if 0 < params.top_k < probs.shape[0]:
+        ids = np.argpartition(-probs, params.top_k - 1)[: params.top_k]
+        sub = probs[ids]
+        sub = sub / sub.sum()
+    else:
+        # No gather over the whole vocabulary when top_k is off: `probs` is already normalised.
+        ids, sub = np.arange(probs.shape[0]), probs
+    if params.top_p < 1.0:
+        keep = _nucleus(sub, params.top_p)
+        ids, sub = ids[keep], sub[keep]
+    if params.min_p > 0.0:
+        keep = sub >= params.min_p * sub.max()
+        ids = ids[keep]
+    return ids
+
+
+def _sample_row(row: np.ndarray, state: SamplerState) -> tuple[int, TokenLogprobs | None]:
+    p = state.params
+    penalised = apply_penalties(row, state)
+    if p.is_greedy:
+        token = int(np.argmax(penalised))
+        return token, _logprobs(penalised, token, p.logprobs)
+    scaled = penalised.astype(np.float64) / p.temperature
+    logp = _log_softmax(scaled)
+    probs = np.exp(logp)
+    ids = allowed_tokens(probs, p)
+    kept = probs[ids]
+    cdf = np.cumsum(kept)
+    u = state.rng.random() * cdf[-1]
+    # side="right" never picks a zero-probability token sitting at u == 0.
+    token = int(ids[min(int(np.searchsorted(cdf, u, side="right")), ids.shape[0] - 1)])
+    return token, _logprobs_from(logp, token, p.logprobs)
+
+
+def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest most-probable prefix whose mass reaches top_p (at least one token)."""
+    n = probs.shape[0]
+    k = min(n, _NUCLEUS_FIRST_GUESS)
+    while True:
+        part = np.argpartition(-probs, k - 1)[:k] if k < n else np.arange(n)
+        order = part[np.argsort(-probs[part], kind="stable")]
+        cum = np.cumsum(probs[order])
+        if cum[-1] >= top_p or k == n:
+            # Keep every token whose preceding mass is still below top_p.
+            return order[: min(k, int(np.searchsorted(cum, top_p, side="left")) + 1)]
+        k = min(n, 4 * k)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - np.max(x)
+    return shifted - np.log(np.sum(np.exp(shifted)))
+
+
+def _logprobs(logits: np.ndarray, token: int, n: int | None) -> TokenLogprobs | None:
+    return None if n is None else _logprobs_from(_log_softmax(logits.astype(np.float64)), token, n)
+
+
+def _logprobs_from(logp: np.ndarray, token: int, n: int | None) -> TokenLogprobs | None:
+    if n is None:
+        return None
+    top: list[tuple[int, float]] = []
+    n = min(n, logp.shape[0])
+    if n > 0:
+        part = np.argpartition(-logp, n - 1)[:n]
+        part = part[np.argsort(-logp[part], kind="stable")]
+        top = [(int(t), float(logp[t])) for t in part]
+    return TokenLogprobs(token, float(logp[token]), top)
+
+
+def _in_vocab(ids: np.ndarray, vocab: int) -> np.ndarray:
+    # Token ids past the logits' width (a tokenizer larger than the exported head) cannot be penalised.
+    return ids[(ids >= 0) & (ids < vocab)]
