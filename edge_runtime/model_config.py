@@ -141,8 +141,7 @@ class ModelConfig:
         d["mamba_hidden_act"] = "silu"
         d["mlp_hidden_act"] = "relu2"
         d["use_bias"] = d.pop("mamba_proj_bias")
-        lo, hi = self.time_step_limit
-        d["time_step_limit"] = [lo, hi if math.isfinite(hi) else "Infinity"]
+        d["time_step_limit"] = list(self.time_step_limit)  # json writes inf as Infinity, as HF configs do
         d["architectures"] = ["NemotronHForCausalLM"]
         d["model_type"] = "nemotron_h"
         return {**self.extra, **d}
@@ -189,7 +188,7 @@ class ModelConfig:
                 attention_bias=bool(d.get("attention_bias", False)),
                 mlp_bias=bool(d.get("mlp_bias", False)),
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-                time_step_limit=(float(limit[0]), float(limit[1])),
+                time_step_limit=(_json_float(limit[0]), _json_float(limit[1])),
                 max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
                 bos_token_id=d.get("bos_token_id"),
                 eos_token_id=d.get("eos_token_id"),
@@ -214,6 +213,13 @@ class ModelConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_hf_dict(raw)
+
+
+def _json_float(v: Any) -> float:
+    """A float as config.json files spell it: a number, "Infinity", or transformers' {"__float__": "Infinity"}."""
+    if isinstance(v, dict) and "__float__" in v:
+        v = v["__float__"]
+    return float(v)
 
 
 def _pattern_from(d: dict[str, Any]) -> str:

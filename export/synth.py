@@ -1,0 +1,118 @@
+"""Synthetic Nemotron-H checkpoints: complete Hugging Face-format directories with random weights and a real tokenizer.
+
+Presets:
+- `tiny` (~0.9M parameters, all three layer types, chunk size 16) for tests;
+- `small` (~80M parameters, the first 27 layers of the real pattern) for benchmarks;
+- `nano-9b-v2-slice` (the real widths, layers `M*-`, vocabulary cut to 4096; ~380M parameters) to catch
+  bugs that only show at head_dim 80, 128 heads and 8 groups.
+Output is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from edge_runtime.model_config import ModelConfig
+from nemotron_export.model import NemotronH
+
+# The real model's pattern; `small` takes its first 27 layers.
+REAL_PATTERN = "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-"
+REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "nemotron-nano-9b-v2.config.json"
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        vocab_size=1024, hidden_size=128, intermediate_size=256, pattern="M-*M-M*-",
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        mamba_num_heads=8, mamba_head_dim=32, n_groups=2, ssm_state_size=16, conv_kernel=4, chunk_size=16,
+        max_position_embeddings=4096,
+    ),
+    "small": ModelConfig(
+        vocab_size=4096, hidden_size=640, intermediate_size=1792, pattern=REAL_PATTERN[:27],
+        num_attention_heads=10, num_key_value_heads=2, head_dim=64,
+        mamba_num_heads=20, mamba_head_dim=64, n_groups=4, ssm_state_size=64, conv_kernel=4, chunk_size=128,
+        max_position_embeddings=8192,
+    ),
+    # Real widths (../shared/reference/nemotron-nano-9b-v2.config.json), three layers, vocabulary cut.
+    "nano-9b-v2-slice": ModelConfig(
+        vocab_size=4096, hidden_size=4480, intermediate_size=15680, pattern="M*-",
+        num_attention_heads=40, num_key_value_heads=8, head_dim=128,
+        mamba_num_heads=128, mamba_head_dim=80, n_groups=8, ssm_state_size=128, conv_kernel=4, chunk_size=128,
+        max_position_embeddings=131072,
+    ),
+}
+TOKENIZER_VOCAB = {"tiny": 1024, "small": 4096, "nano-9b-v2-slice": 4096}
+
+# dt is initialised log-uniform in [DT_MIN, DT_MAX]. The floor sits well above the config's
+# time_step_min (0.001) so transformers' prefill-only clamp stays inert on synthetic checkpoints.
+DT_MIN, DT_MAX = 0.01, 0.1
+
+
+def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Weights initialised as Nemotron-H is (normal 0.02, A = 1..heads, D = 1, dt log-uniform), deterministic."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in NemotronH(cfg).state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "A_log":
+            w = torch.log(torch.arange(1, shape[0] + 1, dtype=torch.float32))
+        elif leaf == "D" or (leaf == "weight" and "norm" in name):
+            w = torch.ones(shape)
+        elif leaf == "dt_bias":
+            dt = torch.exp(torch.rand(shape, generator=gen) * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
+            w = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+        elif leaf == "bias":
+            w = torch.zeros(shape)
+        else:
+            w = torch.randn(shape, generator=gen) * 0.02
+        out[name] = w.to(dtype).contiguous()
+    return out
+
+
+def write_checkpoint(out_dir: str | Path, cfg: ModelConfig, weights: dict[str, torch.Tensor],
+                     tokenizer_vocab: int | None) -> Path:
+    """Write config.json, model.safetensors and (unless tokenizer_vocab is None) the tokenizer files,
+    atomically: into a temporary sibling directory that is renamed at the end."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        if tokenizer_vocab is not None:
+            from nemotron_export.tokenizer_synth import build_tokenizer, default_chat_template, write_tokenizer_files
+
+            tok = build_tokenizer(tokenizer_vocab)
+            if tok.get_vocab_size() > cfg.vocab_size:
+                raise ValueError(f"tokenizer has {tok.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
+            write_tokenizer_files(tok, tmp, default_chat_template())
+            # Like the real config: ids looked up by the tokens' text; the end of turn is <SPECIAL_12>.
+            ids = {t: tok.token_to_id(t) for t in ("<s>", "</s>", "<SPECIAL_12>", "<unk>")}
+            cfg = replace(cfg, bos_token_id=ids["<s>"], eos_token_id=[ids["</s>"], ids["<SPECIAL_12>"]],
+                          pad_token_id=ids["<unk>"])
+        (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def synth(preset: str, out_dir: str | Path, seed: int = 0, with_tokenizer: bool = True) -> Path:
+    if preset not in PRESETS:
+        raise ValueError(f"--preset: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    return write_checkpoint(out_dir, cfg, random_weights(cfg, seed), TOKENIZER_VOCAB[preset] if with_tokenizer else None)
