@@ -1,0 +1,28 @@
+"""Shared fixtures: the synthetic tokenizer, as a `tokenizers.Tokenizer` and as transformers loads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from nemotron_export.tokenizer_synth import build_tokenizer, load_chat_template, write_tokenizer_files
+
+
+@pytest.fixture(scope="session")
+def synth_tokenizer() -> Tokenizer:
+    return build_tokenizer(4096)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(synth_tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth_tokenizer")
+    write_tokenizer_files(synth_tokenizer, out, load_chat_template())
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(tokenizer_dir: Path):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
