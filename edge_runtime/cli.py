@@ -14,6 +14,7 @@ import sys
 
 # Device-side command modules (no torch).
 RUNTIME_COMMANDS: list[str] = [
+    "edge_runtime.commands.plan",
 ]
 # Workstation-side command modules (need the `export` extra).
 EXPORT_COMMANDS: list[str] = [

@@ -1,0 +1,162 @@
+"""`nemotron-edge plan`: print the memory plan for a config.json or an exported bundle under a budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.memory_plan import (
+    DEFAULT_GROUP_SIZE,
+    DEFAULT_PREFILL_CHUNK,
+    RUNTIME_OVERHEAD_BYTES,
+    WEIGHT_FORMATS,
+    MemoryPlan,
+    MemoryPlanError,
+    plan_memory,
+)
+from edge_runtime.model_config import ConfigError, ModelConfig
+from edge_runtime.state_layout import StateSpec
+from edge_runtime.units import SizeError, format_bytes, parse_bytes
+
+GRID_CONTEXTS = (2048, 8192, 32768, 131072)
+DEFAULT_WEIGHTS = "fp16"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="how many sequences of what context fit a memory budget",
+        description="Memory plan: weight bytes, per-sequence state, working memory, and what fits the budget.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="a Hugging Face config.json (or the folder holding it)")
+    source.add_argument("--bundle", type=Path, help="an exported bundle folder (reads its manifest.json)")
+    p.add_argument("--budget", required=True, help="memory budget, e.g. 96GiB or 24GB")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS,
+                   help=f"weight format (default: the bundle's, or {DEFAULT_WEIGHTS} with --config)")
+    p.add_argument("--context", type=int, default=8192, help="tokens per sequence to plan for (default 8192)")
+    p.add_argument("--group-size", type=int, help=f"int8/int4 block size (default: the bundle's, or {DEFAULT_GROUP_SIZE})")
+    p.add_argument("--max-batch", type=int, help="cap on concurrent sequences (default: as many as fit)")
+    p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, help="prefill chunk in tokens")
+    p.add_argument("--overhead", default=str(RUNTIME_OVERHEAD_BYTES), help="runtime overhead (default 150MiB)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        plan = _plan(args)
+    except (ConfigError, MemoryPlanError, SizeError, ManifestError) as e:
+        print(f"nemotron-edge plan: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        out = plan.to_dict()
+        out["grid"] = {str(c): plan.max_sequences_at(c) for c in _grid(plan)}
+        print(json.dumps(out, indent=2))
+    else:
+        print(render(plan, source=str(args.bundle or args.config)))
+    return 0
+
+
+class ManifestError(ValueError):
+    """A bundle manifest.json without the keys the planner reads; the message names the key."""
+
+
+def _plan(args: argparse.Namespace) -> MemoryPlan:
+    budget = _size("--budget", args.budget)
+    overhead = _size("--overhead", args.overhead)
+    common = dict(
+        budget_bytes=budget, context=args.context, max_batch=args.max_batch,
+        prefill_chunk=args.prefill_chunk, overhead_bytes=overhead,
+    )
+    if args.config is not None:
+        return plan_memory(
+            ModelConfig.from_file(args.config), args.weights or DEFAULT_WEIGHTS,
+            group_size=args.group_size or DEFAULT_GROUP_SIZE, **common,
+        )
+    manifest = _read_manifest(args.bundle)
+    weights = manifest["weights"]
+    if args.weights is not None and args.weights != weights["format"]:
+        raise ManifestError(f"--weights: the bundle holds {weights['format']} weights, not {args.weights}")
+    specs = [StateSpec.from_dict(d) for d in manifest["state_layout"]]
+    # The bundle's activation dtype is the dtype its conv and K/V states were exported in.
+    act = next((s.dtype for s in specs if s.kind != "ssm"), None)
+    return plan_memory(
+        ModelConfig.from_hf_dict(manifest["config"]), weights["format"],
+        activation_dtype=act, state_specs=specs,
+        group_size=args.group_size or int(weights.get("group_size", DEFAULT_GROUP_SIZE)),
+        quantize_lm_head=bool(weights.get("quantize_lm_head", True)),
+        quantize_embeddings=bool(weights.get("quantize_embeddings", False)),
+        zero_points=bool(weights.get("zero_points", False)),
+        **common,
+    )
+
+
+def _read_manifest(bundle: Path) -> dict[str, Any]:
+    path = bundle / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file (is {bundle} an exported bundle?)") from None
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    for key, kind in (("config", dict), ("state_layout", list), ("weights", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ManifestError(f"{path}: key {key!r} missing or not a JSON {kind.__name__.replace('dict', 'object')}")
+    if "format" not in manifest["weights"]:
+        raise ManifestError(f"{path}: key 'weights.format' missing")
+    return manifest
+
+
+def _size(flag: str, text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except SizeError as e:
+        raise SizeError(f"{flag}: {e}") from None
+
+
+def _grid(plan: MemoryPlan) -> list[int]:
+    return [c for c in GRID_CONTEXTS if c <= plan.max_position_embeddings]
+
+
+def render(plan: MemoryPlan, source: str) -> str:
+    """The plan as a table: exact bytes and a readable size per row, then sequences that fit by context."""
+    quant = f", group {plan.group_size}" if plan.weights_format in ("int8", "int4") else ""
+    rows: list[tuple[str, str, str]] = [
+        (f"weights ({plan.parameter_count:,} parameters)", *_b(plan.weight_bytes)),
+        ("per-sequence fixed state (conv + SSM)", *_b(plan.fixed_state_bytes_per_sequence)),
+        ("K/V per token", *_b(plan.kv_bytes_per_token)),
+        (f"per sequence at {plan.context} tokens", *_b(plan.sequence_bytes(plan.context))),
+        ("working memory: prefill chunk (once)", *_b(plan.prefill_working_bytes)),
+        ("working memory: decode row (per sequence)", *_b(plan.decode_working_bytes_per_sequence)),
+        ("runtime overhead", *_b(plan.overhead_bytes)),
+        ("left for sequences", *_b(plan.available_bytes)),
+        (f"sequences that fit at {plan.context} tokens", f"{plan.max_sequences:,}", ""),
+        ("longest context for one sequence", f"{plan.max_context(1):,}", "tokens"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    num = max(len(r[1]) for r in rows)
+    lines = [
+        f"memory plan for {source}: {plan.weights_format} weights{quant}, activations {plan.activation_dtype}, "
+        f"budget {format_bytes(plan.budget_bytes)} ({plan.budget_bytes:,} bytes)"
+        + (f", max batch {plan.max_batch}" if plan.max_batch is not None else ""),
+        "",
+    ]
+    lines += [f"  {name:<{width}}  {value:>{num}}  {human}".rstrip() for name, value, human in rows]
+    grid = _grid(plan)
+    cells = [(f"{c:,}", f"{plan.max_sequences_at(c):,}") for c in grid]
+    col = max(max(len(a), len(b)) for a, b in cells)
+    lines += [
+        "",
+        "  sequences that fit, by context:",
+        "  context    " + "  ".join(f"{a:>{col}}" for a, _ in cells),
+        "  sequences  " + "  ".join(f"{b:>{col}}" for _, b in cells),
+    ]
+    return "\n".join(lines)
+
+
+def _b(n: int) -> tuple[str, str]:
+    return f"{n:,}", format_bytes(n)

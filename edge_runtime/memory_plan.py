@@ -1,0 +1,315 @@
+"""How many sequences of what context fit a memory budget: exact weight bytes, per-sequence state, working memory.
+
+Budget = weights + runtime overhead + prefill working memory + n x (per-sequence state at the context
+          + one decode row of working memory).
+
+Weights are counted tensor by tensor from the architecture (`parameter_tensors`), with the storage each
+weight format gives a tensor:
+- fp32 / fp16 / bf16: every tensor in that dtype.
+- int8 / int4: the projection matrices (Mamba in_proj/out_proj, attention q/k/v/o, MLP up/down, and lm_head
+  unless `quantize_lm_head=False`) are ONNX Runtime MatMulNBits block-quantized along the input dimension:
+  blocks of `group_size` weights, each block one scale in the activation dtype and, with `zero_points`, one
+  packed zero point (bits/8 bytes, rounded up per row). The embedding table is quantized the same way only
+  with `quantize_embeddings=True` (GatherBlockQuantized); everything else (norms, conv, dt_bias, A_log, D,
+  biases) stays in the activation dtype.
+
+Working memory (documented estimate, not measured):
+- prefill, once: prefill_chunk x (in_proj_dim + intermediate_size + 2 x hidden_size) x activation bytes --
+  the widest projection outputs of one layer plus the residual stream in and out, for one chunk;
+- decode, per batch row: vocab x 4 (float32 logits) + (in_proj_dim + intermediate_size) x activation bytes.
+It assumes fused attention (no materialised [heads, chunk, context] score matrix); an attention kernel that
+materialises scores needs prefill_chunk x context x heads x 4 bytes more.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from edge_runtime.model_config import ATTENTION, MAMBA, MLP, ModelConfig
+from edge_runtime.state_layout import (
+    DTYPE_BYTES,
+    StateSpec,
+    bytes_per_token,
+    fixed_bytes_per_sequence,
+    state_layout,
+)
+
+MiB = 1024**2
+# ONNX Runtime sessions, CUDA context and the Python process; a named guess until measured on a Thor.
+RUNTIME_OVERHEAD_BYTES = 150 * MiB
+DEFAULT_GROUP_SIZE = 32
+DEFAULT_PREFILL_CHUNK = 512
+
+WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4")
+_FLOAT_FORMAT_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_QUANT_BITS = {"int8": 8, "int4": 4}
+
+# Tensor roles: "matmul" and "lm_head" tensors are [out, in] matrices MatMulNBits can hold; "embedding" is
+# the [vocab, hidden] gather table; "other" is everything kept in the activation dtype.
+MATMUL, LM_HEAD, EMBEDDING, OTHER = "matmul", "lm_head", "embedding", "other"
+
+
+class MemoryPlanError(ValueError):
+    """A plan that cannot be made; the message names the field or says how much memory is missing."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One parameter tensor of the checkpoint, named as in Hugging Face's NemotronH."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: str
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class WeightStorage:
+    """How the weights are stored on the device."""
+
+    format: str
+    activation_dtype: str
+    group_size: int = DEFAULT_GROUP_SIZE
+    quantize_lm_head: bool = True
+    quantize_embeddings: bool = False
+    zero_points: bool = False
+
+    def tensor_bytes(self, t: Tensor) -> int:
+        act = DTYPE_BYTES[self.activation_dtype]
+        bits = _QUANT_BITS.get(self.format)
+        quantized = bits is not None and (
+            t.role == MATMUL
+            or (t.role == LM_HEAD and self.quantize_lm_head)
+            or (t.role == EMBEDDING and self.quantize_embeddings)
+        )
+        if not quantized:
+            return t.numel * act
+        rows, cols = t.shape  # [out, in]; blocks run along `in`, padded to whole blocks
+        blocks = math.ceil(cols / self.group_size)
+        data = rows * blocks * self.group_size * bits // 8
+        scales = rows * blocks * act
+        zeros = rows * math.ceil(blocks * bits / 8) if self.zero_points else 0
+        return data + scales + zeros
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Every figure of a plan in bytes, and what fits. `max_sequences` is for `context`. Each sequence costs
+    `sequence_bytes(context)` of state plus `decode_working_bytes_per_sequence` of working memory (its row
+    of the decode batch)."""
+
+    weights_format: str
+    activation_dtype: str
+    group_size: int
+    budget_bytes: int
+    context: int
+    max_batch: int | None
+    parameter_count: int
+    weight_bytes: int
+    fixed_state_bytes_per_sequence: int
+    kv_bytes_per_token: int
+    prefill_working_bytes: int
+    decode_working_bytes_per_sequence: int
+    overhead_bytes: int
+    max_position_embeddings: int
+
+    @property
+    def base_bytes(self) -> int:
+        """What the budget holds before any sequence: weights, overhead, prefill working memory."""
+        return self.weight_bytes + self.overhead_bytes + self.prefill_working_bytes
+
+    @property
+    def available_bytes(self) -> int:
+        """What is left for sequences."""
+        return self.budget_bytes - self.base_bytes
+
+    @property
+    def working_bytes(self) -> int:
+        """Working memory at `max_batch` rows, or at `max_sequences` rows when no batch limit is set."""
+        rows = self.max_batch if self.max_batch is not None else self.max_sequences
+        return self.prefill_working_bytes + rows * self.decode_working_bytes_per_sequence
+
+    @property
+    def max_sequences(self) -> int:
+        return self.max_sequences_at(self.context)
+
+    def sequence_bytes(self, context: int) -> int:
+        """State of one sequence holding `context` tokens: conv + SSM, plus K/V for every token."""
+        return self.fixed_state_bytes_per_sequence + self.kv_bytes_per_token * context
+
+    def total_bytes(self, n_sequences: int, context: int) -> int:
+        return self.base_bytes + n_sequences * (self.sequence_bytes(context) + self.decode_working_bytes_per_sequence)
+
+    def fits(self, n_sequences: int, context: int) -> bool:
+        if self.max_batch is not None and n_sequences > self.max_batch:
+            return False
+        return self.total_bytes(n_sequences, context) <= self.budget_bytes
+
+    def max_sequences_at(self, context: int) -> int:
+        per = self.sequence_bytes(context) + self.decode_working_bytes_per_sequence
+        n = max(0, self.available_bytes // per)
+        return n if self.max_batch is None else min(n, self.max_batch)
+
+    def max_context(self, n_sequences: int = 1) -> int:
+        """Longest context each of `n_sequences` sequences can hold, capped at the model's
+        max_position_embeddings; 0 when not even an empty sequence fits."""
+        if n_sequences <= 0:
+            raise MemoryPlanError(f"n_sequences: must be >= 1, got {n_sequences}")
+        if self.max_batch is not None and n_sequences > self.max_batch:
+            return 0
+        share = self.available_bytes // n_sequences - self.fixed_state_bytes_per_sequence - self.decode_working_bytes_per_sequence
+        if share < 0:
+            return 0
+        if self.kv_bytes_per_token == 0:
+            return self.max_position_embeddings
+        return min(self.max_position_embeddings, share // self.kv_bytes_per_token)
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "base_bytes": self.base_bytes,
+            "available_bytes": self.available_bytes,
+            "working_bytes": self.working_bytes,
+            "sequence_bytes": self.sequence_bytes(self.context),
+            "max_sequences": self.max_sequences,
+            "max_context_one_sequence": self.max_context(1),
+        }
+
+
+def parameter_tensors(config: ModelConfig) -> list[Tensor]:
+    """Every parameter tensor of the architecture, in checkpoint order."""
+    h = config.hidden_size
+    tensors = [Tensor("backbone.embeddings.weight", (config.vocab_size, h), EMBEDDING)]
+    for i, kind in enumerate(config.pattern):
+        p = f"backbone.layers.{i}"
+        tensors.append(Tensor(f"{p}.norm.weight", (h,), OTHER))
+        if kind == MAMBA:
+            heads = config.mamba_num_heads
+            tensors += [
+                Tensor(f"{p}.mixer.in_proj.weight", (config.in_proj_dim, h), MATMUL),
+                Tensor(f"{p}.mixer.conv1d.weight", (config.conv_dim, 1, config.conv_kernel), OTHER),
+                Tensor(f"{p}.mixer.dt_bias", (heads,), OTHER),
+                Tensor(f"{p}.mixer.A_log", (heads,), OTHER),
+                Tensor(f"{p}.mixer.D", (heads,), OTHER),
+                Tensor(f"{p}.mixer.norm.weight", (config.mamba_inner,), OTHER),
+                Tensor(f"{p}.mixer.out_proj.weight", (h, config.mamba_inner), MATMUL),
+            ]
+            if config.use_conv_bias:
+                tensors.append(Tensor(f"{p}.mixer.conv1d.bias", (config.conv_dim,), OTHER))
+            if config.mamba_proj_bias:
+                tensors += [
+                    Tensor(f"{p}.mixer.in_proj.bias", (config.in_proj_dim,), OTHER),
+                    Tensor(f"{p}.mixer.out_proj.bias", (h,), OTHER),
+                ]
+        elif kind == ATTENTION:
+            q = config.num_attention_heads * config.head_dim
+            kv = config.num_key_value_heads * config.head_dim
+            shapes = {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q)}
+            for name, shape in shapes.items():
+                tensors.append(Tensor(f"{p}.mixer.{name}.weight", shape, MATMUL))
+                if config.attention_bias:
+                    tensors.append(Tensor(f"{p}.mixer.{name}.bias", (shape[0],), OTHER))
+        elif kind == MLP:
+            shapes = {"up_proj": (config.intermediate_size, h), "down_proj": (h, config.intermediate_size)}
+            for name, shape in shapes.items():
+                tensors.append(Tensor(f"{p}.mixer.{name}.weight", shape, MATMUL))
+                if config.mlp_bias:
+                    tensors.append(Tensor(f"{p}.mixer.{name}.bias", (shape[0],), OTHER))
+    tensors.append(Tensor("backbone.norm_f.weight", (h,), OTHER))
+    if not config.tie_word_embeddings:
+        tensors.append(Tensor("lm_head.weight", (config.vocab_size, h), LM_HEAD))
+    return tensors
+
+
+def parameter_count(config: ModelConfig) -> int:
+    return sum(t.numel for t in parameter_tensors(config))
+
+
+def default_activation_dtype(weights: str) -> str:
+    """fp32 bundles compute in float32, bf16 in bfloat16; fp16 and the quantized formats in float16."""
+    return _FLOAT_FORMAT_DTYPE.get(weights, "float16")
+
+
+def weight_bytes(config: ModelConfig, storage: WeightStorage) -> int:
+    return sum(storage.tensor_bytes(t) for t in parameter_tensors(config))
+
+
+def plan_memory(
+    config: ModelConfig,
+    weights: str,
+    budget_bytes: int,
+    context: int,
+    max_batch: int | None = None,
+    activation_dtype: str | None = None,
+    state_specs: list[StateSpec] | None = None,
+    *,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    quantize_lm_head: bool = True,
+    quantize_embeddings: bool = False,
+    zero_points: bool = False,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    overhead_bytes: int = RUNTIME_OVERHEAD_BYTES,
+) -> MemoryPlan:
+    """Plan `budget_bytes` for `config` with `weights` in one of WEIGHT_FORMATS. `state_specs` (from a bundle
+    manifest) overrides the state layout computed from the config. Raises MemoryPlanError naming the bad
+    field, or saying by how much the budget misses the weights + overhead + prefill working memory."""
+    if weights not in WEIGHT_FORMATS:
+        raise MemoryPlanError(f"weights: expected one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    act = activation_dtype or default_activation_dtype(weights)
+    if act not in DTYPE_BYTES:
+        raise MemoryPlanError(f"activation_dtype: expected one of {', '.join(DTYPE_BYTES)}, got {act!r}")
+    if weights in _FLOAT_FORMAT_DTYPE and activation_dtype is not None and act != _FLOAT_FORMAT_DTYPE[weights]:
+        raise MemoryPlanError(f"activation_dtype: {weights} weights compute in {_FLOAT_FORMAT_DTYPE[weights]}, got {act!r}")
+    _require_positive("group_size", group_size)
+    _require_positive("prefill_chunk", prefill_chunk)
+    _require_positive("budget_bytes", budget_bytes)
+    _require_positive("context", context)
+    if context > config.max_position_embeddings:
+        raise MemoryPlanError(
+            f"context: {context} exceeds the model's max_position_embeddings ({config.max_position_embeddings})"
+        )
+    if max_batch is not None:
+        _require_positive("max_batch", max_batch)
+    if overhead_bytes < 0:
+        raise MemoryPlanError(f"overhead_bytes: must be >= 0, got {overhead_bytes}")
+
+    storage = WeightStorage(weights, act, group_size, quantize_lm_head, quantize_embeddings, zero_points)
+    specs = state_specs if state_specs is not None else state_layout(config, act)
+    act_bytes = DTYPE_BYTES[act]
+    widest = config.in_proj_dim + config.intermediate_size
+    plan = MemoryPlan(
+        weights_format=weights,
+        activation_dtype=act,
+        group_size=group_size,
+        budget_bytes=budget_bytes,
+        context=context,
+        max_batch=max_batch,
+        parameter_count=parameter_count(config),
+        weight_bytes=weight_bytes(config, storage),
+        fixed_state_bytes_per_sequence=fixed_bytes_per_sequence(specs),
+        kv_bytes_per_token=bytes_per_token(specs),
+        prefill_working_bytes=prefill_chunk * (widest + 2 * config.hidden_size) * act_bytes,
+        decode_working_bytes_per_sequence=config.vocab_size * 4 + widest * act_bytes,
+        overhead_bytes=overhead_bytes,
+        max_position_embeddings=config.max_position_embeddings,
+    )
+    if plan.available_bytes < 0:
+        raise MemoryPlanError(
+            f"budget_bytes: {_gib(budget_bytes)} is {_gib(-plan.available_bytes)} short of the "
+            f"{_gib(plan.base_bytes)} needed before any sequence (weights {_gib(plan.weight_bytes)} at {weights}, "
+            f"runtime overhead {_gib(overhead_bytes)}, prefill working memory {_gib(plan.prefill_working_bytes)})"
+        )
+    return plan
+
+
+def _require_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise MemoryPlanError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f} GiB"

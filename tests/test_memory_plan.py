@@ -1,0 +1,193 @@
+"""The memory plan counts the real model's parameters and state exactly and says what fits a budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.cli import main
+from edge_runtime.memory_plan import (
+    LM_HEAD,
+    MATMUL,
+    RUNTIME_OVERHEAD_BYTES,
+    MemoryPlanError,
+    WeightStorage,
+    parameter_count,
+    parameter_tensors,
+    plan_memory,
+)
+from edge_runtime.model_config import ModelConfig
+from edge_runtime.state_layout import state_layout
+
+REAL_CONFIG = Path("/work/shared/reference/nemotron-nano-9b-v2.config.json")
+GiB = 1024**3
+
+
+@pytest.fixture(scope="module")
+def real() -> ModelConfig:
+    return ModelConfig.from_file(REAL_CONFIG)
+
+
+def test_parameter_count_matches_the_published_8_89b(real):
+    assert parameter_count(real) == pytest.approx(8.89e9, rel=0.01)
+
+
+def test_parameter_tensors_have_hf_shapes(real):
+    shapes = {t.name: t.shape for t in parameter_tensors(real)}
+    assert shapes["backbone.layers.0.mixer.in_proj.weight"] == (10240 + 12288 + 128, 4480)
+    assert shapes["backbone.layers.0.mixer.conv1d.weight"] == (12288, 1, 4)
+    assert shapes["backbone.layers.0.mixer.out_proj.weight"] == (4480, 10240)
+    attn = real.layers_of("*")[0]
+    assert shapes[f"backbone.layers.{attn}.mixer.k_proj.weight"] == (1024, 4480)
+    assert shapes[f"backbone.layers.{attn}.mixer.o_proj.weight"] == (4480, 5120)
+    assert shapes["backbone.layers.1.mixer.down_proj.weight"] == (4480, 15680)
+    assert shapes["lm_head.weight"] == (131072, 4480)
+
+
+def test_ssm_state_and_kv_per_token_of_the_real_model(real):
+    plan = plan_memory(real, "fp16", 64 * GiB, 8192)
+    ssm = 27 * 128 * 80 * 128 * 4
+    conv = 27 * (10240 + 2 * 8 * 128) * 3 * 2
+    assert plan.fixed_state_bytes_per_sequence == ssm + conv
+    assert plan.kv_bytes_per_token == 4 * 2 * 8 * 128 * 2 == 16 * 1024
+    assert plan.sequence_bytes(8192) == ssm + conv + 8192 * 16 * 1024
+
+
+def test_fp16_weights_are_two_bytes_per_parameter(real):
+    plan = plan_memory(real, "fp16", 64 * GiB, 8192)
+    assert plan.weight_bytes == 2 * parameter_count(real)
+    assert plan_memory(real, "fp32", 64 * GiB, 8192).weight_bytes == 4 * parameter_count(real)
+
+
+def test_int4_projection_is_4_5_bits_per_weight(real):
+    proj = next(t for t in parameter_tensors(real) if t.role == MATMUL)
+    fp16 = WeightStorage("fp16", "float16").tensor_bytes(proj)
+    int4 = WeightStorage("int4", "float16", group_size=32).tensor_bytes(proj)
+    int8 = WeightStorage("int8", "float16", group_size=32).tensor_bytes(proj)
+    assert int4 / fp16 == pytest.approx(4.5 / 16)
+    assert int8 / fp16 == pytest.approx(8.5 / 16)
+    with_zeros = WeightStorage("int4", "float16", group_size=32, zero_points=True).tensor_bytes(proj)
+    assert with_zeros / fp16 == pytest.approx(4.625 / 16)  # a 4-bit zero point per block of 32
+
+
+def test_blocks_are_padded_to_whole_groups():
+    from edge_runtime.memory_plan import Tensor
+
+    t = Tensor("w", (2, 33), MATMUL)  # 33 inputs -> 2 blocks of 32
+    assert WeightStorage("int4", "float32", group_size=32).tensor_bytes(t) == 2 * 2 * 16 + 2 * 2 * 4
+
+
+def test_embeddings_stay_16_bit_and_lm_head_is_quantized_by_default(real):
+    plan = plan_memory(real, "int4", 64 * GiB, 8192)
+    table = real.vocab_size * real.hidden_size
+    unquantized_head = plan_memory(real, "int4", 64 * GiB, 8192, quantize_lm_head=False)
+    assert unquantized_head.weight_bytes - plan.weight_bytes == pytest.approx(2 * table - table * 4.5 / 8)
+    quantized_emb = plan_memory(real, "int4", 64 * GiB, 8192, quantize_embeddings=True)
+    assert plan.weight_bytes - quantized_emb.weight_bytes == pytest.approx(2 * table - table * 4.5 / 8)
+    # Everything besides embedding and projections is small: the int4 total is ~4.5/16 of fp16 plus the table.
+    fp16 = plan_memory(real, "fp16", 64 * GiB, 8192).weight_bytes
+    assert plan.weight_bytes == pytest.approx((fp16 - 2 * table) * 4.5 / 16 + 2 * table, rel=0.01)
+
+
+def test_tied_embeddings_have_no_lm_head(real):
+    tied = ModelConfig.from_hf_dict({**real.to_hf_dict(), "tie_word_embeddings": True})
+    assert not any(t.role == LM_HEAD for t in parameter_tensors(tied))
+    assert parameter_count(real) - parameter_count(tied) == real.vocab_size * real.hidden_size
+
+
+@pytest.mark.parametrize("weights", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("budget_gib", [24, 64, 110])
+def test_plan_of_the_real_model_is_consistent(real, weights, budget_gib):
+    budget = budget_gib * GiB
+    plan = plan_memory(real, weights, budget, 8192)
+    n = plan.max_sequences
+    assert n >= 1
+    assert plan.fits(n, 8192) and not plan.fits(n + 1, 8192)
+    assert plan.total_bytes(n, 8192) <= budget < plan.total_bytes(n + 1, 8192)
+    longest = plan.max_context(1)
+    assert plan.fits(1, longest)
+    assert longest == real.max_position_embeddings or not plan.fits(1, longest + 1)
+    assert plan.overhead_bytes == RUNTIME_OVERHEAD_BYTES
+
+
+def test_smaller_weights_fit_more_sequences(real):
+    fits = [plan_memory(real, w, 24 * GiB, 32768).max_sequences for w in ("fp16", "int8", "int4")]
+    assert fits[0] < fits[1] < fits[2]
+
+
+def test_max_batch_caps_sequences_and_reserves_its_rows(real):
+    plan = plan_memory(real, "int4", 110 * GiB, 2048, max_batch=8)
+    assert plan.max_sequences == 8
+    assert not plan.fits(9, 2048)
+    assert plan.working_bytes == plan.prefill_working_bytes + 8 * plan.decode_working_bytes_per_sequence
+
+
+def test_manifest_state_specs_override_the_config_layout(real):
+    # A bundle whose K/V is float32 costs twice the K/V per token of the config's float16 layout.
+    specs = state_layout(real, "float32")
+    plan = plan_memory(real, "int4", 64 * GiB, 8192, activation_dtype="float32", state_specs=specs)
+    assert plan.kv_bytes_per_token == 32 * 1024
+
+
+def test_budget_too_small_for_the_weights_says_by_how_much(real):
+    with pytest.raises(MemoryPlanError, match=r"^budget_bytes: 8\.00 GiB is 8\.75 GiB short"):
+        plan_memory(real, "fp16", 8 * GiB, 8192)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"weights": "fp8"}, "weights"),
+        ({"context": 0}, "context"),
+        ({"context": 131073}, "context"),
+        ({"group_size": 0}, "group_size"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"activation_dtype": "float64"}, "activation_dtype"),
+        ({"weights": "fp32", "activation_dtype": "float16"}, "activation_dtype"),
+    ],
+)
+def test_bad_arguments_name_the_field(real, kwargs, field):
+    args = {"weights": "int4", "budget_bytes": 64 * GiB, "context": 8192, **kwargs}
+    with pytest.raises(MemoryPlanError, match=f"^{field}:"):
+        plan_memory(real, **args)
+
+
+def test_plan_command_prints_the_table(capsys):
+    assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "96GiB", "--weights", "int4"]) == 0
+    out = capsys.readouterr().out
+    assert "weights (8,888,227,328 parameters)" in out
+    assert "K/V per token" in out and "16,384" in out
+    assert "131,072" in out and "sequences that fit at 8192 tokens" in out
+
+
+def test_plan_command_json_matches_the_library(real, capsys):
+    assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "24GiB", "--weights", "int8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    plan = plan_memory(real, "int8", 24 * GiB, 8192)
+    assert out["max_sequences"] == plan.max_sequences
+    assert out["weight_bytes"] == plan.weight_bytes
+    assert out["grid"]["131072"] == plan.max_sequences_at(131072)
+
+
+def test_plan_command_reads_a_bundle_manifest(real, tmp_path, capsys):
+    specs = [s.to_dict() for s in state_layout(real, "float32")]
+    manifest = {"config": real.to_hf_dict(), "state_layout": specs, "weights": {"format": "int4", "group_size": 64}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["plan", "--bundle", str(tmp_path), "--budget", "64GiB", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = plan_memory(real, "int4", 64 * GiB, 8192, activation_dtype="float32", group_size=64)
+    assert out["activation_dtype"] == "float32" and out["group_size"] == 64
+    assert out["weight_bytes"] == expected.weight_bytes
+    assert out["kv_bytes_per_token"] == 32 * 1024
+
+
+def test_plan_command_errors_name_what_is_wrong(tmp_path, capsys):
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {}, "weights": {"format": "int4"}}))
+    assert main(["plan", "--bundle", str(tmp_path), "--budget", "64GiB"]) == 2
+    assert "'state_layout' missing" in capsys.readouterr().err
+    assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "lots"]) == 2
+    assert "--budget:" in capsys.readouterr().err
+    assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "4GiB"]) == 2
+    assert "short of" in capsys.readouterr().err
