@@ -15,6 +15,7 @@ import sys
 # Device-side command modules (no torch).
 RUNTIME_COMMANDS: list[str] = [
     "edge_runtime.commands.plan",
+    "nemotron_jetson.commands",
 ]
 # Workstation-side command modules (need the `export` extra).
 EXPORT_COMMANDS: list[str] = [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,12 @@ def test_empty_root_is_not_a_jetson(tmp_path: Path) -> None:
 def test_this_machine_is_answered_without_exception() -> None:
     info = detect("/")
     assert isinstance(info.is_jetson, bool)
+
+
+def test_cli_detect_reports_the_board(tmp_path: Path) -> None:
+    root = _board(tmp_path, THOR_RELEASE, b"NVIDIA Jetson AGX Thor Developer Kit\0", b"nvidia,tegra264\0")
+    cmd = [sys.executable, "-m", "edge_runtime.cli", "jetson", "detect", "--root", str(root)]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
+    assert text.strip() == "NVIDIA Jetson AGX Thor Developer Kit, SoC tegra264, L4T 38.2.0, JetPack 7.x"
+    data = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True, timeout=120).stdout)
+    assert data["is_thor"] is True and data["jetpack"] == "7.x"

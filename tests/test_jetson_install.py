@@ -113,3 +113,13 @@ def test_run_reports_through_the_given_output(tmp_path: Path) -> None:
     changes = run(InstallOptions(root=tmp_path / "r", dry_run=True, venv=False), out=lines.append)
     assert changes == 5
     assert lines[-1] == "dry run: 5 change(s) would be made, none made"
+
+
+def test_cli_jetson_install_is_the_same_installer(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-m", "edge_runtime.cli", "jetson", "install", "--root", str(root), "--no-venv"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert (root / "etc/systemd/system/nemotron-edge.service").is_file()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert "nothing to do: everything unchanged" in second.stdout

@@ -6,6 +6,9 @@ no Jetson was available, so they are reconstructions, not captures.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +153,35 @@ def test_source_samples_a_jetson(tmp_path: Path) -> None:
 
 def test_source_is_none_off_jetson(tmp_path: Path) -> None:
     assert TelemetrySource(_fake_sysfs(tmp_path)).latest() is None
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", "jetson", "telemetry", *args],
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_parses_a_captured_log_and_reports_malformed_lines(tmp_path: Path) -> None:
+    log = tmp_path / "tegrastats.log"
+    log.write_text("\n".join([THOR, "garbage", ORIN]) + "\n")
+    result = _cli("--input", str(log))
+    assert result.returncode == 0, result.stderr
+    samples = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [s["ram_total_mb"] for s in samples] == [125772, 62840]
+    assert "1 malformed" in result.stderr
+    once = _cli("--input", "-", "--once", stdin=ORIN + "\n" + THOR + "\n")
+    assert [json.loads(line)["ram_total_mb"] for line in once.stdout.splitlines()] == [62840]
+
+
+def test_cli_samples_sysfs_under_a_jetson_root(tmp_path: Path) -> None:
+    root = _fake_sysfs(tmp_path)
+    (root / "etc").mkdir()
+    (root / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.3, GCID: 1\n")
+    result = _cli("--root", str(root), "--once")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["gpu_load_pct"] == 87.3
+
+
+def test_cli_off_jetson_says_so(tmp_path: Path) -> None:
+    result = _cli("--root", str(tmp_path), "--once")
+    assert result.returncode == 1
+    assert "not a Jetson" in result.stderr
