@@ -13,6 +13,7 @@ from edge_runtime.memory_plan import (
     MATMUL,
     RUNTIME_OVERHEAD_BYTES,
     MemoryPlanError,
+    Tensor,
     WeightStorage,
     parameter_count,
     parameter_tensors,
@@ -73,8 +74,6 @@ def test_int4_projection_is_4_5_bits_per_weight(real):
 
 
 def test_blocks_are_padded_to_whole_groups():
-    from edge_runtime.memory_plan import Tensor
-
     t = Tensor("w", (2, 33), MATMUL)  # 33 inputs -> 2 blocks of 32
     assert WeightStorage("int4", "float32", group_size=32).tensor_bytes(t) == 2 * 2 * 16 + 2 * 2 * 4
 

@@ -188,7 +188,8 @@ def test_model_card_defaults():
     on, off = SamplingParams.model_card_default(True), SamplingParams.model_card_default(False)
     assert (on.temperature, on.top_p, on.is_greedy) == (0.6, 0.95, False)
     assert off.is_greedy
-    on.validate(), off.validate()
+    on.validate()
+    off.validate()
 
 
 def test_batch_and_state_mismatch_is_an_error():
