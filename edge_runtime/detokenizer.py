@@ -1,0 +1,107 @@
+"""Token ids to streamed text: incremental detokenization and stop-string matching.
+
+A byte-level BPE token can hold part of a UTF-8 character (an emoji is often split over two or three
+tokens), so decoding one token at a time shows U+FFFD garbage. `IncrementalDecoder` uses the
+prefix-offset technique of vLLM and TGI: keep the ids, decode a short window from `prefix_offset`, and
+emit only what the window adds beyond the already-emitted part, and only once the decoded tail no
+longer ends in U+FFFD (an incomplete byte sequence). Emitted text concatenated equals
+`tokenizer.decode(all ids)`.
+
+`StopMatcher` sits after it: it never emits any part of a stop string, holding back the longest suffix
+of the text that could still grow into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from tokenizers import Tokenizer
+
+REPLACEMENT_CHAR = "\ufffd"
+# Prompt tokens decoded ahead of the first generated one, so that decoders that look at context (e.g.
+# a leading space) see some; vLLM uses the same small window.
+PROMPT_WINDOW = 5
+
+
+class IncrementalDecoder:
+    """Push generated token ids one at a time; get back only complete, valid text."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, prompt_ids: Sequence[int] | None = None, skip_special_tokens: bool = True
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special_tokens
+        self._ids: list[int] = list(prompt_ids[-PROMPT_WINDOW:]) if prompt_ids else []
+        # ids[prefix_offset:read_offset] decode to text already emitted (or prompt context);
+        # ids[read_offset:] are pending.
+        self._prefix_offset = 0
+        self._read_offset = len(self._ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=self._skip_special)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it completes ("" while a character is still partial)."""
+        self._ids.append(token_id)
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        new_text = self._decode(self._ids[self._prefix_offset :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith(REPLACEMENT_CHAR):
+            self._prefix_offset = self._read_offset
+            self._read_offset = len(self._ids)
+            return new_text[len(prefix_text) :]
+        return ""
+
+    def flush(self) -> str:
+        """End of stream: release whatever is pending, U+FFFD included (the bytes will never complete)."""
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        new_text = self._decode(self._ids[self._prefix_offset :])
+        self._prefix_offset = self._read_offset = len(self._ids)
+        return new_text[len(prefix_text) :]
+
+
+class StopMatcher:
+    """Text deltas in, (text safe to emit, matched stop string or None) out; nothing after a match."""
+
+    def __init__(self, stop_strings: Iterable[str]) -> None:
+        self.stop_strings = tuple(stop_strings)
+        if any(not stop for stop in self.stop_strings):
+            raise ValueError("stop strings must be non-empty")
+        self._pending = ""
+        self.matched: str | None = None
+
+    def push(self, text: str) -> tuple[str, str | None]:
+        if self.matched is not None:
+            return "", self.matched
+        buffer = self._pending + text
+        hit = self._earliest_match(buffer)
+        if hit is not None:
+            start, stop = hit
+            self.matched = stop
+            self._pending = ""
+            return buffer[:start], stop
+        keep = self._held_back_length(buffer)
+        self._pending = buffer[len(buffer) - keep :]
+        return buffer[: len(buffer) - keep], None
+
+    def flush(self) -> str:
+        """End of stream: the held-back text turned out not to be a stop string."""
+        pending, self._pending = self._pending, ""
+        return pending
+
+    def _earliest_match(self, buffer: str) -> tuple[int, str] | None:
+        best: tuple[int, str] | None = None
+        for stop in self.stop_strings:
+            index = buffer.find(stop)
+            # Earliest start wins; at the same start the longer stop string wins.
+            if index >= 0 and (best is None or (index, -len(stop)) < (best[0], -len(best[1]))):
+                best = (index, stop)
+        return best
+
+    def _held_back_length(self, buffer: str) -> int:
+        longest = 0
+        for stop in self.stop_strings:
+            for length in range(min(len(buffer), len(stop) - 1), longest, -1):
+                if stop.startswith(buffer[-length:]):
+                    longest = length
+                    break
+        return longest
