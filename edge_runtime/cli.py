@@ -16,6 +16,7 @@ import sys
 RUNTIME_COMMANDS: list[str] = [
     "edge_runtime.commands.plan",
     "nemotron_jetson.commands",
+    "edge_runtime.commands.doctor",
 ]
 # Workstation-side command modules (need the `export` extra).
 EXPORT_COMMANDS: list[str] = [

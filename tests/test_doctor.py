@@ -1,0 +1,120 @@
+"""`nemotron-edge doctor` run as a subprocess on this machine: every check is listed, missing GPU pieces
+are warnings with fixes (not failures), and real problems (bad config, oversized budget) fail the command."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import onnxruntime
+
+from edge_runtime.units import format_bytes
+
+HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+HAS_BUNDLE_VERIFY = importlib.util.find_spec("edge_runtime.bundle") is not None
+LINE = re.compile(r"^\[(PASS|WARN|FAIL|SKIP|INFO)\] (.+?)\s{2,}(.*)$")
+
+
+def _doctor(*args: str) -> tuple[int, dict[str, tuple[str, str]], str]:
+    """Exit code, check name -> (status, detail + fix), and the raw output."""
+    result = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "doctor", *args],
+                            capture_output=True, text=True, timeout=180)
+    checks: dict[str, tuple[str, str]] = {}
+    last = None
+    for line in result.stdout.splitlines():
+        match = LINE.match(line)
+        if match:
+            last = match.group(2).strip()
+            checks[last] = (match.group(1), match.group(3))
+        elif line.strip().startswith("fix:") and last is not None:
+            status, detail = checks[last]
+            checks[last] = (status, detail + " | " + line.strip())
+    return result.returncode, checks, result.stdout + result.stderr
+
+
+def test_lists_every_check_and_passes_on_a_cpu_only_machine() -> None:
+    code, checks, out = _doctor()
+    assert code == 0, out
+    expected = {"python", "config", "onnxruntime providers", "torch", "gpu", "jetson", "bundle", "memory budget",
+                "socket dir /run/nemotron-edge"}
+    expected |= {f"package {p}" for p in ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf")}
+    assert expected <= checks.keys(), out
+    assert checks["python"][0] == "PASS"
+    for p in ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf"):
+        assert checks[f"package {p}"][0] == "PASS", out
+    assert checks["torch"][0] == "INFO" and "not needed on the device" in checks["torch"][1]
+    assert re.search(r"\d+ failure\(s\), \d+ warning\(s\)", out)
+
+
+def test_missing_gpu_stack_is_a_warning_with_a_fix() -> None:
+    _, checks, out = _doctor()
+    status, detail = checks["onnxruntime providers"]
+    assert "CPUExecutionProvider" in detail
+    if not HAS_CUDA:
+        assert status == "WARN" and "CUDAExecutionProvider" in detail and "fix:" in detail, out
+        assert checks["gpu"][0] in ("WARN", "PASS")
+    if checks["gpu"][0] == "WARN":
+        assert "no NVIDIA GPU" in checks["gpu"][1] and "fix:" in checks["gpu"][1]
+
+
+def test_bundle_check_verifies_or_says_it_cannot() -> None:
+    _, checks, out = _doctor()
+    status, detail = checks["bundle"]
+    if "(demo)" in detail and "not part of this install" in detail:
+        assert status == "WARN" and "fix: set [model] bundle" in detail, out
+    elif HAS_BUNDLE_VERIFY:
+        assert status == "PASS" and "verified" in detail, out
+    else:
+        assert status == "SKIP" and "skip: bundle verification unavailable" in detail, out
+
+
+def test_missing_bundle_fails(tmp_path: Path) -> None:
+    code, checks, out = _doctor("--bundle", str(tmp_path / "nowhere"))
+    assert code == 1, out
+    assert checks["bundle"][0] == "FAIL" and "no such directory" in checks["bundle"][1]
+    assert "fix:" in checks["bundle"][1]
+
+
+def test_budget_larger_than_memory_fails_with_a_fix() -> None:
+    code, checks, out = _doctor("--budget", "900TiB")
+    assert code == 1, out
+    status, detail = checks["memory budget"]
+    assert status == "FAIL" and "does not fit" in detail and "fix: lower memory_budget" in detail
+
+
+def test_small_budget_passes() -> None:
+    code, checks, out = _doctor("--budget", "64MiB")
+    assert code == 0, out
+    assert checks["memory budget"][0] == "PASS"
+    assert format_bytes(64 * 1024**2) in checks["memory budget"][1]
+
+
+def test_bad_budget_text_is_a_config_failure_naming_the_flag() -> None:
+    code, checks, out = _doctor("--budget", "lots")
+    assert code == 1
+    assert checks["config"][0] == "FAIL" and "--budget: invalid size 'lots'" in checks["config"][1], out
+
+
+def test_bad_config_file_fails_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[server]\nlisten = \"unix:/x.sock\"\n")
+    code, checks, out = _doctor("--config", str(path))
+    assert code == 1
+    assert checks["config"][0] == "FAIL"
+    assert "[server] listen: expected a list of strings" in checks["config"][1], out
+
+
+def test_gpu_providers_configured_on_a_non_jetson_warn_not_fail(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    sock_dir = tmp_path / "run"
+    sock_dir.mkdir()
+    path.write_text(f'[providers]\norder = ["tensorrt", "cuda", "cpu"]\n[server]\nlisten = ["unix:{sock_dir}/edge.sock"]\n')
+    code, checks, out = _doctor("--config", str(path))
+    assert code == 0, out
+    assert checks[f"socket dir {sock_dir}"][0] == "PASS"
+    if not HAS_CUDA:
+        status, detail = checks["onnxruntime providers"]
+        assert status == "WARN" and "configured but missing: tensorrt, cuda" in detail, out
