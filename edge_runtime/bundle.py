@@ -1,0 +1,136 @@
+"""The bundle format: manifest.json, its checks, and the read side the runtime uses.
+
+A bundle directory holds prefill.onnx and decode.onnx (sharing weights.bin), optional tokenizer files and
+manifest.json. The manifest is the single source of truth on the device: model config, layer map, graph
+interfaces, per-sequence state layout, the weight index, custom-op domain/version, and the sha256 of every
+file. Loading refuses a bundle whose schema or custom-op version is unknown or whose files do not match
+their hashes, naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_runtime.model_config import ModelConfig
+from edge_runtime.state_layout import StateSpec
+
+SCHEMA_VERSION = 1
+SUPPORTED_CUSTOM_OPS = {"nemotron_edge": {1}}
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.bin"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the file or field."""
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("nemotron-edge")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Hash every file already in `directory` into the manifest and write manifest.json."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+    manifest = {**manifest, "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig.from_hf_dict(self.manifest["config"])
+
+    @property
+    def state_layout(self) -> list[StateSpec]:
+        return [StateSpec.from_dict(d) for d in self.manifest["state_layout"]]
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        return self.manifest["weights"]
+
+    @property
+    def limits(self) -> dict[str, int]:
+        return self.manifest["limits"]
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.manifest.get("tokenizer") is not None
+
+    @property
+    def chat_template(self) -> str | None:
+        tok = self.manifest.get("tokenizer")
+        return tok.get("chat_template") if tok else None
+
+    def graph_path(self, name: str) -> Path:
+        return self.path / self.manifest["graphs"][name]["file"]
+
+    @property
+    def identity(self) -> str:
+        """A short stable id: the hash of the manifest's file hashes."""
+        files = json.dumps(self.manifest["files"], sort_keys=True).encode()
+        return hashlib.sha256(files).hexdigest()[:16]
+
+
+def open_bundle(path: str | Path, verify: bool = True, on_bytes: Callable[[int], None] | None = None) -> Bundle:
+    """Read and check a bundle. With `verify`, every file's sha256 is checked (`on_bytes` reports progress)."""
+    root = Path(path)
+    mpath = root / MANIFEST_FILE
+    if not mpath.exists():
+        raise BundleError(f"{root}: not a bundle (no {MANIFEST_FILE})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mpath}: not valid JSON ({e})") from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"{mpath}: schema_version {version!r} is not supported (this runtime reads {SCHEMA_VERSION})")
+    ops = manifest.get("custom_ops", {})
+    if ops.get("version") not in SUPPORTED_CUSTOM_OPS.get(ops.get("domain"), set()):
+        raise BundleError(
+            f"{mpath}: custom op domain {ops.get('domain')!r} version {ops.get('version')!r} is not supported "
+            f"(this runtime supports {SUPPORTED_CUSTOM_OPS})")
+    for key in ("config", "graphs", "state_layout", "weights", "limits", "files"):
+        if key not in manifest:
+            raise BundleError(f"{mpath}: missing field {key!r}")
+    bundle = Bundle(root, manifest)
+    if verify:
+        verify_files(bundle, on_bytes)
+    return bundle
+
+
+def verify_files(bundle: Bundle, on_bytes: Callable[[int], None] | None = None) -> None:
+    for name, entry in bundle.manifest["files"].items():
+        p = bundle.path / name
+        if not p.exists():
+            raise BundleError(f"{p}: listed in the manifest but missing")
+        if p.stat().st_size != entry["bytes"]:
+            raise BundleError(f"{p}: size {p.stat().st_size} does not match the manifest ({entry['bytes']}); the file was modified")
+        if sha256_file(p, on_bytes) != entry["sha256"]:
+            raise BundleError(f"{p}: sha256 does not match the manifest; the file was modified or corrupted")
+
+
+def verify_bundle(path: str | Path) -> Bundle:
+    """Full check, as `nemotron-edge doctor` runs it."""
+    return open_bundle(path, verify=True)

@@ -1,0 +1,358 @@
+"""Build the prefill and decode ONNX graphs of a Nemotron-H model, node by node, mirroring nemotron_export.model.
+
+Both graphs name their weights identically, so they share one external weights file. The builder emits
+standard ONNX ops, MatMulNBits for quantized projections, and our custom SSM ops (nemotron_export.ops).
+
+Graph interface (b batch, t tokens, T past tokens; state names from edge_runtime.state_layout):
+  inputs   input_ids int64 [b, t]; lengths int64 [b] (prefill only: valid tokens per right-padded row);
+           past_lengths int64 [b] (tokens already in each row's K/V); past.* states
+  outputs  logits float32 [b, vocab] at each row's last valid token; present.* states (conv/ssm: after
+           the last valid token; key/value: this call's tokens only, [b, kv_heads, t, head_dim])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+from onnx import TensorProto, helper
+
+from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
+from edge_runtime.state_layout import state_layout
+from nemotron_export import ops
+from nemotron_export.quantize import quantize
+
+OPSET = 18
+MS_DOMAIN = "com.microsoft"
+NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+              np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int64): TensorProto.INT64}
+ONNX_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How projections are stored. `kind`: fp32, fp16, bf16 (stored 16-bit, computed in float32), int8, int4."""
+
+    kind: str = "fp32"
+    group_size: int = 32
+    quantize_lm_head: bool = True
+    quantize_embeddings: bool = False  # embeddings stay in 16-bit in quantized bundles
+    accuracy_level: int = 0  # MatMulNBits: 0 = compute in the activation dtype, 4 = int8 compute on CPU
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fp32", "fp16", "bf16", "int8", "int4"):
+            raise ValueError(f"--weights: unknown weight format {self.kind!r}; choose fp32, fp16, bf16, int8 or int4")
+
+    @property
+    def bits(self) -> int | None:
+        return {"int8": 8, "int4": 4}.get(self.kind)
+
+    @property
+    def activation_dtype(self) -> str:
+        return "float16" if self.kind == "fp16" else "float32"
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        return np.dtype(np.float16) if self.kind in ("fp16", "int8", "int4") else np.dtype(np.float32)
+
+
+@dataclass
+class WeightTable:
+    """The bundle's tensors, name -> array, in insertion order. Filled once, shared by both graphs."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    bf16: set[str] = field(default_factory=set)  # names stored as bfloat16 bit patterns (uint16 arrays)
+
+    def add(self, name: str, array: np.ndarray) -> str:
+        if name not in self.arrays:
+            self.arrays[name] = np.ascontiguousarray(array)
+        return name
+
+
+class GraphBuilder:
+    """Accumulates the nodes of one graph; `node()` returns output names, fresh for every call."""
+
+    def __init__(self, cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray], table: WeightTable):
+        self.cfg, self.fmt, self.source, self.table = cfg, fmt, source, table
+        self.nodes: list[onnx.NodeProto] = []
+        self.act = ONNX_DTYPE[fmt.activation_dtype]
+        self.consts: dict[str, np.ndarray] = {}  # small inline initializers: shape inference must read them
+        self._count = 0
+
+    def node(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs) -> list[str]:
+        self._count += 1
+        outs = [f"{op_type.lower()}_{self._count}_{k}" for k in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type}_{self._count}", domain=domain, **attrs))
+        return outs
+
+    def one(self, op_type: str, inputs: list[str], domain: str = "", **attrs) -> str:
+        return self.node(op_type, inputs, 1, domain, **attrs)[0]
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        """A small constant stored inside the graph (shapes, axes, epsilons)."""
+        self.consts.setdefault(f"const.{name}", value)
+        return f"const.{name}"
+
+    def ints(self, *values: int) -> str:
+        return self.const("i64_" + "_".join(str(v).replace("-", "m") for v in values), np.array(values, dtype=np.int64))
+
+    def scalar(self, value: float) -> str:
+        dtype = np.float16 if self.act == TensorProto.FLOAT16 else np.float32
+        return self.const(f"{np.dtype(dtype).name}_{value!r}", np.array(value, dtype=dtype))
+
+    # ---- weights --------------------------------------------------------------------------------------
+
+    def param(self, name: str, dtype: str = "act") -> str:
+        """A weight used as it is (norm weights, biases, conv). dtype 'act' = activation dtype, 'f32' = float32."""
+        w = self.source[name]
+        if dtype == "f32" or self.act == TensorProto.FLOAT:
+            return self.table.add(name, w.astype(np.float32))
+        return self.table.add(name, w.astype(np.float16))
+
+    def linear(self, x: str, name: str, bias: str | None = None) -> str:
+        """x [..., in] @ W^T for the checkpoint weight `name` [out, in], in the bundle's weight format."""
+        w = self.source[name]
+        n, k = w.shape
+        quantized = self.fmt.bits is not None and (self.fmt.quantize_lm_head or name != "lm_head.weight")
+        if quantized:
+            if name + ".qweight" not in self.table.arrays:
+                q = quantize(w, self.fmt.bits, self.fmt.group_size,
+                             np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
+                self.table.add(name + ".qweight", q.packed)
+                self.table.add(name + ".scales", q.scales)
+            y = self.one("MatMulNBits", [x, name + ".qweight", name + ".scales"], domain=MS_DOMAIN,
+                         K=k, N=n, bits=self.fmt.bits, block_size=self.fmt.group_size,
+                         accuracy_level=self.fmt.accuracy_level)
+        else:
+            y = self.one("MatMul", [x, self._dense(name + ".T", w.T)])
+        return self.one("Add", [y, self.param(bias)]) if bias else y
+
+    def _dense(self, name: str, w: np.ndarray) -> str:
+        """A float weight in the storage dtype; bf16 weights are stored 16-bit and cast up in the graph."""
+        if self.fmt.kind == "bf16":
+            bits = (np.ascontiguousarray(w, dtype=np.float32).view(np.uint32) + 0x8000 >> 16).astype(np.uint16)
+            self.table.add(name, bits)
+            self.table.bf16.add(name)
+            return self.one("Cast", [name], to=TensorProto.FLOAT)
+        dtype = np.float16 if self.fmt.kind == "fp16" else np.float32
+        return self.table.add(name, w.astype(dtype))
+
+    # ---- layers ---------------------------------------------------------------------------------------
+
+    def rms_norm(self, x: str, weight: str) -> str:
+        xf = self.one("Cast", [x], to=TensorProto.FLOAT)
+        var = self.one("ReduceMean", [self.one("Pow", [xf, self.const("f32_two", np.array(2.0, np.float32))]),
+                                      self.ints(-1)])
+        denom = self.one("Sqrt", [self.one("Add", [var, self.const(f"f32_eps", np.array(self.cfg.layer_norm_epsilon, np.float32))])])
+        y = self.one("Mul", [self.one("Div", [xf, denom]), self.param(weight, "f32")])
+        return self.one("Cast", [y], to=self.act)
+
+    def mamba(self, i: int, u: str, valid: str | None, lengths: str, decode: bool) -> str:
+        c, p = self.cfg, f"backbone.layers.{i}.mixer."
+        h, hd, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
+        proj = self.linear(u, p + "in_proj.weight", p + "in_proj.bias" if c.mamba_proj_bias else None)
+        z, xbc, dt_raw = self.node("Split", [proj, self.ints(c.mamba_inner, c.conv_dim, h)], 3, axis=-1)
+        conv_w = self.table.add(p + "conv1d.weight", self._conv_weight(p))
+        conv_b = self.table.add(p + "conv1d.bias", self._conv_bias(p))
+        xbc, conv_state = self.node("CausalConv1d", [xbc, f"past.{i}.conv", conv_w, conv_b, lengths], 2,
+                                    domain=ops.DOMAIN, channels=c.conv_dim)
+        self._rename(conv_state, f"present.{i}.conv")
+        x, B, C = self.node("Split", [xbc, self.ints(c.mamba_inner, g * n, g * n)], 3, axis=-1)
+        dt = self.one("Softplus", [self.one("Add", [self.one("Cast", [dt_raw], to=TensorProto.FLOAT),
+                                                  self.param(p + "dt_bias", "f32")])])
+        lo, hi = c.time_step_limit
+        if lo > 0 or np.isfinite(hi):
+            dt = self.one("Clip", [dt, self.const(f"f32_{lo}", np.array(lo, np.float32)),
+                                   self.const(f"f32_{hi}", np.array(min(hi, 3.0e38), np.float32))])
+        A = self.table.add(p + "A", -np.exp(self.source[p + "A_log"].astype(np.float32)))  # folded at export
+        D = self.param(p + "D")
+        if decode:
+            y, ssm = self.node("SsmStep", [
+                self.one("Reshape", [x, self.ints(0, h, hd)]),  # [b, h, p]
+                self.one("Squeeze", [dt, self.ints(1)]),  # [b, h]
+                A, self.one("Reshape", [B, self.ints(0, g, n)]), self.one("Reshape", [C, self.ints(0, g, n)]),
+                D, f"past.{i}.ssm"], 2, domain=ops.DOMAIN)
+        else:
+            dt = self.one("Mul", [dt, valid])  # padding: dt = 0 keeps the state unchanged
+            y, ssm = self.node("SsdChunkScan", [
+                self.one("Reshape", [x, self.ints(0, 0, h, hd)]), dt, A,
+                self.one("Reshape", [B, self.ints(0, 0, g, n)]), self.one("Reshape", [C, self.ints(0, 0, g, n)]),
+                D, f"past.{i}.ssm"], 2, domain=ops.DOMAIN, chunk_size=c.chunk_size)
+        self._rename(ssm, f"present.{i}.ssm")
+        y = self.one("Reshape", [y, self.ints(0, -1, c.mamba_inner)])  # [b, t, inner] float32
+        y = self.gated_group_norm(y, z, p + "norm.weight")
+        return self.linear(y, p + "out_proj.weight", p + "out_proj.bias" if c.mamba_proj_bias else None)
+
+    def _conv_weight(self, p: str) -> np.ndarray:
+        w = self.source[p + "conv1d.weight"][:, 0, :]  # [c, 1, k] -> [c, k]
+        return w.astype(np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
+
+    def _conv_bias(self, p: str) -> np.ndarray:
+        b = self.source.get(p + "conv1d.bias", np.zeros(self.cfg.conv_dim, np.float32))
+        return b.astype(np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
+
+    def gated_group_norm(self, y: str, z: str, weight: str) -> str:
+        """RMSNorm over n_groups slices of y * silu(z), in float32; returns the activation dtype."""
+        c = self.cfg
+        zf = self.one("Cast", [z], to=TensorProto.FLOAT)
+        gated = self.one("Mul", [y, self.one("Mul", [zf, self.one("Sigmoid", [zf])])])
+        grouped = self.one("Reshape", [gated, self.ints(0, 0, c.n_groups, c.mamba_inner // c.n_groups)])
+        var = self.one("ReduceMean", [self.one("Pow", [grouped, self.const("f32_two", np.array(2.0, np.float32))]),
+                                      self.ints(-1)])
+        denom = self.one("Sqrt", [self.one("Add", [var, self.const("f32_eps", np.array(c.layer_norm_epsilon, np.float32))])])
+        normed = self.one("Reshape", [self.one("Div", [grouped, denom]), self.ints(0, 0, c.mamba_inner)])
+        return self.one("Cast", [self.one("Mul", [normed, self.param(weight, "f32")])], to=self.act)
+
+    def attention(self, i: int, u: str, attn_bias: str) -> str:
+        c, p = self.cfg, f"backbone.layers.{i}.self_attn." if False else f"backbone.layers.{i}.mixer."
+        hq, hkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        rep = hq // hkv
+        bias = (lambda n: p + n + ".bias") if c.attention_bias else (lambda n: None)
+        q = self.linear(u, p + "q_proj.weight", bias("q_proj"))
+        k = self.linear(u, p + "k_proj.weight", bias("k_proj"))
+        v = self.linear(u, p + "v_proj.weight", bias("v_proj"))
+        heads = lambda x, nh: self.one("Transpose", [self.one("Reshape", [x, self.ints(0, 0, nh, hd)])], perm=[0, 2, 1, 3])
+        q, k, v = heads(q, hq), heads(k, hkv), heads(v, hkv)  # [b, heads, t, hd]
+        self._rename(k, f"present.{i}.key")
+        self._rename(v, f"present.{i}.value")
+        keys = self.one("Concat", [f"past.{i}.key", f"present.{i}.key"], axis=2)  # [b, hkv, T+t, hd]
+        values = self.one("Concat", [f"past.{i}.value", f"present.{i}.value"], axis=2)
+        # Query heads sharing a K/V head are adjacent, so grouping them avoids copying K/V `rep` times.
+        qg = self.one("Reshape", [q, self.ints(0, hkv, rep, -1, hd)])  # [b, hkv, rep, t, hd]
+        kt = self.one("Unsqueeze", [self.one("Transpose", [keys], perm=[0, 1, 3, 2]), self.ints(2)])  # [b, hkv, 1, hd, T+t]
+        scores = self.one("Cast", [self.one("MatMul", [qg, kt])], to=TensorProto.FLOAT)  # [b, hkv, rep, t, T+t]
+        scores = self.one("Add", [self.one("Mul", [scores, self.const(f"f32_scale_{hd}", np.array(hd ** -0.5, np.float32))]),
+                                  attn_bias])
+        probs = self.one("Cast", [self.one("Softmax", [scores], axis=-1)], to=self.act)
+        out = self.one("MatMul", [probs, self.one("Unsqueeze", [values, self.ints(2)])])  # [b, hkv, rep, t, hd]
+        out = self.one("Reshape", [out, self.ints(0, hq, -1, hd)])  # [b, hq, t, hd]
+        out = self.one("Reshape", [self.one("Transpose", [out], perm=[0, 2, 1, 3]), self.ints(0, 0, hq * hd)])
+        return self.linear(out, p + "o_proj.weight", bias("o_proj"))
+
+    def mlp(self, i: int, u: str) -> str:
+        p = f"backbone.layers.{i}.mixer."
+        bias = (lambda n: p + n + ".bias") if self.cfg.mlp_bias else (lambda n: None)
+        up = self.one("Relu", [self.linear(u, p + "up_proj.weight", bias("up_proj"))])
+        return self.linear(self.one("Mul", [up, up]), p + "down_proj.weight", bias("down_proj"))
+
+    def _rename(self, produced: str, wanted: str) -> None:
+        """Give the output `produced` of the last nodes the graph-level name `wanted`."""
+        for node in reversed(self.nodes):
+            for k, out in enumerate(node.output):
+                if out == produced:
+                    node.output[k] = wanted
+                    return
+        raise KeyError(produced)
+
+    # ---- masks ------------------------------------------------------------------------------------------
+
+    def valid_mask(self) -> str:
+        """[b, t, 1] float32: 1 for real tokens, 0 for right padding."""
+        t = self.one("Squeeze", [self.one("Shape", ["input_ids"], start=1, end=2), self.ints(0)])
+        pos = self.one("Range", [self.const("i64_zero", np.array(0, np.int64)), t, self.const("i64_one", np.array(1, np.int64))])
+        ok = self.one("Less", [self.one("Unsqueeze", [pos, self.ints(0)]), self.one("Unsqueeze", ["lengths", self.ints(1)])])
+        return self.one("Unsqueeze", [self.one("Cast", [ok], to=TensorProto.FLOAT), self.ints(-1)])
+
+    def attention_bias(self, first_attention_layer: int) -> str:
+        """[b, 1, 1, t, T+t] float32: 0 where a query may see a key (past keys < past_lengths; causal within
+        this call), -inf elsewhere."""
+        zero, one = self.const("i64_zero", np.array(0, np.int64)), self.const("i64_one", np.array(1, np.int64))
+        T = self.one("Squeeze", [self.one("Shape", [f"past.{first_attention_layer}.key"], start=2, end=3), self.ints(0)])
+        t = self.one("Squeeze", [self.one("Shape", ["input_ids"], start=1, end=2), self.ints(0)])
+        b = self.one("Shape", ["input_ids"], start=0, end=1)
+        past_ok = self.one("Less", [self.one("Unsqueeze", [self.one("Range", [zero, T, one]), self.ints(0)]),
+                                    self.one("Unsqueeze", ["past_lengths", self.ints(1)])])  # [b, T]
+        tt = self.one("Unsqueeze", [t, self.ints(0)])
+        Tt = self.one("Unsqueeze", [T, self.ints(0)])
+        past_ok = self.one("Expand", [self.one("Unsqueeze", [past_ok, self.ints(1)]), self.one("Concat", [b, tt, Tt], axis=0)])
+        pos = self.one("Range", [zero, t, one])
+        causal = self.one("LessOrEqual", [self.one("Unsqueeze", [pos, self.ints(0)]), self.one("Unsqueeze", [pos, self.ints(1)])])  # [t, t]
+        causal = self.one("Expand", [self.one("Unsqueeze", [causal, self.ints(0)]), self.one("Concat", [b, tt, tt], axis=0)])
+        ok = self.one("Concat", [past_ok, causal], axis=2)  # [b, t, T+t]
+        bias = self.one("Where", [ok, self.const("f32_zero", np.array(0.0, np.float32)),
+                                  self.const("f32_neginf", np.array(-np.inf, np.float32))])
+        return self.one("Unsqueeze", [bias, self.ints(1, 2)])
+
+    # ---- whole model --------------------------------------------------------------------------------------
+
+    def build(self, decode: bool) -> onnx.ModelProto:
+        c = self.cfg
+        emb_name = "backbone.embeddings.weight"
+        emb_dtype = self.fmt.storage_dtype if self.fmt.kind != "bf16" else np.dtype(np.float32)
+        emb = self.table.add(emb_name, self.source[emb_name].astype(emb_dtype))
+        x = self.one("Cast", [self.one("Gather", [emb, "input_ids"])], to=self.act)  # [b, t, d]
+        lengths = "lengths"
+        valid = None
+        if decode:
+            lengths = self.one("Expand", [self.const("i64_one_1", np.array([1], np.int64)),
+                                          self.one("Shape", ["input_ids"], start=0, end=1)])
+        else:
+            valid = self.valid_mask()
+        attn = c.layers_of(ATTENTION)
+        attn_bias = self.attention_bias(attn[0]) if attn else None
+        for i, kind in enumerate(c.pattern):
+            u = self.rms_norm(x, f"backbone.layers.{i}.norm.weight")
+            if kind == MAMBA:
+                out = self.mamba(i, u, valid, lengths, decode)
+            elif kind == ATTENTION:
+                out = self.attention(i, u, attn_bias)
+            else:
+                out = self.mlp(i, u)
+            x = self.one("Add", [x, out])
+        if decode:
+            last = self.one("Squeeze", [x, self.ints(1)])  # [b, d]
+        else:
+            idx = self.one("Sub", ["lengths", self.const("i64_one", np.array(1, np.int64))])
+            idx = self.one("Expand", [self.one("Reshape", [idx, self.ints(-1, 1, 1)]),
+                                      self.one("Concat", [self.one("Shape", [x], start=0, end=1), self.ints(1, c.hidden_size)], axis=0)])
+            last = self.one("Squeeze", [self.one("GatherElements", [x, idx], axis=1), self.ints(1)])  # [b, d]
+        last = self.rms_norm(last, "backbone.norm_f.weight")
+        head = "lm_head.weight" if "lm_head.weight" in self.source else emb_name
+        logits = self.linear(last, head)
+        self.nodes.append(helper.make_node("Cast", [logits], ["logits"], name="logits_cast", to=TensorProto.FLOAT))
+        return self._model(decode)
+
+    def _model(self, decode: bool) -> onnx.ModelProto:
+        specs = state_layout(self.cfg, self.fmt.activation_dtype)
+        batch = "batch"
+        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, 1 if decode else "seq"])]
+        if not decode:
+            inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, [batch]))
+        inputs.append(helper.make_tensor_value_info("past_lengths", TensorProto.INT64, [batch]))
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, self.cfg.vocab_size])]
+        for s in specs:
+            shape_in = [batch, *s.shape]
+            shape_out = [batch, *s.shape]
+            if s.per_token:
+                shape_in[2] = "past_seq"
+                shape_out[2] = 1 if decode else "seq"
+            inputs.append(helper.make_tensor_value_info(s.name, ONNX_DTYPE[s.dtype], shape_in))
+            outputs.append(helper.make_tensor_value_info(s.output_name, ONNX_DTYPE[s.dtype], shape_out))
+        used = {n for node in self.nodes for n in node.input}
+        initializers = [_external_stub(name, arr, name in self.table.bf16) for name, arr in self.table.arrays.items() if name in used]
+        initializers += [onnx.numpy_helper.from_array(arr, name) for name, arr in self.consts.items()]
+        graph = helper.make_graph(self.nodes, "decode" if decode else "prefill", inputs, outputs, initializers)
+        return helper.make_model(
+            graph, functions=ops.function_protos(), producer_name="nemotron-edge",
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(ops.DOMAIN, ops.VERSION),
+                           helper.make_opsetid(MS_DOMAIN, 1)],
+        )
+
+
+def _external_stub(name: str, arr: np.ndarray, is_bf16: bool) -> onnx.TensorProto:
+    """An initializer without data; bundle.py points it at its bytes in the shared weights file."""
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = TensorProto.BFLOAT16 if is_bf16 else NP_TO_ONNX[arr.dtype]
+    t.dims.extend(arr.shape)
+    return t
+
+
+def build_graphs(cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, onnx.ModelProto, WeightTable]:
+    """(prefill, decode, weights): both graphs reference the same weight names in `weights`."""
+    table = WeightTable()
+    prefill = GraphBuilder(cfg, fmt, source, table).build(decode=False)
+    decode = GraphBuilder(cfg, fmt, source, table).build(decode=True)
+    return prefill, decode, table

@@ -1,0 +1,199 @@
+"""The custom ONNX ops of nemotron-edge: one place per op for its schema, its reference body and its docs.
+
+All ops live in the ONNX domain `nemotron_edge` (DOMAIN, VERSION). Every bundle ships each op as a
+model-local ONNX function whose body uses standard ops only, so stock ONNX Runtime (any execution
+provider) runs any bundle. A runtime that registers a kernel of the same domain/name (ONNX Runtime
+prefers a registered kernel to the function body), or a TensorRT plugin of the same name, replaces
+the op without re-export. The bodies follow nemotron_export.ssm line by line.
+
+Ops (shapes: b batch, t tokens, c channels, k conv kernel, h heads, p head dim, g groups, n state size):
+
+CausalConv1d(x, conv_state, weight, bias, lengths) -> (y, new_state); attribute `channels` (= c)
+    x [b, t, c] T, conv_state [b, c, k-1] T, weight [c, k] T, bias [c] T, lengths [b] int64.
+    Depthwise causal convolution of the chunk x continuing after the k-1 inputs in conv_state, then SiLU:
+    y[:, i] = silu(bias + sum_j weight[:, j] * full[:, :, i + j]), full = concat(conv_state, x^T).
+    new_state [b, c, k-1] T holds the k-1 inputs ending at each row's last valid token (lengths[b]);
+    positions at and after lengths[b] are right padding. `channels` exists because ONNX Conv needs its
+    group count as a static attribute. T is float32 or float16.
+
+SsdChunkScan(x, dt, A, B, C, D, initial_state) -> (y, final_state); attribute `chunk_size`
+    x [b, t, h, p] T, dt [b, t, h] float32 (already softplus'd, clamped, zero on padding),
+    A [h] float32 (negative), B, C [b, t, g, n] T, D [h] T, initial_state [b, h, p, n] float32.
+    The Mamba-2 recurrence s = exp(dt*A) s + dt x (outer) B;  y = s.C + D x, evaluated chunk-wise
+    (state space duality) in float32. y [b, t, h, p] float32, final_state [b, h, p, n] float32.
+
+SsmStep(x, dt, A, B, C, D, state) -> (y, new_state)
+    One token of the same recurrence, for decode: x [b, h, p] T, dt [b, h] float32, A [h] float32,
+    B, C [b, g, n] T, D [h] T, state [b, h, p, n] float32 -> y [b, h, p] float32, new_state float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx.defs import OpSchema
+from onnxscript import script
+from onnxscript import opset18 as op
+from onnxscript.values import Opset
+
+DOMAIN = "nemotron_edge"
+VERSION = 1
+ne = Opset(DOMAIN, VERSION)
+
+FLOAT = onnx.TensorProto.FLOAT
+BOOL = onnx.TensorProto.BOOL
+NEG_INF = float("-inf")
+ONE = onnx.helper.make_tensor("one", FLOAT, [1], [1.0])
+
+
+@script(ne, default_opset=op)
+def Segsum(a):
+    """a [..., L] -> [..., L, L]: out[l, s] = sum(a[s+1 : l+1]) for l >= s, -inf above the diagonal."""
+    L = op.Shape(a, start=-1)
+    rep = op.Expand(op.Unsqueeze(a, [-1]), op.Concat(op.Shape(a), L, axis=0))  # [..., k, s] = a[k]
+    ones = op.ConstantOfShape(op.Concat(L, L, axis=0), value=ONE)
+    below = op.Cast(op.Trilu(ones, op.Constant(value_int=-1), upper=0), to=BOOL)
+    summed = op.CumSum(op.Where(below, rep, op.CastLike(0.0, a)), op.Constant(value_int=-2))
+    causal = op.Cast(op.Trilu(ones, upper=0), to=BOOL)
+    return op.Where(causal, summed, op.CastLike(NEG_INF, a))
+
+
+@script(ne, default_opset=op)
+def CausalConv1d(x, conv_state, weight, bias, lengths, channels: int):
+    full = op.Concat(op.CastLike(conv_state, x), op.Transpose(x, perm=[0, 2, 1]), axis=2)  # [b, c, k-1+t]
+    conv = op.Conv(full, op.Unsqueeze(op.CastLike(weight, x), [1]), op.CastLike(bias, x), group=channels)  # [b, c, t]
+    y = op.Transpose(op.Mul(conv, op.Sigmoid(conv)), perm=[0, 2, 1])  # silu, [b, t, c]
+    km1 = op.Shape(conv_state, start=2, end=3)
+    offsets = op.Range(op.Constant(value_int=0), op.Squeeze(km1), op.Constant(value_int=1))  # [k-1]
+    idx = op.Add(op.Unsqueeze(lengths, [1, 2]), op.Unsqueeze(offsets, [0, 1]))  # [b, 1, k-1]
+    idx = op.Expand(idx, op.Shape(conv_state))  # [b, c, k-1]
+    new_state = op.GatherElements(full, idx, axis=2)
+    return y, new_state
+
+
+@script(ne, default_opset=op)
+def SsdChunkScan(x, dt, A, B, C, D, initial_state, chunk_size: int):
+    L = op.Unsqueeze(op.Constant(value_int=chunk_size), [0])
+    shape_x = op.Shape(x)
+    b = op.Shape(x, start=0, end=1)
+    t = op.Shape(x, start=1, end=2)
+    h = op.Shape(x, start=2, end=3)
+    p = op.Shape(x, start=3, end=4)
+    g = op.Shape(B, start=2, end=3)
+    n = op.Shape(B, start=3, end=4)
+    pad = op.Mod(op.Sub(L, op.Mod(t, L)), L)
+    T = op.Add(t, pad)
+    nc = op.Div(T, L)
+    zero = op.Constant(value_ints=[0])
+    one_axis = op.Constant(value_ints=[1])
+    pads = op.Concat(zero, pad, axis=0)
+    xf = op.Cast(x, to=FLOAT)
+    xp = op.Pad(xf, pads, op.Constant(value_float=0.0), one_axis)
+    dtp = op.Pad(op.Cast(dt, to=FLOAT), pads, op.Constant(value_float=0.0), one_axis)
+    r = op.Div(h, g)
+    shape_bg = op.Concat(b, T, g, r, n, axis=0)
+    shape_bh = op.Concat(b, T, h, n, axis=0)
+    Bp = op.Reshape(op.Expand(op.Unsqueeze(op.Pad(op.Cast(B, to=FLOAT), pads, op.Constant(value_float=0.0), one_axis), [3]), shape_bg), shape_bh)
+    Cp = op.Reshape(op.Expand(op.Unsqueeze(op.Pad(op.Cast(C, to=FLOAT), pads, op.Constant(value_float=0.0), one_axis), [3]), shape_bg), shape_bh)
+    xc = op.Reshape(xp, op.Concat(b, nc, L, h, p, axis=0))  # [b, c, L, h, p]
+    dtc = op.Reshape(dtp, op.Concat(b, nc, L, h, axis=0))  # [b, c, L, h]
+    Bc = op.Reshape(Bp, op.Concat(b, nc, L, h, n, axis=0))  # [b, c, L, h, n]
+    Cc = op.Reshape(Cp, op.Concat(b, nc, L, h, n, axis=0))
+    xdt = op.Mul(xc, op.Unsqueeze(dtc, [-1]))
+    dA = op.Transpose(op.Mul(dtc, op.Cast(A, to=FLOAT)), perm=[0, 3, 1, 2])  # [b, h, c, L]
+    seg = Segsum(dA)  # [b, h, c, L, L]
+
+    scores = op.Mul(op.Einsum(Cc, Bc, equation="bclhn,bcshn->bhcls"), op.Exp(seg))
+    y_diag = op.Einsum(scores, xdt, equation="bhcls,bcshp->bclhp")
+
+    last = op.Sub(L, op.Constant(value_ints=[1]))
+    decay_to_end = op.Exp(op.Squeeze(op.Gather(seg, last, axis=3), [3]))  # [b, h, c, L]
+    B_dec = op.Mul(Bc, op.Unsqueeze(op.Transpose(decay_to_end, perm=[0, 2, 3, 1]), [-1]))  # [b, c, L, h, n]
+    chunk_states = op.Einsum(B_dec, xdt, equation="bclhn,bclhp->bchpn")
+
+    states = op.Concat(op.Unsqueeze(initial_state, [1]), chunk_states, axis=1)  # [b, c+1, h, p, n]
+    totals = op.ReduceSum(dA, op.Constant(value_ints=[-1]), keepdims=0)  # [b, h, c]
+    totals = op.Pad(totals, op.Constant(value_ints=[1, 0]), op.Constant(value_float=0.0), op.Constant(value_ints=[-1]))
+    carry = op.Exp(Segsum(totals))  # [b, h, c+1, c+1]
+    carried = op.Einsum(carry, states, equation="bhzc,bchpn->bzhpn")  # [b, c+1, h, p, n]
+    entering = op.Slice(carried, zero, nc, one_axis)
+    final_state = op.Squeeze(op.Gather(carried, nc, axis=1), [1])
+
+    decay_from_start = op.Exp(op.CumSum(dA, op.Constant(value_int=-1)))  # [b, h, c, L]
+    y_off = op.Mul(op.Einsum(Cc, entering, equation="bclhn,bchpn->bclhp"),
+                   op.Unsqueeze(op.Transpose(decay_from_start, perm=[0, 2, 3, 1]), [-1]))
+    y = op.Slice(op.Reshape(op.Add(y_diag, y_off), op.Concat(b, T, h, p, axis=0)), zero, t, one_axis)
+    y = op.Add(y, op.Mul(op.Unsqueeze(op.Cast(D, to=FLOAT), [1]), xf))
+    return y, final_state
+
+
+@script(ne, default_opset=op)
+def SsmStep(x, dt, A, B, C, D, state):
+    b = op.Shape(x, start=0, end=1)
+    h = op.Shape(x, start=1, end=2)
+    g = op.Shape(B, start=1, end=2)
+    n = op.Shape(B, start=2, end=3)
+    r = op.Div(h, g)
+    shape_bh = op.Concat(b, h, n, axis=0)
+    shape_bg = op.Concat(b, g, r, n, axis=0)
+    Bh = op.Reshape(op.Expand(op.Unsqueeze(op.Cast(B, to=FLOAT), [2]), shape_bg), shape_bh)  # [b, h, n]
+    Ch = op.Reshape(op.Expand(op.Unsqueeze(op.Cast(C, to=FLOAT), [2]), shape_bg), shape_bh)
+    xf = op.Cast(x, to=FLOAT)
+    decay = op.Exp(op.Mul(dt, A))  # [b, h]
+    xdt = op.Mul(xf, op.Unsqueeze(dt, [-1]))  # [b, h, p]
+    new_state = op.Add(op.Mul(state, op.Unsqueeze(decay, [-1, -2])),
+                       op.Mul(op.Unsqueeze(xdt, [-1]), op.Unsqueeze(Bh, [2])))  # [b, h, p, n]
+    y = op.Squeeze(op.MatMul(new_state, op.Unsqueeze(Ch, [-1])), [-1])  # [b, h, p]
+    y = op.Add(y, op.Mul(op.Unsqueeze(op.Cast(D, to=FLOAT), [1]), xf))
+    return y, new_state
+
+
+@dataclass(frozen=True)
+class CustomOp:
+    """One custom op: its schema (inputs, outputs, attributes) and its reference function body."""
+
+    name: str
+    inputs: tuple[tuple[str, str], ...]  # (name, type constraint)
+    outputs: tuple[tuple[str, str], ...]
+    attributes: tuple[str, ...]
+    body: object  # onnxscript function
+
+    def schema(self) -> OpSchema:
+        types = {"T": ["tensor(float)", "tensor(float16)"], "F": ["tensor(float)"], "I": ["tensor(int64)"]}
+        used = sorted({t for _, t in self.inputs + self.outputs})
+        return OpSchema(
+            self.name, DOMAIN, VERSION,
+            doc=f"nemotron-edge custom op {self.name}; see nemotron_export.ops.",
+            inputs=[OpSchema.FormalParameter(n, t) for n, t in self.inputs],
+            outputs=[OpSchema.FormalParameter(n, t) for n, t in self.outputs],
+            type_constraints=[(t, types[t], "") for t in used],
+            attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT, "") for a in self.attributes],
+        )
+
+
+CUSTOM_OPS: dict[str, CustomOp] = {
+    op_.name: op_ for op_ in (
+        CustomOp("CausalConv1d", (("x", "T"), ("conv_state", "T"), ("weight", "T"), ("bias", "T"), ("lengths", "I")),
+                 (("y", "T"), ("new_state", "T")), ("channels",), CausalConv1d),
+        CustomOp("SsdChunkScan", (("x", "T"), ("dt", "F"), ("A", "F"), ("B", "T"), ("C", "T"), ("D", "T"),
+                                  ("initial_state", "F")), (("y", "F"), ("final_state", "F")), ("chunk_size",),
+                 SsdChunkScan),
+        CustomOp("SsmStep", (("x", "T"), ("dt", "F"), ("A", "F"), ("B", "T"), ("C", "T"), ("D", "T"), ("state", "F")),
+                 (("y", "F"), ("new_state", "F")), (), SsmStep),
+    )
+}
+# Functions the bodies call; shipped alongside but not ops a kernel is expected to replace.
+HELPER_FUNCTIONS = (Segsum,)
+
+
+def register_schemas() -> None:
+    """Make onnx.checker and shape inference know our ops (idempotent)."""
+    for custom in CUSTOM_OPS.values():
+        if not onnx.defs.has(custom.name, DOMAIN):
+            onnx.defs.register_schema(custom.schema())
+
+
+def function_protos() -> list[onnx.FunctionProto]:
+    """The model-local functions every bundle graph carries."""
+    return [c.body.to_function_proto() for c in CUSTOM_OPS.values()] + [f.to_function_proto() for f in HELPER_FUNCTIONS]
