@@ -1,0 +1,245 @@
+"""Per-request reasoning control: the thinking budget as a small state machine, and the channel splitter.
+
+`ThinkingController` decides, token by token, when the model's reasoning must end and forces the close
+sequence (default `\\n</think>\\n\\n`) into the same stream: the engine asks `forced_token()` before each
+step and, if it gets an id, feeds that id instead of sampling, so the answer continues from the model's
+own state with no second prefill. States and transitions:
+
+    THINKING --model emits </think>-------------------------------> ANSWER   (ended_by "model")
+    THINKING --budget: newline at >= B tokens, or B + G tokens-----> CLOSING  (ended_by "token_budget")
+    THINKING --first token observed at/after the deadline----------> CLOSING  (ended_by "deadline")
+    CLOSING  --last forced token observed--------------------------> ANSWER
+    prompt already closed (`<think></think>`) -----------------------> ANSWER   (ended_by "disabled")
+    any      --max_answer_tokens or max_tokens reached-------------> DONE     (finished() == "length")
+
+Counting: `reasoning_tokens` are the model's own tokens while THINKING (its `</think>` included), so
+`reasoning_tokens <= B + G` always; forced tokens are counted in `forced_tokens` and reported with
+channel FORCED; `max_tokens` caps all three together.
+
+A newline is a token whose text contains "\\n". When the budget hits, the close sequence is completed
+rather than restarted if the model already wrote its beginning: the longest token-boundary prefix of the
+close sequence whose text ends the model's reasoning text is skipped (so "...done.\\n" is followed by
+`</think>`, not by a second "\\n").
+
+The deadline is measured from the first generated token with an injectable millisecond clock; the token
+that arrives at or after it is still the model's reasoning, and the close is forced from the next step.
+
+`ReasoningSplitter` is the text-side counterpart: it turns decoded text deltas into channel-tagged
+pieces, dropping the `<think>`/`</think>` tags, so neither the reasoning nor the answer ever shows them.
+Special tokens are looked up by their text through the tokenizer, never by id.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+from edge_runtime.toolcalls import held_back_length
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+DEFAULT_CLOSE_TEXT = "\n</think>\n\n"
+
+
+class State(enum.Enum):
+    THINKING = "thinking"
+    CLOSING = "closing"
+    ANSWER = "answer"
+    DONE = "done"
+
+
+class Channel(enum.Enum):
+    REASONING = "reasoning"
+    ANSWER = "answer"
+    # The close sequence the controller forced: part of neither the reasoning count nor the answer count.
+    FORCED = "forced"
+
+
+@dataclass(frozen=True)
+class ThinkingConfig:
+    """Per-request limits; None means unlimited."""
+
+    max_thinking_tokens: int | None = None
+    thinking_grace_tokens: int = 0
+    thinking_deadline_ms: float | None = None
+    max_answer_tokens: int | None = None
+    max_tokens: int | None = None
+    close_text: str = DEFAULT_CLOSE_TEXT
+
+    def __post_init__(self) -> None:
+        for name in ("max_thinking_tokens", "thinking_deadline_ms", "max_answer_tokens", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.thinking_grace_tokens < 0:
+            raise ValueError(f"thinking_grace_tokens must be >= 0, got {self.thinking_grace_tokens}")
+        if THINK_CLOSE not in self.close_text:
+            raise ValueError(f"close_text must contain {THINK_CLOSE!r}, got {self.close_text!r}")
+
+
+def _monotonic_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+class ThinkingController:
+    """One request's reasoning budget. Engine loop: `forced_token()`, feed or sample, `observe()`, `finished()`."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        config: ThinkingConfig,
+        reasoning_enabled: bool,
+        clock: Callable[[], float] = _monotonic_ms,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._close_id = tokenizer.token_to_id(THINK_CLOSE)
+        if self._close_id is None:
+            raise ValueError(f"tokenizer has no {THINK_CLOSE!r} token")
+        self._close_ids = tokenizer.encode(config.close_text, add_special_tokens=False).ids
+        if self._close_id not in self._close_ids:
+            raise ValueError(f"close_text {config.close_text!r} does not tokenize to a {THINK_CLOSE!r} token")
+        # Text of each token-boundary prefix of the close sequence, for matching what the model wrote.
+        self._close_prefix_texts = [
+            tokenizer.decode(self._close_ids[:k], skip_special_tokens=False) for k in range(len(self._close_ids))
+        ]
+        self._tokenizer = tokenizer
+        self._token_text: dict[int, str] = {}
+        self._reasoning_tail = ""
+        self._close_pos = 0
+        self._started_ms: float | None = None
+
+        self.reasoning_tokens = 0
+        self.answer_tokens = 0
+        self.forced_tokens = 0
+        self.ended_by: str | None = None
+        self.state = State.THINKING
+        if not reasoning_enabled:
+            self.state, self.ended_by = State.ANSWER, "disabled"
+        elif self._thinking_cap() == 0:
+            self._start_closing("token_budget")
+        self._check_caps()
+
+    @property
+    def total_tokens(self) -> int:
+        return self.reasoning_tokens + self.answer_tokens + self.forced_tokens
+
+    def forced_token(self) -> int | None:
+        """The id the engine must feed this step instead of sampling, or None to sample."""
+        if self.state is State.CLOSING:
+            return self._close_ids[self._close_pos]
+        return None
+
+    def observe(self, token_id: int, forced: bool = False) -> Channel:
+        """Record a committed token; returns the channel it belongs to."""
+        if self.state is State.DONE:
+            raise RuntimeError("observe() after the request finished")
+        if forced != (self.state is State.CLOSING) or (forced and token_id != self._close_ids[self._close_pos]):
+            raise RuntimeError(f"token {token_id} (forced={forced}) does not match state {self.state.value}")
+        now = self._clock()
+        if self._started_ms is None:
+            self._started_ms = now
+        channel = self._transition(token_id, now)
+        self._check_caps()
+        return channel
+
+    def finished(self) -> str | None:
+        """"length" once the answer budget or max_tokens is used up, else None."""
+        return "length" if self.state is State.DONE else None
+
+    def _transition(self, token_id: int, now: float) -> Channel:
+        if self.state is State.CLOSING:
+            self.forced_tokens += 1
+            self._close_pos += 1
+            if self._close_pos == len(self._close_ids):
+                self.state = State.ANSWER
+            return Channel.FORCED
+        if self.state is State.ANSWER:
+            self.answer_tokens += 1
+            return Channel.ANSWER
+        self.reasoning_tokens += 1
+        if token_id == self._close_id:
+            self.state, self.ended_by = State.ANSWER, "model"
+            return Channel.REASONING
+        text = self._text(token_id)
+        self._reasoning_tail = (self._reasoning_tail + text)[-len(self.config.close_text) :]
+        budget = self.config.max_thinking_tokens
+        if budget is not None and (
+            self.reasoning_tokens >= budget + self.config.thinking_grace_tokens
+            or (self.reasoning_tokens >= budget and "\n" in text)
+        ):
+            self._start_closing("token_budget")
+        elif self.config.thinking_deadline_ms is not None and now - self._started_ms >= self.config.thinking_deadline_ms:
+            self._start_closing("deadline")
+        return Channel.REASONING
+
+    def _start_closing(self, reason: str) -> None:
+        self.state, self.ended_by = State.CLOSING, reason
+        # Skip the part of the close sequence the model has already written itself.
+        self._close_pos = max(
+            k for k, prefix in enumerate(self._close_prefix_texts) if self._reasoning_tail.endswith(prefix)
+        )
+
+    def _check_caps(self) -> None:
+        answer_cap = self.config.max_answer_tokens
+        total_cap = self.config.max_tokens
+        if (answer_cap is not None and self.state is State.ANSWER and self.answer_tokens >= answer_cap) or (
+            total_cap is not None and self.total_tokens >= total_cap
+        ):
+            self.state = State.DONE
+
+    def _thinking_cap(self) -> int | None:
+        budget = self.config.max_thinking_tokens
+        return None if budget is None else budget + self.config.thinking_grace_tokens
+
+    def _text(self, token_id: int) -> str:
+        if token_id not in self._token_text:
+            self._token_text[token_id] = self._tokenizer.decode([token_id], skip_special_tokens=False)
+        return self._token_text[token_id]
+
+
+@dataclass(frozen=True)
+class ChannelText:
+    channel: Channel
+    text: str
+
+
+class ReasoningSplitter:
+    """Decoded text deltas in, reasoning/answer pieces out; `<think>` and `</think>` never pass through."""
+
+    _TAGS = (THINK_OPEN, THINK_CLOSE)
+
+    def __init__(self, reasoning_enabled: bool) -> None:
+        self._channel = Channel.REASONING if reasoning_enabled else Channel.ANSWER
+        self._pending = ""
+
+    def feed(self, delta: str) -> list[ChannelText]:
+        buffer = self._pending + delta
+        pieces: list[ChannelText] = []
+        while True:
+            hits = [(buffer.find(tag), tag) for tag in self._TAGS if tag in buffer]
+            if not hits:
+                break
+            start, tag = min(hits)
+            self._emit(pieces, buffer[:start])
+            buffer = buffer[start + len(tag) :]
+            if tag == THINK_CLOSE:
+                self._channel = Channel.ANSWER
+        keep = max(held_back_length(buffer, tag) for tag in self._TAGS)
+        self._emit(pieces, buffer[: len(buffer) - keep])
+        self._pending = buffer[len(buffer) - keep :]
+        return pieces
+
+    def flush(self) -> list[ChannelText]:
+        pieces: list[ChannelText] = []
+        self._emit(pieces, self._pending)
+        self._pending = ""
+        return pieces
+
+    def _emit(self, pieces: list[ChannelText], text: str) -> None:
+        if text:
+            pieces.append(ChannelText(self._channel, text))

@@ -1,0 +1,252 @@
+"""The reasoning budget state machine, driven by scripted token sources through the real synthetic tokenizer.
+
+A scripted source stands in for the model: it yields its reasoning ids while the controller is THINKING
+and its answer ids afterwards, the way a real model answers once `</think>` is in its context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from edge_runtime.thinking import (
+    Channel,
+    ChannelText,
+    ReasoningSplitter,
+    State,
+    ThinkingConfig,
+    ThinkingController,
+)
+from nemotron_export.tokenizer_synth import build_tokenizer
+
+
+@lru_cache(maxsize=1)
+def tok() -> Tokenizer:
+    # Cached builder rather than a fixture: hypothesis reruns test bodies many times.
+    return build_tokenizer(4096)
+
+
+def ids(text: str) -> list[int]:
+    return tok().encode(text).ids
+
+
+def tid(text: str) -> int:
+    token_id = tok().token_to_id(text)
+    assert token_id is not None
+    return token_id
+
+
+@dataclass
+class Run:
+    tokens: list[int] = field(default_factory=list)
+    channels: list[Channel] = field(default_factory=list)
+
+    def text(self, channel: Channel | None = None) -> str:
+        picked = [t for t, c in zip(self.tokens, self.channels) if channel is None or c is channel]
+        return tok().decode(picked, skip_special_tokens=False)
+
+
+class FakeClock:
+    def __init__(self, step_ms: float) -> None:
+        self.now = 0.0
+        self.step_ms = step_ms
+
+    def __call__(self) -> float:
+        self.now += self.step_ms
+        return self.now
+
+
+def drive(ctrl: ThinkingController, reasoning: list[int], answer: list[int]) -> Run:
+    """The engine loop: forced token if any, else the scripted model's next token for its phase."""
+    run = Run()
+    reasoning_it, answer_it = iter(reasoning), iter(answer)
+    while ctrl.finished() is None:
+        forced = ctrl.forced_token()
+        if forced is not None:
+            token = forced
+        else:
+            token = next(reasoning_it if ctrl.state is State.THINKING else answer_it, None)
+            if token is None:
+                break
+        run.tokens.append(token)
+        run.channels.append(ctrl.observe(token, forced=forced is not None))
+    return run
+
+
+def controller(reasoning_enabled: bool = True, clock=None, **limits) -> ThinkingController:
+    kwargs = {} if clock is None else {"clock": clock}
+    return ThinkingController(tok(), ThinkingConfig(**limits), reasoning_enabled, **kwargs)
+
+
+REASONING = "Okay, the user asks about rivers.\nLet me think about the water cycle first.\nThen answer."
+ANSWER = "Rivers move water to the sea."
+
+
+def test_budget_mid_line_closes_at_next_newline() -> None:
+    reasoning = ids(REASONING)
+    first_line = ids("Okay, the user asks about rivers.\n")
+    assert reasoning[: len(first_line)] == first_line  # the newline is a token boundary here
+    budget = 3  # well inside the first line
+    ctrl = controller(max_thinking_tokens=budget, thinking_grace_tokens=100)
+    run = drive(ctrl, reasoning, ids(ANSWER))
+    assert ctrl.ended_by == "token_budget"
+    assert ctrl.reasoning_tokens == len(first_line)
+    assert run.text() == "Okay, the user asks about rivers.\n</think>\n\n" + ANSWER
+    # The model's "\n" was kept and only the rest of the close forced: no doubled newline.
+    assert ctrl.forced_tokens == len(ids("</think>\n\n"))
+    assert run.text(Channel.ANSWER) == ANSWER
+
+
+def test_grace_exhausted_forces_close_at_b_plus_g() -> None:
+    reasoning = ids("word " * 50)
+    ctrl = controller(max_thinking_tokens=5, thinking_grace_tokens=7)
+    run = drive(ctrl, reasoning, ids(ANSWER))
+    assert ctrl.reasoning_tokens == 12
+    assert ctrl.ended_by == "token_budget"
+    assert run.text() == tok().decode(reasoning[:12]) + "\n</think>\n\n" + ANSWER
+    assert run.channels.count(Channel.FORCED) == ctrl.forced_tokens == len(ids("\n</think>\n\n"))
+
+
+def test_model_closes_itself_nothing_forced() -> None:
+    reasoning = ids("Short thought.\n</think>\n\n")
+    close_at = reasoning.index(tid("</think>"))
+    ctrl = controller(max_thinking_tokens=100)
+    run = drive(ctrl, reasoning[: close_at + 1], ids("\n\n" + ANSWER))
+    assert ctrl.ended_by == "model" and ctrl.forced_tokens == 0
+    assert ctrl.reasoning_tokens == close_at + 1
+    assert run.text() == "Short thought.\n</think>\n\n" + ANSWER
+    assert run.tokens.count(tid("</think>")) == 1
+
+
+def test_model_started_close_is_completed_not_repeated() -> None:
+    close_text = "\nTime is up, answering now.\n</think>\n\n"
+    close_ids = ids(close_text)
+    assert len(close_ids) > 4
+    # The model writes its thought and then, by itself, the first 3 tokens of the close message.
+    thought = ids("Thinking hard")
+    reasoning = thought + close_ids[:3] + ids(" more more more")
+    budget = len(thought) + 3
+    ctrl = controller(max_thinking_tokens=budget, close_text=close_text)
+    run = drive(ctrl, reasoning, ids(ANSWER))
+    assert ctrl.reasoning_tokens == budget
+    assert ctrl.forced_tokens == len(close_ids) - 3
+    assert run.text() == "Thinking hard" + close_text + ANSWER
+    assert run.text().count("Time is up") == 1 and run.text().count("</") == 1
+
+
+def test_deadline_closes_at_first_token_after_it() -> None:
+    clock = FakeClock(step_ms=10.0)  # the first token is observed at t=10
+    ctrl = controller(clock=clock, thinking_deadline_ms=45.0)
+    run = drive(ctrl, ids("word " * 50), ids(ANSWER))
+    # Token k is observed at 10*k ms; 10*k - 10 >= 45 first holds for k = 6.
+    assert ctrl.ended_by == "deadline"
+    assert ctrl.reasoning_tokens == 6
+    assert run.channels[:6] == [Channel.REASONING] * 6 and run.channels[6] is Channel.FORCED
+    assert run.text(Channel.ANSWER) == ANSWER
+
+
+def test_answer_budget_finishes_with_length() -> None:
+    ctrl = controller(max_thinking_tokens=4, max_answer_tokens=3)
+    run = drive(ctrl, ids("word " * 20), ids(ANSWER))
+    assert ctrl.finished() == "length"
+    assert ctrl.answer_tokens == 3 and ctrl.reasoning_tokens == 4
+    assert run.text(Channel.ANSWER) == tok().decode(ids(ANSWER)[:3])
+
+
+def test_max_tokens_caps_everything() -> None:
+    ctrl = controller(max_thinking_tokens=4, max_tokens=6)
+    drive(ctrl, ids("word " * 20), ids(ANSWER))
+    assert ctrl.finished() == "length" and ctrl.total_tokens == 6
+    assert ctrl.answer_tokens == 0 and ctrl.forced_tokens == 2
+
+
+def test_reasoning_disabled_starts_in_answer() -> None:
+    ctrl = controller(reasoning_enabled=False, max_thinking_tokens=0)
+    run = drive(ctrl, [], ids(ANSWER))
+    assert ctrl.ended_by == "disabled" and ctrl.forced_tokens == 0 and ctrl.reasoning_tokens == 0
+    assert run.channels == [Channel.ANSWER] * len(ids(ANSWER))
+
+
+def test_zero_budget_closes_before_any_reasoning() -> None:
+    ctrl = controller(max_thinking_tokens=0)
+    assert ctrl.forced_token() == ids("\n</think>\n\n")[0]
+    run = drive(ctrl, ids("never seen"), ids(ANSWER))
+    assert ctrl.reasoning_tokens == 0 and run.text() == "\n</think>\n\n" + ANSWER
+
+
+def test_misuse_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        ThinkingConfig(close_text="no close tag")
+    ctrl = controller(max_thinking_tokens=0)
+    with pytest.raises(RuntimeError):
+        ctrl.observe(ids("x")[0], forced=False)
+
+
+_ANSWER_WORDS = ["Okay", " so", ".", "\n", " the", " answer", "\n\n", " is", " 42", "é", "你好"]
+_WORDS = _ANSWER_WORDS + ["</think>", "\n</"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    budget=st.integers(0, 30),
+    grace=st.integers(0, 10),
+    pieces=st.lists(st.sampled_from(_WORDS), max_size=60),
+    answer=st.lists(st.sampled_from(_ANSWER_WORDS), max_size=10),
+)
+def test_budget_is_strict_and_one_close(budget: int, grace: int, pieces: list[str], answer: list[str]) -> None:
+    reasoning = [t for piece in pieces for t in ids(piece)]
+    answer_ids = [t for piece in answer for t in ids(piece)]
+    # A model that never writes </think> keeps thinking until the budget makes it stop.
+    own_close = tid("</think>") in reasoning
+    if not own_close:
+        reasoning += ids(" filler") * (budget + grace + 1)
+    ctrl = controller(max_thinking_tokens=budget, thinking_grace_tokens=grace)
+    run = drive(ctrl, reasoning, answer_ids)
+    assert ctrl.reasoning_tokens <= budget + grace
+    assert run.tokens.count(tid("</think>")) == 1
+    assert ctrl.ended_by in ("model", "token_budget")
+    assert ctrl.forced_tokens == run.channels.count(Channel.FORCED)
+    assert (ctrl.ended_by == "model") == (ctrl.forced_tokens == 0)
+    assert run.channels.count(Channel.ANSWER) == ctrl.answer_tokens == len(answer_ids)
+    # The whole stream holds the close sequence exactly once, however much of it the model wrote.
+    if ctrl.ended_by == "token_budget":
+        assert run.text().count("\n</think>\n\n") == 1
+
+
+def split_all(splitter: ReasoningSplitter, deltas: list[str]) -> list[ChannelText]:
+    pieces = [p for d in deltas for p in splitter.feed(d)] + splitter.flush()
+    merged: list[ChannelText] = []
+    for piece in pieces:
+        if merged and merged[-1].channel is piece.channel:
+            merged[-1] = ChannelText(piece.channel, merged[-1].text + piece.text)
+        else:
+            merged.append(piece)
+    return merged
+
+
+def test_splitter_separates_channels() -> None:
+    text = "Let me think.\n</think>\n\nThe answer."
+    assert split_all(ReasoningSplitter(True), list(text)) == [
+        ChannelText(Channel.REASONING, "Let me think.\n"),
+        ChannelText(Channel.ANSWER, "\n\nThe answer."),
+    ]
+    assert split_all(ReasoningSplitter(False), ["<think>", "</think>", "Hi <", "/thin", "g"]) == [
+        ChannelText(Channel.ANSWER, "Hi </thing")
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from(["a", "<", "/", "think", ">", "<think>", "</think>", "\n", "é"]), max_size=20), data=st.data())
+def test_splitter_never_shows_tags_and_ignores_splits(pieces: list[str], data: st.DataObject) -> None:
+    text = "".join(pieces)
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(text)))))
+    bounds = [0, *cuts, len(text)]
+    split = split_all(ReasoningSplitter(True), [text[a:b] for a, b in zip(bounds, bounds[1:])])
+    assert split == split_all(ReasoningSplitter(True), [text])
+    for piece in split:
+        assert "<think>" not in piece.text and "</think>" not in piece.text
