@@ -65,11 +65,11 @@ def plan(options: InstallOptions) -> list[Step]:
     if options.venv:
         steps.extend(_venv_steps(root / PREFIX / "venv", options.package))
     else:
-        steps.append(Step(f"create venv {root / PREFIX / 'venv'}", lambda: False, _nothing, "skipped: --no-venv"))
+        steps.append(Step(f"create venv {root / PREFIX / 'venv'}", lambda: False, _nothing, "--no-venv"))
     unit_step = _copy_step(_shipped("nemotron-edge.service"), root / UNIT_PATH, overwrite=True)
     steps.append(unit_step)
     steps.append(_copy_step(_shipped("config.toml"), root / CONFIG_DIR / "config.toml", overwrite=False))
-    reload_skip = None if options.on_live_system else "skipped: --root is not /"
+    reload_skip = None if options.on_live_system else "--root is not /"
     # Reload only when the unit file is new or changed; `done` is evaluated before the unit step runs.
     unit_was_current = unit_step.done()
     steps.append(Step("systemctl daemon-reload", lambda: unit_was_current, _daemon_reload, reload_skip))
@@ -117,7 +117,7 @@ def _shipped(name: str) -> Path:
 def _user_step(options: InstallOptions) -> Step:
     groups = ",".join(g for g in GPU_GROUPS if _group_exists(g))
     description = f"create system user {USER} (home {Path('/') / STATE_DIR}, groups {groups or 'none'})"
-    skip = None if options.on_live_system else "skipped: --root is not /; the live system's users are not touched"
+    skip = None if options.on_live_system else "--root is not /; the live system's users are not touched"
     return Step(description, lambda: _user_exists(USER), lambda: _create_user(groups), skip)
 
 

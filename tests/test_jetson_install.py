@@ -42,7 +42,7 @@ def test_dry_run_prints_every_action_and_creates_nothing(tmp_path: Path) -> None
     for f in EXPECTED_FILES:
         assert str(root / f) in out
     assert "skip: create system user nemotron-edge" in out
-    assert "skip: systemctl daemon-reload (skipped: --root is not /)" in out
+    assert "skip: systemctl daemon-reload (--root is not /)" in out
     assert "skip: create venv" in out and "--no-venv" in out
     assert "5 change(s) would be made, none made" in out
     assert not root.exists()
