@@ -8,7 +8,8 @@ longer ends in U+FFFD (an incomplete byte sequence). Emitted text concatenated e
 `tokenizer.decode(all ids)`.
 
 `StopMatcher` sits after it: it never emits any part of a stop string, holding back the longest suffix
-of the text that could still grow into one.
+of the text that could still grow into one. When several stop strings occur, the one completed first in
+the stream wins.
 """
 
 from __future__ import annotations
@@ -90,11 +91,14 @@ class StopMatcher:
 
     def _earliest_match(self, buffer: str) -> tuple[int, str] | None:
         best: tuple[int, str] | None = None
+        best_key: tuple[int, int] | None = None
         for stop in self.stop_strings:
             index = buffer.find(stop)
-            # Earliest start wins; at the same start the longer stop string wins.
-            if index >= 0 and (best is None or (index, -len(stop)) < (best[0], -len(best[1]))):
-                best = (index, stop)
+            # The stop string completed first wins (longer on a tie): the only rule that gives the
+            # same answer however the text is split into deltas.
+            key = (index + len(stop), -len(stop))
+            if index >= 0 and (best_key is None or key < best_key):
+                best, best_key = (index, stop), key
         return best
 
     def _held_back_length(self, buffer: str) -> int:

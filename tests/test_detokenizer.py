@@ -98,8 +98,9 @@ def test_partial_stop_is_held_then_released() -> None:
     assert matcher.flush() == "ST"
 
 
-def test_earliest_and_longest_stop_wins() -> None:
-    assert StopMatcher(["bc", "abcd", "ab"]).push("xabcd") == ("x", "abcd")
+def test_first_completed_then_longest_stop_wins() -> None:
+    assert StopMatcher(["bc", "abcd", "ab"]).push("xabcd") == ("x", "ab")
+    assert StopMatcher(["c", "abc", "zz"]).push("xabc") == ("x", "abc")
     matcher = StopMatcher(["c", "ab"])
     assert matcher.push("xabc") == ("x", "ab")
     assert matcher.push("more") == ("", "ab")
@@ -121,9 +122,9 @@ def test_stop_matching_is_split_invariant(text: str, stops: list[str], data: st.
     bounds = [0, *cuts, len(text)]
     deltas = [text[a:b] for a, b in zip(bounds, bounds[1:])]
     out, matched = run_stop(StopMatcher(stops), deltas)
-    hits = [(text.find(s), -len(s), s) for s in stops if s in text]
+    hits = [(text.find(s) + len(s), -len(s), s) for s in stops if s in text]
     if hits:
-        start, _, stop = min(hits)
-        assert (out, matched) == (text[:start], stop)
+        end, _, stop = min(hits)
+        assert (out, matched) == (text[: end - len(stop)], stop)
     else:
         assert (out, matched) == (text, None)
