@@ -20,6 +20,7 @@ RUNTIME_COMMANDS: list[str] = [
 ]
 # Workstation-side command modules (need the `export` extra).
 EXPORT_COMMANDS: list[str] = [
+    "nemotron_export.commands",
 ]
 EXPORT_ONLY_DEPENDENCIES = {"torch", "onnx", "onnxscript", "safetensors", "tqdm"}
 

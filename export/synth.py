@@ -89,12 +89,12 @@ def write_checkpoint(out_dir: str | Path, cfg: ModelConfig, weights: dict[str, t
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
         if tokenizer_vocab is not None:
-            from nemotron_export.tokenizer_synth import build_tokenizer, default_chat_template, write_tokenizer_files
+            from nemotron_export.tokenizer_synth import build_tokenizer, load_chat_template, write_tokenizer_files
 
             tok = build_tokenizer(tokenizer_vocab)
             if tok.get_vocab_size() > cfg.vocab_size:
                 raise ValueError(f"tokenizer has {tok.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
-            write_tokenizer_files(tok, tmp, default_chat_template())
+            write_tokenizer_files(tok, tmp, load_chat_template())
             # Like the real config: ids looked up by the tokens' text; the end of turn is <SPECIAL_12>.
             ids = {t: tok.token_to_id(t) for t in ("<s>", "</s>", "<SPECIAL_12>", "<unk>")}
             cfg = replace(cfg, bos_token_id=ids["<s>"], eos_token_id=[ids["</s>"], ids["<SPECIAL_12>"]],

@@ -1,0 +1,150 @@
+"""The model runner: a bundle's prefill and decode graphs on ONNX Runtime, over a StatePool.
+
+The weights are mapped from weights.bin once and handed to both sessions as shared initializers, so
+they are resident once whichever graph runs. Execution providers come from `ProviderConfig`: CPU by
+default; CUDA; TensorRT (engine and timing caches, fp16, optimization profiles from the manifest's limits).
+A custom-op kernel library, when configured, is registered with both sessions; ONNX Runtime then runs
+its kernels instead of the ops' function bodies.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_runtime.bundle import Bundle
+from edge_runtime.state_pool import StatePool
+
+ONNX_TYPE_BFLOAT16 = 16
+
+
+@dataclass
+class ProviderConfig:
+    """Which execution providers run the graphs, in order of preference, and their documented options."""
+
+    providers: list[str] = field(default_factory=lambda: ["cpu"])
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
+    cuda: dict[str, str] = field(default_factory=dict)
+    tensorrt: dict[str, str] = field(default_factory=dict)
+    custom_op_library: str | None = None
+    disable_prepacking: bool = False
+
+    def ort_providers(self, bundle: Bundle, graph: str) -> list:
+        out: list = []
+        for name in self.providers:
+            if name == "cpu":
+                out.append("CPUExecutionProvider")
+            elif name == "cuda":
+                out.append(("CUDAExecutionProvider", {"device_id": "0", **self.cuda}))
+            elif name == "tensorrt":
+                out.append(("TensorrtExecutionProvider", tensorrt_options(bundle, graph, self.tensorrt)))
+            else:
+                raise ValueError(f"providers: unknown execution provider {name!r}; use cpu, cuda or tensorrt")
+        return out
+
+
+def tensorrt_options(bundle: Bundle, graph: str, user: dict[str, str]) -> dict[str, str]:
+    """TensorRT EP options (names as documented by ONNX Runtime): caches under the configured directory,
+    fp16, and explicit optimization profiles spanning batch 1..max_batch and context up to max_context."""
+    cache = Path(user.get("cache_dir", os.environ.get("NEMOTRON_EDGE_STATE_DIR", "/var/lib/nemotron-edge")))
+    limits = bundle.limits
+    mb, mc = limits["max_batch"], limits["max_context"]
+    specs = bundle.state_layout
+    def profile(batch: int, seq: int, past: int) -> str:
+        shapes = [f"input_ids:{batch}x{1 if graph == 'decode' else seq}", f"past_lengths:{batch}"]
+        if graph == "prefill":
+            shapes.append(f"lengths:{batch}")
+        for s in specs:
+            dims = [batch, *s.shape]
+            if s.per_token:
+                dims[2] = past
+            shapes.append(f"{s.name}:" + "x".join(str(d) for d in dims))
+        return ",".join(shapes)
+    opts = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache / "trt-engines"),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache / "trt-timing"),
+        "trt_fp16_enable": "True",
+        "trt_profile_min_shapes": profile(1, 1, 0),
+        "trt_profile_opt_shapes": profile(max(1, mb // 2), min(512, mc), min(1024, mc)),
+        "trt_profile_max_shapes": profile(mb, mc, mc),
+    }
+    opts.update({k: v for k, v in user.items() if k != "cache_dir"})
+    return opts
+
+
+class WeightMap:
+    """weights.bin mapped read-only, one OrtValue per tensor, shared by every session."""
+
+    def __init__(self, bundle: Bundle):
+        self._map = np.memmap(bundle.path / bundle.weights["file"], mode="r", dtype=np.uint8)
+        self.values: dict[str, ort.OrtValue] = {}
+        for t in bundle.weights["tensors"]:
+            if t["dtype"] == "bfloat16":
+                arr = np.ndarray(t["shape"], np.uint16, buffer=self._map, offset=t["offset"])
+                self.values[t["name"]] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arr, ONNX_TYPE_BFLOAT16)
+            else:
+                arr = np.ndarray(t["shape"], np.dtype(t["dtype"]), buffer=self._map, offset=t["offset"])
+                self.values[t["name"]] = ort.OrtValue.ortvalue_from_numpy(arr)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._map.size)
+
+
+class OrtModelRunner:
+    """Runs prefill chunks and decode steps for batches of pool slots; returns float32 logits [b, vocab]."""
+
+    def __init__(self, bundle: Bundle, pool: StatePool, providers: ProviderConfig | None = None):
+        self.bundle, self.pool = bundle, pool
+        self.providers = providers or ProviderConfig()
+        self.weights = WeightMap(bundle)
+        self.sessions = {g: self._session(g) for g in ("prefill", "decode")}
+        self.calls = {"prefill": 0, "decode": 0}
+
+    def _session(self, graph: str) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.providers.intra_op_threads:
+            so.intra_op_num_threads = self.providers.intra_op_threads
+        if self.providers.disable_prepacking:
+            so.add_session_config_entry("session.disable_prepacking", "1")
+        if self.providers.custom_op_library:
+            so.register_custom_ops_library(self.providers.custom_op_library)
+        for name, value in self.weights.values.items():
+            so.add_initializer(name, value)
+        return ort.InferenceSession(str(self.bundle.graph_path(graph)), so,
+                                    providers=self.providers.ort_providers(self.bundle, graph))
+
+    @property
+    def active_providers(self) -> list[str]:
+        return self.sessions["decode"].get_providers()
+
+    def prefill(self, slots: list[int], chunks: list[list[int]], past_lengths: list[int]) -> np.ndarray:
+        """Run one chunk of prompt tokens per slot (right-padded into one batch) after `past_lengths` tokens."""
+        lengths = [len(c) for c in chunks]
+        t = max(lengths)
+        ids = np.zeros((len(slots), t), dtype=np.int64)
+        for row, chunk in enumerate(chunks):
+            ids[row, : len(chunk)] = chunk
+        feeds = self.pool.gather(slots, max(past_lengths))
+        feeds.update(input_ids=ids, lengths=np.asarray(lengths, np.int64), past_lengths=np.asarray(past_lengths, np.int64))
+        return self._run("prefill", feeds, slots, past_lengths, lengths)
+
+    def decode(self, slots: list[int], tokens: list[int], past_lengths: list[int]) -> np.ndarray:
+        feeds = self.pool.gather(slots, max(past_lengths))
+        feeds.update(input_ids=np.asarray(tokens, np.int64)[:, None], past_lengths=np.asarray(past_lengths, np.int64))
+        return self._run("decode", feeds, slots, past_lengths, [1] * len(slots))
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray], slots: list[int], past: list[int], new: list[int]) -> np.ndarray:
+        session = self.sessions[graph]
+        names = [o.name for o in session.get_outputs()]
+        outputs = dict(zip(names, session.run(names, feeds)))
+        self.pool.scatter(slots, outputs, past, new)
+        self.calls[graph] += 1
+        return outputs["logits"]

@@ -1,0 +1,86 @@
+"""Fixed slots of per-sequence state, allocated once: conv and float32 SSM states, K/V up to the context limit.
+
+A slot is zeroed when it is handed out again, so no sequence ever sees another's state. Batched model
+calls read their slots into staging buffers (also allocated once) and write results back in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_runtime.state_layout import StateSpec
+
+NP_DTYPE = {"float32": np.float32, "float16": np.float16}
+
+
+class PoolFullError(RuntimeError):
+    pass
+
+
+class StatePool:
+    def __init__(self, specs: list[StateSpec], num_slots: int, max_context: int, max_batch: int):
+        self.specs = specs
+        self.num_slots, self.max_context, self.max_batch = num_slots, max_context, max_batch
+        self.arrays: dict[str, np.ndarray] = {}
+        self._staging: dict[str, np.ndarray] = {}
+        for s in specs:
+            shape = list(s.shape)
+            if s.per_token:
+                shape[1] = max_context  # [kv_heads, context, head_dim]
+            self.arrays[s.name] = np.zeros((num_slots, *shape), dtype=NP_DTYPE[s.dtype])
+            # K/V staging is a flat buffer: each call views a contiguous [b, kv_heads, past, head_dim] prefix.
+            size = max_batch * int(np.prod(shape))
+            self._staging[s.name] = np.zeros(size, dtype=NP_DTYPE[s.dtype])
+        self._free = list(range(num_slots - 1, -1, -1))
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values()) + sum(a.nbytes for a in self._staging.values())
+
+    def allocate(self) -> int:
+        if not self._free:
+            raise PoolFullError("no free state slot")
+        slot = self._free.pop()
+        for a in self.arrays.values():
+            a[slot] = 0
+        return slot
+
+    def release(self, slot: int) -> None:
+        if slot in self._free or not 0 <= slot < self.num_slots:
+            raise ValueError(f"slot {slot} is not allocated")
+        self._free.append(slot)
+
+    def gather(self, slots: list[int], past_tokens: int) -> dict[str, np.ndarray]:
+        """The model's `past.*` inputs for these slots; K/V cut to the first `past_tokens` positions."""
+        b = len(slots)
+        idx = np.asarray(slots)
+        feeds: dict[str, np.ndarray] = {}
+        for s in self.specs:
+            pool = self.arrays[s.name]
+            if s.per_token:
+                view = self._staging[s.name][: b * pool.shape[1] * past_tokens * pool.shape[3]]
+                view = view.reshape(b, pool.shape[1], past_tokens, pool.shape[3])
+                np.take(pool[:, :, :past_tokens], idx, axis=0, out=view)
+            else:
+                view = self._staging[s.name][: b * int(np.prod(pool.shape[1:]))].reshape(b, *pool.shape[1:])
+                np.take(pool, idx, axis=0, out=view)
+            feeds[s.name] = view
+        return feeds
+
+    def scatter(self, slots: list[int], outputs: dict[str, np.ndarray], past_lengths: list[int],
+                new_lengths: list[int]) -> None:
+        """Write a call's `present.*` outputs back: conv/SSM replace the slot's state; the new K/V rows of
+        row i (its first new_lengths[i] tokens) land at positions past_lengths[i]...."""
+        idx = np.asarray(slots)
+        for s in self.specs:
+            out = outputs[s.output_name]
+            pool = self.arrays[s.name]
+            if not s.per_token:
+                pool[idx] = out
+                continue
+            for row, (slot, start, n) in enumerate(zip(slots, past_lengths, new_lengths)):
+                pool[slot, :, start:start + n] = out[row, :, :n]

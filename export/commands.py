@@ -1,0 +1,62 @@
+"""Workstation subcommands: `nemotron-edge synth` (synthetic checkpoints) and `nemotron-edge export` (bundles)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from nemotron_export.synth import PRESETS
+
+    p = sub.add_parser("synth", help="write a synthetic Hugging Face checkpoint (random weights, real tokenizer)")
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-tokenizer", action="store_true", help="write no tokenizer files")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("export", help="export a Hugging Face checkpoint to a nemotron-edge bundle")
+    p.add_argument("checkpoint", help="checkpoint directory (config.json + safetensors)")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--weights", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"])
+    p.add_argument("--group-size", type=int, default=None,
+                   help="quantization block size (default: 32 for int4, 128 for int8)")
+    p.add_argument("--no-quantize-lm-head", action="store_true",
+                   help="keep lm_head unquantized in int8/int4 bundles (default: quantized like the projections)")
+    p.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 2, 3, 4],
+                   help="MatMulNBits accuracy_level: 0 computes in the activation dtype, 4 in int8 (CPU, faster)")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-context", type=int, default=4096)
+    p.set_defaults(func=_export)
+
+
+DEFAULT_GROUP_SIZE = {"int4": 32, "int8": 128}
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from nemotron_export.synth import synth
+
+    out = synth(args.preset, args.out, seed=args.seed, with_tokenizer=not args.no_tokenizer)
+    print(f"wrote {args.preset} checkpoint to {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nemotron_export.bundle import ExportOptions, export_bundle
+    from nemotron_export.checkpoint import CheckpointError
+    from nemotron_export.onnx_graph import WeightFormat
+    from edge_runtime.model_config import ConfigError
+
+    try:
+        fmt = WeightFormat(
+            kind=args.weights, group_size=args.group_size or DEFAULT_GROUP_SIZE.get(args.weights, 32),
+            quantize_lm_head=not args.no_quantize_lm_head, accuracy_level=args.accuracy_level,
+        )
+        out = export_bundle(args.checkpoint, args.out,
+                            ExportOptions(weights=fmt, max_batch=args.max_batch, max_context=args.max_context))
+    except (CheckpointError, ConfigError, ValueError, FileExistsError) as e:
+        print(f"nemotron-edge export: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote bundle to {out}")
+    return 0
