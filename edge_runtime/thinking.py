@@ -209,7 +209,12 @@ class ChannelText:
 
 
 class ReasoningSplitter:
-    """Decoded text deltas in, reasoning/answer pieces out; `<think>` and `</think>` never pass through."""
+    """Decoded text deltas in, reasoning/answer pieces out; `<think>` and `</think>` never pass through.
+
+    Tags are removed in one left-to-right pass, like `str.replace`: text that only spells a tag once
+    a tag inside it is removed (`<think<think>>`) is the model's text and is kept. The first
+    `</think>` switches to the answer channel; text is otherwise passed through exactly.
+    """
 
     _TAGS = (THINK_OPEN, THINK_CLOSE)
 

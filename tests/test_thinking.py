@@ -6,6 +6,7 @@ and its answer ids afterwards, the way a real model answers once `</think>` is i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -240,13 +241,31 @@ def test_splitter_separates_channels() -> None:
     ]
 
 
+def reference_split(text: str) -> tuple[str, str]:
+    """One left-to-right pass: tags removed where they occur, the first `</think>` switches to the answer."""
+    parts = re.split(r"(<think>|</think>)", text)
+    reasoning, answer, in_answer = "", "", False
+    for part in parts:
+        if part == "</think>":
+            in_answer = True
+        elif part != "<think>":
+            if in_answer:
+                answer += part
+            else:
+                reasoning += part
+    return reasoning, answer
+
+
 @settings(max_examples=300, deadline=None)
 @given(pieces=st.lists(st.sampled_from(["a", "<", "/", "think", ">", "<think>", "</think>", "\n", "é"]), max_size=20), data=st.data())
-def test_splitter_never_shows_tags_and_ignores_splits(pieces: list[str], data: st.DataObject) -> None:
+def test_splitter_drops_tags_and_ignores_splits(pieces: list[str], data: st.DataObject) -> None:
     text = "".join(pieces)
     cuts = sorted(data.draw(st.sets(st.integers(0, len(text)))))
     bounds = [0, *cuts, len(text)]
-    split = split_all(ReasoningSplitter(True), [text[a:b] for a, b in zip(bounds, bounds[1:])])
-    assert split == split_all(ReasoningSplitter(True), [text])
-    for piece in split:
+    splitter = ReasoningSplitter(True)
+    raw = [p for a, b in zip(bounds, bounds[1:]) for p in splitter.feed(text[a:b])] + splitter.flush()
+    for piece in raw:
         assert "<think>" not in piece.text and "</think>" not in piece.text
+    reasoning = "".join(p.text for p in raw if p.channel is Channel.REASONING)
+    answer = "".join(p.text for p in raw if p.channel is Channel.ANSWER)
+    assert (reasoning, answer) == reference_split(text)
