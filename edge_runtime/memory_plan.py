@@ -24,7 +24,8 @@ materialises scores needs prefill_chunk x context x heads x 4 bytes more.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 from edge_runtime.model_config import ATTENTION, MAMBA, MLP, ModelConfig
 from edge_runtime.state_layout import (
@@ -37,6 +38,9 @@ from edge_runtime.state_layout import (
 
 MiB = 1024**2
 # ONNX Runtime sessions, CUDA context and the Python process; a named guess until measured on a Thor.
+if TYPE_CHECKING:
+    from edge_runtime.bundle import Bundle
+
 RUNTIME_OVERHEAD_BYTES = 150 * MiB
 DEFAULT_GROUP_SIZE = 32
 DEFAULT_PREFILL_CHUNK = 512
@@ -313,3 +317,26 @@ def _require_positive(name: str, value: int) -> None:
 
 def _gib(n: int) -> str:
     return f"{n / 1024**3:.2f} GiB"
+
+
+def plan_for_bundle(bundle: "Bundle", budget_bytes: int, context: int, max_batch: int | None = None,
+                    prefill_chunk: int = DEFAULT_PREFILL_CHUNK, overhead_bytes: int = RUNTIME_OVERHEAD_BYTES) -> MemoryPlan:
+    """Plan for an exported bundle: its own state layout, and its weights file's exact size as the weight bytes."""
+    weights = bundle.weights
+    specs = bundle.state_layout
+    plan = plan_memory(
+        bundle.config, weights["format"], budget_bytes, context, max_batch,
+        # float bundles compute in their weight dtype (bf16 ones in float32: the planner's default is close)
+        activation_dtype=None if weights["format"] in _FLOAT_FORMAT_DTYPE else weights.get("activation_dtype"),
+        state_specs=specs,
+        group_size=int(weights.get("group_size") or DEFAULT_GROUP_SIZE),
+        quantize_lm_head=bool(weights.get("quantize_lm_head", True)),
+        quantize_embeddings=bool(weights.get("quantize_embeddings", False)),
+        prefill_chunk=prefill_chunk, overhead_bytes=overhead_bytes,
+    )
+    exact = replace(plan, weight_bytes=int(bundle.manifest["files"][weights["file"]]["bytes"]))
+    if exact.available_bytes < 0:
+        raise MemoryPlanError(
+            f"budget_bytes: {_gib(budget_bytes)} is {_gib(-exact.available_bytes)} short of the "
+            f"{_gib(exact.base_bytes)} the bundle needs before any sequence")
+    return exact

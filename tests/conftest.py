@@ -1,4 +1,5 @@
-"""Shared fixtures: the synthetic tokenizer, as a `tokenizers.Tokenizer` and as transformers loads it."""
+"""Shared fixtures: the synthetic tokenizer (as `tokenizers` and transformers load it), and synthetic
+checkpoints and their exported bundles, built once per test session."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def tokenizer_dir(synth_tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathF
 def hf_tokenizer(tokenizer_dir: Path):
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nemotron_export.synth import synth
+
+    return synth("tiny", tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nemotron_export.bundle import ExportOptions, export_bundle
+
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny",
+                         ExportOptions(max_batch=8, max_context=512), progress=False)

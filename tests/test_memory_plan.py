@@ -170,22 +170,23 @@ def test_plan_command_json_matches_the_library(real, capsys):
     assert out["grid"]["131072"] == plan.max_sequences_at(131072)
 
 
-def test_plan_command_reads_a_bundle_manifest(real, tmp_path, capsys):
-    specs = [s.to_dict() for s in state_layout(real, "float32")]
-    manifest = {"config": real.to_hf_dict(), "state_layout": specs, "weights": {"format": "int4", "group_size": 64}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert main(["plan", "--bundle", str(tmp_path), "--budget", "64GiB", "--json"]) == 0
+def test_plan_command_reads_a_bundle(tiny_bundle, capsys):
+    from edge_runtime.bundle import open_bundle
+    from edge_runtime.memory_plan import plan_for_bundle
+
+    assert main(["plan", "--bundle", str(tiny_bundle), "--budget", "1GiB", "--context", "2048", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    expected = plan_memory(real, "int4", 64 * GiB, 8192, activation_dtype="float32", group_size=64)
-    assert out["activation_dtype"] == "float32" and out["group_size"] == 64
-    assert out["weight_bytes"] == expected.weight_bytes
-    assert out["kv_bytes_per_token"] == 32 * 1024
+    bundle = open_bundle(tiny_bundle)
+    expected = plan_for_bundle(bundle, GiB, 2048)
+    assert out["weight_bytes"] == (tiny_bundle / "weights.bin").stat().st_size == expected.weight_bytes
+    assert out["kv_bytes_per_token"] == sum(s.bytes_per_sequence(1) for s in bundle.state_layout if s.per_token)
+    assert out["max_sequences"] == expected.max_sequences
 
 
 def test_plan_command_errors_name_what_is_wrong(tmp_path, capsys):
-    (tmp_path / "manifest.json").write_text(json.dumps({"config": {}, "weights": {"format": "int4"}}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "config": {}}))
     assert main(["plan", "--bundle", str(tmp_path), "--budget", "64GiB"]) == 2
-    assert "'state_layout' missing" in capsys.readouterr().err
+    assert "custom op domain" in capsys.readouterr().err
     assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "lots"]) == 2
     assert "--budget:" in capsys.readouterr().err
     assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "4GiB"]) == 2

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from edge_runtime.memory_plan import (
     DEFAULT_GROUP_SIZE,
@@ -15,10 +14,11 @@ from edge_runtime.memory_plan import (
     WEIGHT_FORMATS,
     MemoryPlan,
     MemoryPlanError,
+    plan_for_bundle,
     plan_memory,
 )
+from edge_runtime.bundle import BundleError, open_bundle
 from edge_runtime.model_config import ConfigError, ModelConfig
-from edge_runtime.state_layout import StateSpec
 from edge_runtime.units import SizeError, format_bytes, parse_bytes
 
 GRID_CONTEXTS = (2048, 8192, 32768, 131072)
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         plan = _plan(args)
-    except (ConfigError, MemoryPlanError, SizeError, ManifestError) as e:
+    except (ConfigError, MemoryPlanError, SizeError, BundleError) as e:
         print(f"nemotron-edge plan: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -59,10 +59,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(plan, source=str(args.bundle or args.config)))
     return 0
-
-
-class ManifestError(ValueError):
-    """A bundle manifest.json without the keys the planner reads; the message names the key."""
 
 
 def _plan(args: argparse.Namespace) -> MemoryPlan:
@@ -77,38 +73,10 @@ def _plan(args: argparse.Namespace) -> MemoryPlan:
             ModelConfig.from_file(args.config), args.weights or DEFAULT_WEIGHTS,
             group_size=args.group_size or DEFAULT_GROUP_SIZE, **common,
         )
-    manifest = _read_manifest(args.bundle)
-    weights = manifest["weights"]
-    if args.weights is not None and args.weights != weights["format"]:
-        raise ManifestError(f"--weights: the bundle holds {weights['format']} weights, not {args.weights}")
-    specs = [StateSpec.from_dict(d) for d in manifest["state_layout"]]
-    # The bundle's activation dtype is the dtype its conv and K/V states were exported in.
-    act = next((s.dtype for s in specs if s.kind != "ssm"), None)
-    return plan_memory(
-        ModelConfig.from_hf_dict(manifest["config"]), weights["format"],
-        activation_dtype=act, state_specs=specs,
-        group_size=args.group_size or int(weights.get("group_size", DEFAULT_GROUP_SIZE)),
-        quantize_lm_head=bool(weights.get("quantize_lm_head", True)),
-        quantize_embeddings=bool(weights.get("quantize_embeddings", False)),
-        zero_points=bool(weights.get("zero_points", False)),
-        **common,
-    )
-
-
-def _read_manifest(bundle: Path) -> dict[str, Any]:
-    path = bundle / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no such file (is {bundle} an exported bundle?)") from None
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e})") from None
-    for key, kind in (("config", dict), ("state_layout", list), ("weights", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise ManifestError(f"{path}: key {key!r} missing or not a JSON {kind.__name__.replace('dict', 'object')}")
-    if "format" not in manifest["weights"]:
-        raise ManifestError(f"{path}: key 'weights.format' missing")
-    return manifest
+    bundle = open_bundle(args.bundle, verify=False)
+    if args.weights is not None and args.weights != bundle.weights["format"]:
+        raise BundleError(f"--weights: the bundle holds {bundle.weights['format']} weights, not {args.weights}")
+    return plan_for_bundle(bundle, budget, args.context, args.max_batch, args.prefill_chunk, overhead)
 
 
 def _size(flag: str, text: str) -> int:

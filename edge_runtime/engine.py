@@ -1,0 +1,397 @@
+"""The generation engine: request -> scheduler -> model runner -> sampler -> output processing -> stream.
+
+`Engine.step()` is one turn of that line: admit waiting requests into free state slots, run one decode
+batch and one batch of prompt chunks, choose each sequence's next token (forced by its thinking
+controller, or sampled), and turn committed tokens into events. `start()` runs steps on a background
+thread; tests may call `step()` directly. The memory plan sizes the state pool once at start-up, so
+admission by free slot keeps the engine inside its budget by construction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from edge_runtime.bundle import Bundle, open_bundle
+from edge_runtime.memory_plan import MemoryPlan, plan_for_bundle
+from edge_runtime.ort_backend import OrtModelRunner, ProviderConfig
+from edge_runtime.output import OutputProcessor
+from edge_runtime.request import (EngineUnavailableError, Event, Final, GenerationRequest, RequestError, Timings,
+                                  Usage)
+from edge_runtime.sampler import SamplerState, sample
+from edge_runtime.scheduler import Scheduler, SchedulerConfig, Sequence
+from edge_runtime.state_pool import StatePool
+from edge_runtime.thinking import Channel, ThinkingController
+
+END_OF_TURN = "<SPECIAL_12>"
+
+
+@dataclass
+class EngineConfig:
+    memory_budget: int | None = None  # bytes; None: bundle limits alone decide the slot count
+    max_context: int | None = None  # per-sequence tokens (prompt + output); default: the bundle's limit
+    max_batch: int | None = None  # default: the bundle's limit
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    providers: ProviderConfig = field(default_factory=ProviderConfig)
+    verify_bundle: bool = True
+
+
+class RequestHandle:
+    """The caller's side of one request: events arrive through `on_event` (default: an internal list
+    read by `events()`/`result()`), `cancel()` ends it within one step."""
+
+    def __init__(self, request: GenerationRequest, on_event: Callable[[Event], None] | None = None):
+        self.request = request
+        self._events: list[Event] = []
+        self._on_event = on_event or self._events.append
+        self._done = threading.Event()
+        self.cancelled = False
+        self.final: Final | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Final):
+            self.final = event
+        self._on_event(event)
+        if isinstance(event, Final):
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> Final | None:
+        self._done.wait(timeout)
+        return self.final
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def events(self) -> list[Event]:
+        return list(self._events)
+
+
+@dataclass
+class _Tracked:
+    """Engine-side bookkeeping of one request."""
+
+    handle: RequestHandle
+    sampler: SamplerState
+    output: OutputProcessor
+    controller: ThinkingController | None
+    stop_ids: set[int]
+    submitted: float
+    admitted: float | None = None
+    last_token: float | None = None
+    generated: list[int] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    seq: Sequence | None = None
+
+
+class Engine:
+    def __init__(self, bundle: Bundle | str | Path, config: EngineConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config or EngineConfig()
+        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=self.config.verify_bundle)
+        self.model_config = self.bundle.config
+        self.clock = clock
+        tok_path = self.bundle.path / "tokenizer.json"
+        self.tokenizer = Tokenizer.from_file(str(tok_path)) if self.bundle.has_tokenizer and tok_path.exists() else None
+        limits = self.bundle.limits
+        self.max_context = min(self.config.max_context or limits["max_context"], limits["max_context"])
+        max_batch = min(self.config.max_batch or limits["max_batch"], limits["max_batch"])
+        self.plan: MemoryPlan | None = None
+        if self.config.memory_budget is not None:
+            self.plan = plan_for_bundle(self.bundle, self.config.memory_budget, self.max_context, max_batch,
+                                        prefill_chunk=self.config.scheduler.prefill_chunk)
+            max_batch = min(max_batch, self.plan.max_sequences)
+            if max_batch < 1:
+                raise RequestError("memory_budget", f"no sequence of {self.max_context} tokens fits the budget")
+        self.num_slots = max_batch
+        self.pool = StatePool(self.bundle.state_layout, max_batch, self.max_context, max_batch)
+        self.runner = OrtModelRunner(self.bundle, self.pool, self.config.providers)
+        self.scheduler = Scheduler(self.config.scheduler)
+        self.eos_ids = set(self.model_config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.token_to_id(END_OF_TURN) is not None:
+            self.eos_ids.add(self.tokenizer.token_to_id(END_OF_TURN))
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._tracked: list[_Tracked] = []
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.steps = 0
+        self.tokens_generated = 0
+        self._decode_rate = _Rate()
+
+    # ---- submission ---------------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, on_event: Callable[[Event], None] | None = None,
+               reasoning: bool = False) -> RequestHandle:
+        """Validate and queue a request. `reasoning`: the prompt ends inside an open <think> section."""
+        self._validate(request)
+        handle = RequestHandle(request, on_event)
+        controller = None
+        if request.thinking is not None:
+            if self.tokenizer is None:
+                raise RequestError("thinking", "this bundle has no tokenizer; thinking budgets need one")
+            controller = ThinkingController(self.tokenizer, request.thinking, reasoning,
+                                            clock=lambda: self.clock() * 1000.0)
+        tracked = _Tracked(
+            handle=handle,
+            sampler=SamplerState.create(request.sampling, request.prompt_ids),
+            output=OutputProcessor(self.tokenizer, request.prompt_ids, reasoning and controller is not None,
+                                   request.stop_strings, request.tool_names),
+            controller=controller,
+            stop_ids=set(request.stop_token_ids) | (set() if request.ignore_eos else self.eos_ids),
+            submitted=self.clock(),
+        )
+        with self._wake:
+            if not self._accepting:
+                raise EngineUnavailableError("the engine is draining and accepts no new requests")
+            self.scheduler.enqueue(tracked, request)
+            self._tracked.append(tracked)
+            self._wake.notify()
+        return handle
+
+    def _validate(self, r: GenerationRequest) -> None:
+        vocab = self.model_config.vocab_size
+        if not r.prompt_ids:
+            raise RequestError("prompt", "is empty")
+        if len(r.prompt_ids) >= self.max_context:
+            raise RequestError("prompt", f"{len(r.prompt_ids)} tokens leave no room in the context limit of {self.max_context}")
+        bad = next((t for t in r.prompt_ids if not 0 <= int(t) < vocab), None)
+        if bad is not None:
+            raise RequestError("token_ids", f"id {bad} is outside the vocabulary [0, {vocab})")
+        if r.max_tokens < 1:
+            raise RequestError("max_tokens", f"must be at least 1, got {r.max_tokens}")
+        bad = next((t for t in r.stop_token_ids if not 0 <= int(t) < vocab), None)
+        if bad is not None:
+            raise RequestError("stop_token_ids", f"id {bad} is outside the vocabulary [0, {vocab})")
+        try:
+            r.sampling.validate()
+        except ValueError as e:
+            raise RequestError("sampling", str(e)) from None
+
+    # ---- the step -----------------------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return bool(self._tracked)
+
+    def step(self) -> bool:
+        """One engine turn. Returns False when there was nothing to do."""
+        with self._lock:
+            self._reap_cancelled_and_expired()
+            self._admit()
+            plan = self.scheduler.plan()
+        if not plan:
+            return False
+        fresh: list[tuple[_Tracked, np.ndarray]] = []
+        if plan.decode:
+            seqs = plan.decode
+            logits = self._run_batch(seqs, lambda: self.runner.decode(
+                [s.slot for s in seqs], [s.next_token for s in seqs], [s.computed for s in seqs]))
+            if logits is not None:
+                for k, s in enumerate(seqs):
+                    s.computed += 1
+                    fresh.append((s.handle, logits[k]))
+                self._decode_rate.add(len(seqs), self.clock())
+        if plan.prefill:
+            seqs = [s for s, _ in plan.prefill]
+            chunks = [s.tokens[s.computed:s.computed + n] for s, n in plan.prefill]
+            logits = self._run_batch(seqs, lambda: self.runner.prefill(
+                [s.slot for s in seqs], chunks, [s.computed for s in seqs]))
+            if logits is not None:
+                for k, (s, n) in enumerate(plan.prefill):
+                    s.computed += n
+                    if not s.prefilling:
+                        fresh.append((s.handle, logits[k]))
+        self._choose_and_commit(fresh)
+        self.steps += 1
+        return True
+
+    def _run_batch(self, seqs: list[Sequence], call: Callable[[], np.ndarray]) -> np.ndarray | None:
+        try:
+            return call()
+        except Exception as e:  # a failed model call ends its batch, never the engine
+            for s in seqs:
+                self._finish(s.handle, "error", error=f"model call failed: {e}")
+            return None
+
+    def _choose_and_commit(self, fresh: list[tuple[_Tracked, np.ndarray]]) -> None:
+        to_sample = [(t, row) for t, row in fresh if t.controller is None or t.controller.forced_token() is None]
+        sampled: dict[int, tuple[int, object]] = {}
+        if to_sample:
+            result = sample(np.stack([row for _, row in to_sample]), [t.sampler for t, _ in to_sample])
+            for k, (t, _) in enumerate(to_sample):
+                sampled[id(t)] = (int(result.token_ids[k]), result.logprobs[k])
+        now = self.clock()
+        for t, _ in fresh:
+            if id(t) in sampled:
+                token, logprobs = sampled[id(t)]
+                forced = False
+            else:
+                token, logprobs, forced = t.controller.forced_token(), None, True
+            try:
+                self._commit(t, token, forced, logprobs, now)
+            except Exception as e:  # one sequence's failure never stops the others
+                self._finish(t, "error", error=f"{type(e).__name__}: {e}")
+
+    def _commit(self, t: _Tracked, token: int, forced: bool, logprobs, now: float) -> None:
+        if t.last_token is None:
+            t.timings.time_to_first_token_ms = (now - t.submitted) * 1000
+        else:
+            t.timings.token_latencies_ms.append((now - t.last_token) * 1000)
+        t.last_token = now
+        t.sampler.record(token)
+        t.generated.append(token)
+        self.tokens_generated += 1
+        if not forced and token in t.stop_ids:
+            return self._finish(t, "stop")
+        channel = t.controller.observe(token, forced) if t.controller is not None else Channel.ANSWER
+        for event in t.output.push(token, channel, logprobs):
+            t.handle.emit(event)
+        seq = t.seq
+        seq.tokens.append(token)
+        if t.output.stopped_by is not None:
+            return self._finish(t, "stop_sequence")
+        if (t.controller is not None and t.controller.finished()) or len(t.generated) >= t.handle.request.max_tokens \
+                or len(seq.tokens) >= self.max_context:
+            return self._finish(t, "length")
+        seq.next_token = token
+
+    # ---- admission, cancellation, completion ----------------------------------------------------------------
+
+    def _admit(self) -> None:
+        while self.pool.free_slots and self.scheduler.peek_waiting() is not None:
+            t: _Tracked = self.scheduler.pop_waiting()
+            slot = self.pool.allocate()
+            t.admitted = self.clock()
+            t.timings.queue_wait_ms = (t.admitted - t.submitted) * 1000
+            t.seq = Sequence(t.handle.request, slot, list(t.handle.request.prompt_ids), handle=t)
+            self.scheduler.running.append(t.seq)
+
+    def _reap_cancelled_and_expired(self) -> None:
+        now = self.clock()
+        for t in list(self._tracked):
+            deadline = t.handle.request.deadline
+            if t.handle.cancelled:
+                self._finish(t, "cancelled", locked=True)
+            elif deadline is not None and now >= deadline:
+                self._finish(t, "cancelled", error="deadline exceeded", locked=True)
+
+    def _finish(self, t: _Tracked, reason: str, error: str | None = None, locked: bool = False) -> None:
+        if t.handle.done:
+            return
+        if reason not in ("cancelled", "error"):
+            for event in t.output.finish():
+                t.handle.emit(event)
+        if locked:
+            self._release(t)
+        else:
+            with self._lock:
+                self._release(t)
+        c = t.controller
+        usage = Usage(prompt_tokens=len(t.handle.request.prompt_ids))
+        if c is not None:
+            usage.reasoning_tokens, usage.answer_tokens, usage.forced_tokens = c.reasoning_tokens, c.answer_tokens, c.forced_tokens
+        else:
+            usage.answer_tokens = len(t.generated) - (1 if reason == "stop" else 0)
+        t.timings.total_ms = (self.clock() - t.submitted) * 1000
+        t.handle.emit(Final(
+            finish_reason=reason, usage=usage, timings=t.timings,
+            thinking_ended_by=c.ended_by if c is not None else None, token_ids=list(t.generated),
+            reasoning_text=t.output.reasoning_text, answer_text=t.output.answer_text,
+            tool_calls=list(t.output.tool_calls), error=error,
+        ))
+
+    def _release(self, t: _Tracked) -> None:
+        if t.seq is not None:
+            if t.seq in self.scheduler.running:
+                self.scheduler.running.remove(t.seq)
+                self.pool.release(t.seq.slot)
+        else:
+            self.scheduler.remove_waiting(t)
+        if t in self._tracked:
+            self._tracked.remove(t)
+
+    # ---- running ------------------------------------------------------------------------------------------
+
+    def run_until_done(self, handles: list[RequestHandle] | None = None) -> None:
+        """Step on the caller's thread until `handles` (default: everything) are finished."""
+        while (any(not h.done for h in handles) if handles else self.has_work()):
+            self.step()
+
+    def generate(self, request: GenerationRequest, reasoning: bool = False) -> Final:
+        handle = self.submit(request, reasoning=reasoning)
+        if self._thread is None:
+            self.run_until_done([handle])
+        return handle.wait()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="nemotron-edge-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self._tracked:
+                    self._wake.wait(0.5)
+                if self._stop:
+                    return
+            self.step()
+
+    def stop_accepting(self) -> None:
+        with self._lock:
+            self._accepting = False
+
+    def shutdown(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for t in list(self._tracked):
+            self._finish(t, "cancelled", error="engine shut down")
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    # ---- status -------------------------------------------------------------------------------------------
+
+    @property
+    def slots_busy(self) -> int:
+        return self.num_slots - self.pool.free_slots
+
+    @property
+    def queue_depth(self) -> int:
+        return self.scheduler.queue_depth
+
+    def decode_tokens_per_second(self) -> float:
+        return self._decode_rate.rate(self.clock())
+
+
+class _Rate:
+    """Tokens per second over a sliding window of recent steps."""
+
+    def __init__(self, window_s: float = 10.0):
+        self.window = window_s
+        self.samples: list[tuple[float, int]] = []
+
+    def add(self, n: int, now: float) -> None:
+        self.samples.append((now, n))
+        self.samples = [(t, k) for t, k in self.samples if now - t <= self.window]
+
+    def rate(self, now: float) -> float:
+        recent = [(t, k) for t, k in self.samples if now - t <= self.window]
+        if len(recent) < 2:
+            return 0.0
+        span = recent[-1][0] - recent[0][0]
+        return sum(k for _, k in recent[1:]) / span if span > 0 else 0.0

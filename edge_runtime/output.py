@@ -1,0 +1,104 @@
+"""Output processing for one sequence: committed tokens in, channel-tagged text, tool calls and stops out.
+
+Per token: incremental detokenization (never half a UTF-8 character) -> reasoning/answer split on the
+think tags (the tags never appear in either text) -> on the answer channel, stop strings (never shown
+partially) and <TOOLCALL> parsing (never leaking the tag or half a call). Every token id reaches the
+stream exactly once, on the delta of the step that committed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenizers import Tokenizer
+
+from edge_runtime.detokenizer import IncrementalDecoder, StopMatcher
+from edge_runtime.request import Delta, Event, ToolCallRecord
+from edge_runtime.sampler import TokenLogprobs
+from edge_runtime.thinking import Channel, ReasoningSplitter
+from edge_runtime.toolcalls import TextDelta, ToolCall, ToolCallParser
+
+
+@dataclass
+class OutputProcessor:
+    tokenizer: Tokenizer | None
+    prompt_ids: list[int]
+    reasoning: bool
+    stop_strings: list[str]
+    tool_names: list[str] | None
+    reasoning_text: str = ""
+    answer_text: str = ""
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    stopped_by: str | None = None  # the stop string that ended the answer
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is not None:
+            self._decoder = IncrementalDecoder(self.tokenizer, self.prompt_ids, skip_special_tokens=False)
+        self._splitter = ReasoningSplitter(self.reasoning)
+        self._stops = StopMatcher(self.stop_strings)
+        self._tools = ToolCallParser(self.tool_names) if self.tool_names is not None else None
+        self._answer_started = False
+
+    def push(self, token_id: int, channel: Channel, logprobs: TokenLogprobs | None) -> list[Event]:
+        """Events for one committed (non-stop) token."""
+        text = self._decoder.push(token_id) if self.tokenizer is not None else ""
+        events = self._text_events(self._splitter.feed(text))
+        self._attach(events, token_id, channel, logprobs)
+        return events
+
+    def finish(self) -> list[Event]:
+        """Release everything held back (end of stream)."""
+        if self.stopped_by is not None:
+            return []
+        pieces = self._splitter.feed(self._decoder.flush()) if self.tokenizer is not None else []
+        events = self._text_events(pieces + self._splitter.flush())
+        if self.stopped_by is None:
+            events += self._answer_events(self._stops.flush(), final=True)
+        return events
+
+    def _text_events(self, pieces) -> list[Event]:
+        events: list[Event] = []
+        for piece in pieces:
+            if self.stopped_by is not None:
+                break
+            if piece.channel is Channel.REASONING:
+                self.reasoning_text += piece.text
+                events.append(Delta(piece.text, "reasoning"))
+            else:
+                text = piece.text if self._answer_started else piece.text.lstrip()
+                self._answer_started = self._answer_started or bool(text)
+                safe, stop = self._stops.push(text)
+                events += self._answer_events(safe, final=False)
+                if stop is not None:
+                    self.stopped_by = stop
+                    events += self._answer_events("", final=True)
+        return events
+
+    def _answer_events(self, text: str, final: bool) -> list[Event]:
+        if self._tools is None:
+            items = [TextDelta(text)] if text else []
+        else:
+            items = self._tools.feed(text) if text else []
+            if final:
+                items += self._tools.flush()
+        events: list[Event] = []
+        for item in items:
+            if isinstance(item, ToolCall):
+                record = ToolCallRecord(len(self.tool_calls), item.name, item.arguments_json, item.error)
+                self.tool_calls.append(record)
+                events.append(record)
+            elif item.text:
+                self.answer_text += item.text
+                events.append(Delta(item.text, "answer"))
+        return events
+
+    @staticmethod
+    def _attach(events: list[Event], token_id: int, channel: Channel, logprobs: TokenLogprobs | None) -> None:
+        target = next((e for e in events if isinstance(e, Delta)), None)
+        if target is None:
+            name = "answer" if channel is Channel.ANSWER else "reasoning"
+            target = Delta("", name)
+            events.insert(0, target)
+        target.token_ids.append(token_id)
+        if logprobs is not None:
+            target.logprobs.append(logprobs)

@@ -1,0 +1,110 @@
+"""Continuous-batching scheduler: who gets a state slot, and what each engine step runs.
+
+Waiting requests are ordered by (priority, deadline, arrival). A request is admitted when a state slot is
+free (the pool is sized by the memory plan, so a free slot means the budget holds one more sequence);
+the queue in front of admission is bounded. Every step decodes one token for each running sequence and
+spends what is left of a per-step token budget on prompt chunks, so a long prompt never stalls the
+decode latency of running streams by more than one chunk.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+
+from edge_runtime.request import GenerationRequest, QueueFullError
+
+@dataclass
+class Sequence:
+    """A request admitted to a slot. `tokens` are prompt + generated; `computed` of them are in the state."""
+
+    request: GenerationRequest
+    slot: int
+    tokens: list[int]
+    computed: int = 0
+    next_token: int | None = None  # chosen, not yet fed to the model
+    handle: object = None  # the engine's per-request bookkeeping
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < self.prompt_len
+
+
+@dataclass
+class StepPlan:
+    decode: list[Sequence] = field(default_factory=list)
+    prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, chunk length)
+
+    def __bool__(self) -> bool:
+        return bool(self.decode or self.prefill)
+
+
+@dataclass
+class SchedulerConfig:
+    max_queue: int = 64
+    max_step_tokens: int = 512  # decode tokens + prefill tokens per step
+    prefill_chunk: int = 256
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig):
+        self.config = config
+        self._waiting: list[tuple[int, float, int, object]] = []
+        self._order = itertools.count()
+        self.running: list[Sequence] = []
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def enqueue(self, item: object, request: GenerationRequest) -> None:
+        if len(self._waiting) >= self.config.max_queue:
+            raise QueueFullError(f"queue: {len(self._waiting)} requests waiting, the limit is {self.config.max_queue}")
+        deadline = request.deadline if request.deadline is not None else math.inf
+        heapq.heappush(self._waiting, (int(request.priority), deadline, next(self._order), item))
+
+    def pop_waiting(self) -> object | None:
+        return heapq.heappop(self._waiting)[3] if self._waiting else None
+
+    def peek_waiting(self) -> object | None:
+        return self._waiting[0][3] if self._waiting else None
+
+    def remove_waiting(self, item: object) -> bool:
+        for k, entry in enumerate(self._waiting):
+            if entry[3] is item:
+                self._waiting.pop(k)
+                heapq.heapify(self._waiting)
+                return True
+        return False
+
+    def waiting_items(self) -> list[object]:
+        return [e[3] for e in self._waiting]
+
+    def plan(self) -> StepPlan:
+        """Decode every running sequence that has a token to feed; fill the rest of the budget with prompt
+        chunks, most urgent first."""
+        plan = StepPlan()
+        budget = self.config.max_step_tokens
+        for seq in self.running:
+            if not seq.prefilling and seq.next_token is not None:
+                plan.decode.append(seq)
+                budget -= 1
+        prefilling = sorted((s for s in self.running if s.prefilling), key=_urgency)
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            n = min(seq.prompt_len - seq.computed, self.config.prefill_chunk, budget)
+            plan.prefill.append((seq, n))
+            budget -= n
+        return plan
+
+
+def _urgency(seq: Sequence) -> tuple[int, float]:
+    r = seq.request
+    return int(r.priority), r.deadline if r.deadline is not None else math.inf
