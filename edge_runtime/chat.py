@@ -1,0 +1,113 @@
+"""Chat on top of the engine: render the bundle's chat template, tokenize, attach reasoning control.
+
+A `ChatRequest` is what the CLI and the gRPC service accept. `Chat.prepare()` turns it into the engine's
+`GenerationRequest`: the prompt rendered exactly as transformers would, sampling defaults from the model
+card (reasoning on: temperature 0.6, top-p 0.95; off: greedy), and the thinking budgets that the
+engine's ThinkingController enforces inside the decode loop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from edge_runtime.chat_template import ChatTemplate, thinking_enabled
+from edge_runtime.engine import Engine, RequestHandle
+from edge_runtime.request import Event, GenerationRequest, Priority, RequestError
+from edge_runtime.sampler import SamplingParams
+from edge_runtime.thinking import DEFAULT_CLOSE_TEXT, ThinkingConfig
+
+
+@dataclass
+class ThinkingDefaults:
+    """Service-wide defaults for requests that set no budget of their own."""
+
+    max_thinking_tokens: int | None = None
+    thinking_grace_tokens: int = 0
+    thinking_deadline_ms: float | None = None
+    max_answer_tokens: int | None = None
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str = "auto"  # auto | none | a tool's name
+    reasoning: bool | None = None  # None: the template decides (/think, /no_think; on by default)
+    max_thinking_tokens: int | None = None
+    thinking_grace_tokens: int | None = None
+    thinking_deadline_ms: float | None = None
+    max_answer_tokens: int | None = None
+    thinking_close_text: str | None = None
+    sampling: SamplingParams | None = None  # None: the model card's defaults for the reasoning mode
+    max_tokens: int = 1024
+    stop_strings: list[str] = field(default_factory=list)
+    priority: Priority = Priority.NORMAL
+    deadline: float | None = None
+    request_id: str | None = None
+
+
+def tool_name(tool: dict[str, Any]) -> str:
+    return (tool.get("function") or tool).get("name", "")
+
+
+class Chat:
+    def __init__(self, engine: Engine, defaults: ThinkingDefaults | None = None):
+        if engine.tokenizer is None or engine.bundle.chat_template is None:
+            raise RequestError("bundle", "has no tokenizer or chat template; it serves token-id requests only")
+        self.engine = engine
+        self.defaults = defaults or ThinkingDefaults()
+        config = json.loads((engine.bundle.path / "tokenizer_config.json").read_text()) \
+            if (engine.bundle.path / "tokenizer_config.json").exists() else {}
+        special = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
+        self.template = ChatTemplate(engine.bundle.chat_template, special)
+
+    def render(self, chat: ChatRequest) -> str:
+        tools = chat.tools if chat.tool_choice != "none" else None
+        try:
+            return self.template.render(chat.messages, tools=tools, add_generation_prompt=True, reasoning=chat.reasoning)
+        except Exception as e:  # template errors are the request's fault (bad roles, missing content, ...)
+            raise RequestError("messages", f"cannot render the chat template: {e}") from None
+
+    def count_tokens(self, chat: ChatRequest) -> int:
+        return len(self.engine.tokenizer.encode(self.render(chat), add_special_tokens=False).ids)
+
+    def prepare(self, chat: ChatRequest) -> tuple[GenerationRequest, bool]:
+        """The engine request for `chat`, and whether its prompt leaves the model thinking."""
+        if not chat.messages:
+            raise RequestError("messages", "is empty")
+        names = [tool_name(t) for t in chat.tools or []]
+        if chat.tool_choice not in ("auto", "none") and chat.tool_choice not in names:
+            raise RequestError("tool_choice", f"names unknown tool {chat.tool_choice!r}; tools: {names}")
+        prompt = self.render(chat)
+        reasoning = thinking_enabled(prompt)
+        d = self.defaults
+        pick = lambda v, default: default if v is None else v
+        try:
+            thinking = ThinkingConfig(
+                max_thinking_tokens=pick(chat.max_thinking_tokens, d.max_thinking_tokens),
+                thinking_grace_tokens=pick(chat.thinking_grace_tokens, d.thinking_grace_tokens),
+                thinking_deadline_ms=pick(chat.thinking_deadline_ms, d.thinking_deadline_ms),
+                max_answer_tokens=pick(chat.max_answer_tokens, d.max_answer_tokens),
+                close_text=chat.thinking_close_text or DEFAULT_CLOSE_TEXT,
+            )
+        except ValueError as e:
+            raise RequestError(str(e).split(" ")[0], str(e)) from None
+        request = GenerationRequest(
+            prompt_ids=self.engine.tokenizer.encode(prompt, add_special_tokens=False).ids,
+            sampling=chat.sampling or SamplingParams.model_card_default(reasoning),
+            max_tokens=chat.max_tokens,
+            stop_strings=list(chat.stop_strings),
+            priority=chat.priority,
+            deadline=chat.deadline,
+            thinking=thinking,
+            tool_names=names if chat.tools and chat.tool_choice != "none" else None,
+        )
+        if chat.request_id:
+            request.request_id = chat.request_id
+        return request, reasoning
+
+    def submit(self, chat: ChatRequest, on_event: Callable[[Event], None] | None = None) -> RequestHandle:
+        request, reasoning = self.prepare(chat)
+        return self.engine.submit(request, on_event, reasoning=reasoning)
