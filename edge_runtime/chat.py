@@ -9,7 +9,7 @@ engine's ThinkingController enforces inside the decode loop.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from edge_runtime.chat_template import ChatTemplate, thinking_enabled
@@ -41,6 +41,7 @@ class ChatRequest:
     max_answer_tokens: int | None = None
     thinking_close_text: str | None = None
     sampling: SamplingParams | None = None  # None: the model card's defaults for the reasoning mode
+    seed: int | None = None  # with the model card's defaults: makes a sampled chat reproducible
     max_tokens: int = 1024
     stop_strings: list[str] = field(default_factory=list)
     priority: Priority = Priority.NORMAL
@@ -96,7 +97,7 @@ class Chat:
             raise RequestError(str(e).split(" ")[0], str(e)) from None
         request = GenerationRequest(
             prompt_ids=self.engine.tokenizer.encode(prompt, add_special_tokens=False).ids,
-            sampling=chat.sampling or SamplingParams.model_card_default(reasoning),
+            sampling=chat.sampling or replace(SamplingParams.model_card_default(reasoning), seed=chat.seed),
             max_tokens=chat.max_tokens,
             stop_strings=list(chat.stop_strings),
             priority=chat.priority,

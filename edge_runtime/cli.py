@@ -14,6 +14,8 @@ import sys
 
 # Device-side command modules (no torch).
 RUNTIME_COMMANDS: list[str] = [
+    "edge_runtime.commands.generate",
+    "edge_runtime.commands.chat",
     "edge_runtime.commands.plan",
     "nemotron_jetson.commands",
     "edge_runtime.commands.doctor",

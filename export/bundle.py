@@ -62,6 +62,7 @@ def export_bundle(ckpt_dir: str | Path, out_dir: str | Path, options: ExportOpti
     steps.update()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is read by the service user
     try:
         index = _write_weights(table, tmp / bundle_format.WEIGHTS_FILE, progress)
         steps.update()

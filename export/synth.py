@@ -87,6 +87,7 @@ def write_checkpoint(out_dir: str | Path, cfg: ModelConfig, weights: dict[str, t
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    tmp.chmod(0o755)
     try:
         if tokenizer_vocab is not None:
             from nemotron_export.tokenizer_synth import build_tokenizer, load_chat_template, write_tokenizer_files
