@@ -1,0 +1,350 @@
+"""The native kernel library for the nemotron_edge custom ops (kernels/nemotron_edge_ops.cc).
+
+Each op is run as a one-node model twice, with and without the library registered: without it ONNX
+Runtime expands the model-local function body (the reference), with it the registered kernel runs.
+A whole bundle gives the same logits, states and greedy tokens either way, and ORT's profiler shows
+each op executing as a single node when the library is registered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from nemotron_export import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+F32, F16, I64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64
+ONNX_OF = {np.float32: F32, np.float16: F16}
+
+
+@pytest.fixture(scope="session")
+def kernel_lib() -> str:
+    """Builds (or reuses) kernels/build/libnemotron_edge_ops.so with kernels/build.sh."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("g++ not found: the custom-op kernel library cannot be built here")
+    proc = subprocess.run(["bash", str(ROOT / "kernels" / "build.sh")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"kernels/build.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    lib = ROOT / "kernels" / "build" / "libnemotron_edge_ops.so"
+    assert lib.is_file()
+    return str(lib)
+
+
+# ---- one-node models ---------------------------------------------------------------------------------
+
+def one_node_model(op_type: str, inputs: list[tuple[str, int, list]], outputs: list[tuple[str, int]],
+                   **attrs) -> bytes:
+    """A graph of one custom-op node that carries the ops' function bodies, as every bundle does."""
+    node = helper.make_node(op_type, [n for n, _, _ in inputs], [n for n, _ in outputs], domain=ops.DOMAIN, **attrs)
+    graph = helper.make_graph(
+        [node], op_type,
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outputs])
+    model = helper.make_model(graph, functions=ops.function_protos(),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, ops.VERSION)])
+    return model.SerializeToString()
+
+
+def session(model: bytes | str, lib: str | None, profile_dir: Path | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    if lib:
+        so.register_custom_ops_library(lib)
+    if profile_dir is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_dir / "ort")
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def executed_ops(sess: ort.InferenceSession) -> list[str]:
+    """Op types of the nodes ORT executed (one entry per node per run), from its profile."""
+    path = sess.end_profiling()
+    events = json.loads(Path(path).read_text())
+    os.remove(path)
+    return [e["args"]["op_name"] for e in events
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
+def both(model: bytes, feeds: dict[str, np.ndarray], lib: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    return session(model, None).run(None, feeds), session(model, lib).run(None, feeds)
+
+
+def assert_close(ref: np.ndarray, got: np.ndarray, rtol: float, what: str) -> None:
+    """Max abs error relative to the reference's magnitude (values near zero make elementwise rtol useless)."""
+    assert ref.shape == got.shape and ref.dtype == got.dtype, what
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    err = np.abs(ref64 - got64).max() / max(np.abs(ref64).max(), 1e-30)
+    assert err <= rtol, f"{what}: max abs error / max |ref| = {err:.3g} > {rtol}"
+
+
+def tol(dtype) -> float:
+    return 1e-5 if dtype == np.float32 else 2e-3
+
+
+# ---- CausalConv1d ------------------------------------------------------------------------------------
+
+def conv_inputs(rng, dtype, b, t, c, k, lengths):
+    ot = ONNX_OF[dtype]
+    model = one_node_model(
+        "CausalConv1d",
+        [("x", ot, ["b", "t", c]), ("conv_state", ot, ["b", c, k - 1]), ("weight", ot, [c, k]), ("bias", ot, [c]),
+         ("lengths", I64, ["b"])],
+        [("y", ot), ("new_state", ot)], channels=c)
+    feeds = {"x": rng.standard_normal((b, t, c)).astype(dtype),
+             "conv_state": rng.standard_normal((b, c, k - 1)).astype(dtype),
+             "weight": (0.5 * rng.standard_normal((c, k))).astype(dtype),
+             "bias": rng.standard_normal(c).astype(dtype),
+             "lengths": np.asarray(lengths, np.int64)}
+    return model, feeds
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("t,lengths", [(1, [1, 0, 1]), (5, [5, 2, 0]), (37, [37, 20, 1])],
+                         ids=["decode", "short-chunk", "long-chunk"])
+def test_causal_conv1d_matches_function_body(kernel_lib, dtype, t, lengths):
+    # t <= 8 and t > 8 take the kernel's two code paths; lengths < t is right padding, 0 an empty row.
+    rng = np.random.default_rng(t)
+    model, feeds = conv_inputs(rng, dtype, b=3, t=t, c=24, k=4, lengths=lengths)
+    ref, got = both(model, feeds, kernel_lib)
+    assert_close(ref[0], got[0], tol(dtype), "y")
+    np.testing.assert_array_equal(ref[1], got[1], "new_state is a copy of inputs: exact")
+
+
+def test_causal_conv1d_other_kernel_size(kernel_lib):
+    model, feeds = conv_inputs(np.random.default_rng(1), np.float32, b=2, t=11, c=8, k=2, lengths=[11, 4])
+    ref, got = both(model, feeds, kernel_lib)
+    assert_close(ref[0], got[0], 1e-5, "y")
+    np.testing.assert_array_equal(ref[1], got[1])
+
+
+def test_causal_conv1d_silu_saturates(kernel_lib):
+    """Large pre-activations: silu(a) -> a for a >> 0 and -> -0 for a << 0 (the kernel's exp is clamped)."""
+    model, feeds = conv_inputs(np.random.default_rng(2), np.float32, b=1, t=12, c=16, k=4, lengths=[12])
+    feeds["bias"] = np.linspace(-200, 200, 16).astype(np.float32)
+    ref, got = both(model, feeds, kernel_lib)
+    assert np.isfinite(got[0]).all()
+    assert_close(ref[0], got[0], 1e-5, "y")
+
+
+def test_causal_conv1d_rejects_lengths_beyond_chunk(kernel_lib):
+    model, feeds = conv_inputs(np.random.default_rng(3), np.float32, b=2, t=4, c=8, k=4, lengths=[4, 5])
+    with pytest.raises(Exception, match="lengths"):
+        session(model, kernel_lib).run(None, feeds)
+
+
+# ---- SsmStep and SsdChunkScan ------------------------------------------------------------------------
+
+def ssm_inputs(rng, dtype, b, t, h, p, g, n, valid: list[int] | None):
+    """Inputs of SsdChunkScan ([b, t, ...]); dt is zero at and after each row's valid length (right padding)."""
+    x = rng.standard_normal((b, t, h, p)).astype(dtype)
+    dt = np.log1p(np.exp(rng.standard_normal((b, t, h)) - 1.0)).astype(np.float32)  # softplus, > 0
+    if valid is not None:
+        for row, v in enumerate(valid):
+            dt[row, v:] = 0.0
+    A = -np.exp(rng.standard_normal(h)).astype(np.float32)
+    B = rng.standard_normal((b, t, g, n)).astype(dtype)
+    C = rng.standard_normal((b, t, g, n)).astype(dtype)
+    D = rng.standard_normal(h).astype(dtype)
+    state = rng.standard_normal((b, h, p, n)).astype(np.float32)
+    return {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "state": state}
+
+
+def scan_model(dtype, h, p, g, n, chunk_size):
+    ot = ONNX_OF[dtype]
+    return one_node_model(
+        "SsdChunkScan",
+        [("x", ot, ["b", "t", h, p]), ("dt", F32, ["b", "t", h]), ("A", F32, [h]), ("B", ot, ["b", "t", g, n]),
+         ("C", ot, ["b", "t", g, n]), ("D", ot, [h]), ("state", F32, ["b", h, p, n])],
+        [("y", F32), ("final_state", F32)], chunk_size=chunk_size)
+
+
+def step_model(dtype, h, p, g, n):
+    ot = ONNX_OF[dtype]
+    return one_node_model(
+        "SsmStep",
+        [("x", ot, ["b", h, p]), ("dt", F32, ["b", h]), ("A", F32, [h]), ("B", ot, ["b", g, n]),
+         ("C", ot, ["b", g, n]), ("D", ot, [h]), ("state", F32, ["b", h, p, n])],
+        [("y", F32), ("new_state", F32)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("t,chunk,valid", [(37, 16, [37, 20, 0]), (16, 16, [16, 9, 16]), (5, 16, [5, 1, 3]),
+                                           (1, 16, [1, 0, 1])],
+                         ids=["t-not-multiple", "t-equals-chunk", "t-below-chunk", "one-token"])
+def test_ssd_chunk_scan_matches_function_body(kernel_lib, dtype, t, chunk, valid):
+    h, p, g, n = 6, 8, 3, 16  # two heads per group
+    feeds = ssm_inputs(np.random.default_rng(t), dtype, 3, t, h, p, g, n, valid)
+    ref, got = both(scan_model(dtype, h, p, g, n, chunk), feeds, kernel_lib)
+    assert_close(ref[0], got[0], tol(np.float32), "y")
+    assert_close(ref[1], got[1], tol(np.float32), "final_state")
+
+
+def test_ssd_chunk_scan_padding_keeps_row_state(kernel_lib):
+    """A right-padded row ends with the state after its own last valid token."""
+    h, p, g, n = 4, 8, 2, 16
+    feeds = ssm_inputs(np.random.default_rng(7), np.float32, 2, 12, h, p, g, n, valid=[12, 7])
+    short = {k: (v[1:, :7] if k in ("x", "dt", "B", "C") else v[1:] if k == "state" else v) for k, v in feeds.items()}
+    sess = session(scan_model(np.float32, h, p, g, n, 8), kernel_lib)
+    padded, alone = sess.run(None, feeds), sess.run(None, short)
+    np.testing.assert_allclose(padded[1][1], alone[1][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(padded[0][1, :7], alone[0][0], rtol=1e-6, atol=1e-6)
+
+
+def test_ssd_chunk_scan_equals_repeated_steps(kernel_lib):
+    """The scan and SsmStep are one recurrence: t steps give the scan's outputs and final state."""
+    h, p, g, n, t = 4, 8, 2, 16, 10
+    feeds = ssm_inputs(np.random.default_rng(8), np.float32, 2, t, h, p, g, n, valid=None)
+    y_scan, s_scan = session(scan_model(np.float32, h, p, g, n, 4), kernel_lib).run(None, feeds)
+    step = session(step_model(np.float32, h, p, g, n), kernel_lib)
+    state = feeds["state"]
+    for i in range(t):
+        y, state = step.run(None, {**{k: feeds[k][:, i] for k in ("x", "dt", "B", "C")},
+                                   "A": feeds["A"], "D": feeds["D"], "state": state})
+        np.testing.assert_allclose(y, y_scan[:, i], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(state, s_scan, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_ssm_step_matches_function_body(kernel_lib, dtype):
+    h, p, g, n = 6, 8, 3, 16
+    scan = ssm_inputs(np.random.default_rng(5), dtype, 3, 1, h, p, g, n, valid=[1, 0, 1])  # row 1: dt = 0
+    feeds = {k: (v[:, 0] if k in ("x", "dt", "B", "C") else v) for k, v in scan.items()}
+    ref, got = both(step_model(dtype, h, p, g, n), feeds, kernel_lib)
+    assert_close(ref[0], got[0], tol(np.float32), "y")
+    assert_close(ref[1], got[1], tol(np.float32), "new_state")
+    np.testing.assert_array_equal(got[1][1], feeds["state"][1], "dt = 0 leaves the state unchanged")
+
+
+@pytest.mark.parametrize("op", ["CausalConv1d", "SsmStep", "SsdChunkScan"])
+def test_registered_kernel_runs_as_one_node(kernel_lib, op, tmp_path):
+    rng = np.random.default_rng(0)
+    if op == "CausalConv1d":
+        model, feeds = conv_inputs(rng, np.float32, b=1, t=3, c=8, k=4, lengths=[3])
+    else:
+        feeds = ssm_inputs(rng, np.float32, 1, 3, 2, 4, 1, 8, valid=None)
+        if op == "SsmStep":
+            feeds = {k: (v[:, 0] if k in ("x", "dt", "B", "C") else v) for k, v in feeds.items()}
+            model = step_model(np.float32, 2, 4, 1, 8)
+        else:
+            model = scan_model(np.float32, 2, 4, 1, 8, 2)
+    with_lib, without = session(model, kernel_lib, tmp_path), session(model, None, tmp_path)
+    with_lib.run(None, feeds)
+    without.run(None, feeds)
+    assert executed_ops(with_lib) == [op]
+    expanded = executed_ops(without)
+    assert op not in expanded and len(expanded) > 5  # the function body, inlined into standard ops
+
+
+# ---- whole bundles -----------------------------------------------------------------------------------
+
+def make_engine(bundle: Path, lib: str | None):
+    from edge_runtime.engine import Engine, EngineConfig
+    from edge_runtime.ort_backend import ProviderConfig
+
+    return Engine(bundle, EngineConfig(max_batch=4, providers=ProviderConfig(custom_op_library=lib)))
+
+
+def run_calls(engine, prompts: list[list[int]], decode_steps: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """A right-padded batched prefill, then decode steps; (logits, copy of every state array) after each call."""
+    runner, pool = engine.runner, engine.pool
+    slots = [pool.allocate() for _ in prompts]
+    snap = lambda logits: (logits.copy(), {k: v[slots].copy() for k, v in pool.arrays.items()})
+    out = [snap(runner.prefill(slots, prompts, [0] * len(prompts)))]
+    past = [len(p) for p in prompts]
+    tokens = [p[-1] for p in prompts]
+    for _ in range(decode_steps):
+        logits = runner.decode(slots, tokens, past)
+        out.append(snap(logits))
+        tokens = [int(t) for t in logits.argmax(-1)]
+        past = [q + 1 for q in past]
+    return out
+
+
+def test_bundle_runs_unchanged_with_kernel_library(kernel_lib, tiny_bundle, tmp_path):
+    """The same bundle, with and without the kernel library: same logits and states, same greedy tokens."""
+    from edge_runtime.request import GenerationRequest
+    from edge_runtime.sampler import SamplingParams
+
+    plain, native = make_engine(tiny_bundle, None), make_engine(tiny_bundle, kernel_lib)
+    rng = np.random.default_rng(0)
+    vocab = plain.model_config.vocab_size
+    prompts = [rng.integers(3, vocab, n).tolist() for n in (23, 7, 16)]  # right padding within the batch
+    for call, ((l_ref, s_ref), (l_got, s_got)) in enumerate(zip(run_calls(plain, prompts, 6),
+                                                                run_calls(native, prompts, 6))):
+        assert_close(l_ref, l_got, 1e-4, f"logits, call {call}")
+        for name in s_ref:
+            assert_close(s_ref[name], s_got[name], 1e-4, f"{name}, call {call}")
+
+    request = lambda: GenerationRequest(prompts[0], SamplingParams(greedy=True), max_tokens=32, ignore_eos=True)
+    ref, got = plain.generate(request()), native.generate(request())
+    assert len(ref.token_ids) == 32
+    assert got.token_ids == ref.token_ids
+
+
+def test_bundle_executes_kernels_not_bodies(kernel_lib, tiny_bundle, tmp_path):
+    """In the bundle's own graphs the custom ops run as single nodes, and the node count drops."""
+    from edge_runtime.bundle import open_bundle
+    from edge_runtime.ort_backend import WeightMap
+
+    bundle = open_bundle(tiny_bundle)
+    weights = WeightMap(bundle)
+    engine = make_engine(tiny_bundle, None)
+    feeds_by_graph = {}
+    slot = engine.pool.allocate()
+    feeds_by_graph["decode"] = {**engine.pool.gather([slot], 4), "input_ids": np.array([[5]]),
+                                "past_lengths": np.array([4])}
+    feeds_by_graph["prefill"] = {**engine.pool.gather([slot], 0), "input_ids": np.arange(3, 12)[None],
+                                 "lengths": np.array([9]), "past_lengths": np.array([0])}
+    counts = {}
+    for graph, feeds in feeds_by_graph.items():
+        for lib in (None, kernel_lib):
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.enable_profiling, so.profile_file_prefix = True, str(tmp_path / "ort")
+            if lib:
+                so.register_custom_ops_library(lib)
+            for name, value in weights.values.items():
+                so.add_initializer(name, value)
+            sess = ort.InferenceSession(str(bundle.graph_path(graph)), so, providers=["CPUExecutionProvider"])
+            sess.run(None, feeds)
+            counts[graph, lib is not None] = executed_ops(sess)
+
+        mamba = len(bundle.config.layers_of("M"))
+        assert mamba > 0
+        scan = "SsmStep" if graph == "decode" else "SsdChunkScan"
+        native = counts[graph, True]
+        assert native.count("CausalConv1d") == mamba and native.count(scan) == mamba
+        assert not {"CausalConv1d", "SsmStep", "SsdChunkScan"} & set(counts[graph, False])
+        assert len(native) < len(counts[graph, False]) * 0.75, (len(native), len(counts[graph, False]))
+
+
+# ---- float16 bundle ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_bundle_fp16(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nemotron_export.bundle import ExportOptions, export_bundle
+    from nemotron_export.onnx_graph import WeightFormat
+
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-fp16",
+                         ExportOptions(weights=WeightFormat(kind="fp16"), max_batch=4, max_context=256),
+                         progress=False)
+
+
+def test_fp16_bundle_with_kernel_library(kernel_lib, tiny_bundle_fp16):
+    """float16 activations (T = float16) through the kernels: logits and states agree to fp16 rounding."""
+    plain, native = make_engine(tiny_bundle_fp16, None), make_engine(tiny_bundle_fp16, kernel_lib)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, plain.model_config.vocab_size, n).tolist() for n in (19, 6)]
+    for call, ((l_ref, s_ref), (l_got, s_got)) in enumerate(zip(run_calls(plain, prompts, 4),
+                                                                run_calls(native, prompts, 4))):
+        assert_close(l_ref, l_got, 2e-2, f"logits, call {call}")
+        for name in s_ref:
+            assert_close(s_ref[name], s_got[name], 2e-2, f"{name}, call {call}")
