@@ -20,6 +20,7 @@ from edge_runtime.bundle import Bundle
 from edge_runtime.state_pool import StatePool
 
 ONNX_TYPE_BFLOAT16 = 16
+FLOAT_FORMATS = ("fp32", "fp16", "bf16")
 
 
 @dataclass
@@ -31,7 +32,16 @@ class ProviderConfig:
     cuda: dict[str, str] = field(default_factory=dict)
     tensorrt: dict[str, str] = field(default_factory=dict)
     custom_op_library: str | None = None
-    disable_prepacking: bool = False
+    # ONNX Runtime pre-packs constant weights once per session, a second copy each. For float weights
+    # we turn that off, so the mapped weights.bin is the only copy (measured: 3.0x the weight bytes
+    # resident with it, 1.0x without, at the same decode speed). MatMulNBits needs its pre-packed
+    # layout to be fast, so quantized bundles keep it (None = decide by the bundle's weight format).
+    disable_prepacking: bool | None = None
+
+    def prepacking_disabled(self, bundle: Bundle) -> bool:
+        if self.disable_prepacking is not None:
+            return self.disable_prepacking
+        return bundle.weights["format"] in FLOAT_FORMATS
 
     def ort_providers(self, bundle: Bundle, graph: str) -> list:
         out: list = []
@@ -112,7 +122,7 @@ class OrtModelRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.providers.intra_op_threads:
             so.intra_op_num_threads = self.providers.intra_op_threads
-        if self.providers.disable_prepacking:
+        if self.providers.prepacking_disabled(self.bundle):
             so.add_session_config_entry("session.disable_prepacking", "1")
         if self.providers.custom_op_library:
             so.register_custom_ops_library(self.providers.custom_op_library)

@@ -42,3 +42,19 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
     return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny",
                          ExportOptions(max_batch=8, max_context=512), progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nemotron_export.synth import synth
+
+    return synth("small", tmp_path_factory.mktemp("ckpt") / "small", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `small` preset in fp32, the benchmark configuration."""
+    from nemotron_export.bundle import ExportOptions, export_bundle
+
+    return export_bundle(small_checkpoint, tmp_path_factory.mktemp("bundle") / "small-fp32",
+                         ExportOptions(max_batch=8, max_context=1024), progress=False)
