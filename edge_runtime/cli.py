@@ -19,6 +19,7 @@ RUNTIME_COMMANDS: list[str] = [
     "edge_runtime.commands.plan",
     "nemotron_jetson.commands",
     "edge_runtime.commands.doctor",
+    "edge_runtime.commands.serve",
 ]
 # Workstation-side command modules (need the `export` extra).
 EXPORT_COMMANDS: list[str] = [

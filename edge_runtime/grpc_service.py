@@ -1,0 +1,450 @@
+"""The EdgeLM gRPC servicer: Chat, Generate, CountTokens, GetModelInfo, GetStatus over one `Engine`.
+
+Streams: the engine delivers events on its own thread through `on_event`; each RPC bridges them into its
+asyncio queue with `loop.call_soon_threadsafe` and yields them as ChatEvent protos. When the call ends
+early (the client cancels, its deadline passes, the connection drops) grpc.aio cancels the handler
+coroutine, and its `finally` cancels the engine request: the engine frees the slot at the start of its
+next step, i.e. within one decode step.
+
+Deadlines: a call's remaining time (`context.time_remaining()`) becomes the engine request's deadline on
+the engine's clock (time.monotonic), so the scheduler orders by it and the engine ends the request when it
+passes (the call then ends DEADLINE_EXCEEDED). A chat request that sets no thinking deadline of its own
+gets half the remaining time as its thinking deadline (or the server's default, if that is shorter): the
+model then closes its reasoning with half the time left for the answer, instead of thinking until the
+deadline kills the call with no answer at all.
+
+Status codes (messages name the field):
+  INVALID_ARGUMENT    bad request: empty messages, prompt too long, sampling out of range, unknown tool in
+                      tool_choice, token ids outside the vocabulary, malformed JSON, ...
+  RESOURCE_EXHAUSTED  the waiting queue is full (ServiceConfig.max_queue); retry with backoff
+  UNAVAILABLE         the model is loading, or the server is draining for shutdown
+  DEADLINE_EXCEEDED   the call's deadline passed before the reply was complete
+  CANCELLED           the client cancelled (seen by the client only)
+  FAILED_PRECONDITION the bundle lacks what the request needs (a tokenizer or chat template)
+  UNAUTHENTICATED     missing or wrong bearer token (grpc_auth.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import grpc
+import psutil
+
+from edge_runtime.api import edge_pb2 as pb
+from edge_runtime.api import edge_pb2_grpc as pb_grpc
+from edge_runtime.chat import Chat, ChatRequest
+from edge_runtime.engine import Engine
+from edge_runtime.grpc_convert import (apply_sampling, event_to_proto, messages_from_proto, output_limits,
+                                       priority_from_proto, request_id_from_proto, sampling_overrides, tools_from_proto)
+from edge_runtime.metrics import EngineGauges, ServiceMetrics
+from edge_runtime.request import (EngineUnavailableError, Final, GenerationRequest, QueueFullError, RequestError)
+from edge_runtime.sampler import SamplingParams
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeLM"].full_name
+# Text of tokens the template and the output processor treat specially (reported by GetModelInfo).
+_SPECIAL_TEXTS = ("<think>", "</think>", "<TOOLCALL>", "</TOOLCALL>", "<TOOL_RESPONSE>", "</TOOL_RESPONSE>",
+                  "<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>")
+# A time_remaining beyond this is "no deadline" (some gRPC versions report a huge number, not None).
+_NO_DEADLINE_S = 1e8
+
+
+class ServingState(enum.Enum):
+    LOADING = "loading"
+    SERVING = "serving"
+    DRAINING = "draining"
+
+
+class TelemetryReader(Protocol):
+    """What GetStatus reads board figures from (nemotron_jetson.telemetry.TelemetrySource fits)."""
+
+    def latest(self) -> Any: ...
+
+
+class _Abort(Exception):
+    """Raised inside the servicer to end the call with `code`; turned into context.abort at the RPC's edge."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class EdgeService(pb_grpc.EdgeLMServicer):
+    def __init__(self, metrics: ServiceMetrics | None = None, telemetry: TelemetryReader | None = None):
+        self.metrics = metrics
+        self.telemetry = telemetry
+        self.state = ServingState.LOADING
+        self.engine: Engine | None = None
+        self.chat: Chat | None = None
+        self.started = time.monotonic()
+        self.active_streams = 0
+        self._idle: asyncio.Event | None = None
+        self._model_info: pb.ModelInfo | None = None
+
+    # ---- lifecycle (called by grpc_server) --------------------------------------------------------------
+
+    def attach(self, engine: Engine, chat: Chat | None) -> None:
+        """The engine is loaded and warmed up: start serving it."""
+        self.engine, self.chat = engine, chat
+        self._model_info = _model_info(engine)
+        if self.metrics is not None:
+            plan = engine.plan
+            self.metrics.attach(EngineGauges(
+                queue_depth=lambda: engine.queue_depth, slots_busy=lambda: engine.slots_busy,
+                slots_total=lambda: engine.num_slots,
+                budget_bytes=lambda: plan.budget_bytes if plan else 0,
+                planned_bytes=lambda: _held_bytes(engine),
+                state_pool_bytes=lambda: engine.pool.nbytes,
+            ))
+        self.state = ServingState.SERVING
+
+    def begin_drain(self) -> None:
+        self.state = ServingState.DRAINING
+        if self.engine is not None:
+            self.engine.stop_accepting()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no stream is running; False when `timeout` passed first."""
+        if self.active_streams == 0:
+            return True
+        self._idle = self._idle or asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        if self.state is not ServingState.SERVING or self.engine is None:
+            extra = f", {self.active_streams} stream(s) left" if self.state is ServingState.DRAINING else ""
+            return f"{self.state.value}{extra}"
+        e = self.engine
+        return f"serving: {e.slots_busy}/{e.num_slots} slots busy, queue {e.queue_depth}"
+
+    # ---- RPCs ---------------------------------------------------------------------------------------------
+
+    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatEvent]:
+        async for event in self._stream("Chat", context, lambda remaining: self._prepare_chat(request, remaining),
+                                        chat=True):
+            yield event
+
+    async def Generate(self, request: pb.GenerateRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatEvent]:
+        async for event in self._stream("Generate", context, lambda _remaining: self._prepare_generate(request),
+                                        chat=False):
+            yield event
+
+    async def CountTokens(self, request: pb.CountTokensRequest,
+                          context: grpc.aio.ServicerContext) -> pb.CountTokensResponse:
+        try:
+            self._require_serving()
+            count = await asyncio.to_thread(self._count_tokens, request)
+        except _Abort as a:
+            await self._abort(context, "CountTokens", a.code, a.message)
+        except RequestError as e:
+            await self._abort(context, "CountTokens", grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return pb.CountTokensResponse(count=count)
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        try:
+            self._require_serving()
+        except _Abort as a:
+            await self._abort(context, "GetModelInfo", a.code, a.message)
+        return self._model_info
+
+    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.ServiceStatus:
+        try:
+            self._require_serving()
+        except _Abort as a:
+            await self._abort(context, "GetStatus", a.code, a.message)
+        return self._status()
+
+    # ---- streaming ----------------------------------------------------------------------------------------
+
+    async def _stream(self, rpc: str, context: grpc.aio.ServicerContext,
+                      prepare: Callable[[float | None], tuple[GenerationRequest, bool]],
+                      chat: bool) -> AsyncIterator[pb.ChatEvent]:
+        try:
+            self._require_serving()
+        except _Abort as a:
+            await self._abort(context, rpc, a.code, a.message)
+        self.active_streams += 1
+        try:
+            async for event in self._run(rpc, context, prepare, chat):
+                yield event
+        finally:
+            self.active_streams -= 1
+            if self.active_streams == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def _run(self, rpc: str, context: grpc.aio.ServicerContext,
+                   prepare: Callable[[float | None], tuple[GenerationRequest, bool]],
+                   chat: bool) -> AsyncIterator[pb.ChatEvent]:
+        engine = self.engine
+        try:
+            # Rendering and tokenizing a long prompt takes a while: off the event loop. Nothing is submitted
+            # there, so a call cancelled meanwhile leaves nothing behind.
+            request, reasoning = await asyncio.to_thread(prepare, _remaining(context))
+        except _Abort as a:
+            await self._abort(context, rpc, a.code, a.message)
+        except RequestError as e:
+            await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_event(event) -> None:
+            # Runs on the engine thread, which must never see an exception from us.
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the event loop is closed (the server is exiting)
+                pass
+
+        remaining = _remaining(context)
+        if remaining is not None:
+            request.deadline = engine.clock() + remaining
+        try:
+            handle = engine.submit(request, on_event, reasoning=reasoning)
+        except QueueFullError as e:
+            await self._abort(context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except EngineUnavailableError as e:
+            await self._abort(context, rpc, grpc.StatusCode.UNAVAILABLE, str(e))
+        except ValueError as e:  # RequestError, or a value the thinking controller cannot use
+            await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+        try:
+            while True:
+                event = await queue.get()
+                if isinstance(event, Final):
+                    if _deadline_passed(event):
+                        await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                          "deadline exceeded before the reply was complete")
+                    if self.metrics is not None:
+                        self.metrics.finished(rpc, event)
+                    yield event_to_proto(event, request.request_id, chat)
+                    return
+                yield event_to_proto(event, request.request_id, chat)
+        finally:
+            if not handle.done:
+                # The call ended early (cancelled, deadline, connection lost): free the slot.
+                handle.cancel()
+                engine.wake()
+                if self.metrics is not None:
+                    left = _remaining(context)
+                    outcome = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
+                    self.metrics.refused(rpc, outcome)
+
+    def _prepare_chat(self, r: pb.ChatRequest, remaining_s: float | None) -> tuple[GenerationRequest, bool]:
+        if self.chat is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         "bundle: has no tokenizer or chat template; use Generate with token_ids")
+        chat_request = _chat_request(r)
+        if chat_request.thinking_deadline_ms is None and remaining_s is not None:
+            # Half the call's remaining time for thinking (see the module docstring).
+            half_ms = remaining_s * 1000 / 2
+            default = self.chat.defaults.thinking_deadline_ms
+            chat_request.thinking_deadline_ms = min(default, half_ms) if default is not None else half_ms
+        request, reasoning = self.chat.prepare(chat_request)
+        self._finish_request(request, r.sampling)
+        return request, reasoning
+
+    def _prepare_generate(self, r: pb.GenerateRequest) -> tuple[GenerationRequest, bool]:
+        engine = self.engine
+        kind = r.WhichOneof("input")
+        if kind is None:
+            raise RequestError("input", "set prompt (text) or token_ids")
+        if kind == "prompt":
+            if engine.tokenizer is None:
+                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "prompt: this bundle has no tokenizer; send token_ids")
+            # The text's own tokens, no BOS added: what the caller wrote is exactly what the model sees.
+            ids = engine.tokenizer.encode(r.prompt, add_special_tokens=False).ids
+        else:
+            ids = list(r.token_ids.ids)
+        request = GenerationRequest(
+            prompt_ids=ids,
+            # Reasoning is off for raw completion: the model card's reasoning-off default, greedy.
+            sampling=SamplingParams.model_card_default(False),
+            priority=priority_from_proto(r.priority),
+        )
+        request_id = request_id_from_proto(r.request_id)
+        if request_id:
+            request.request_id = request_id
+        self._finish_request(request, r.sampling)
+        if request.stop_strings and engine.tokenizer is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "sampling.stop: this bundle has no tokenizer to match text")
+        return request, False
+
+    def _finish_request(self, request: GenerationRequest, s: pb.SamplingParams) -> None:
+        """Apply the SamplingParams proto: sampling overrides and output limits. Unset max_tokens means up to
+        the context limit (the engine rejects a prompt that leaves no room)."""
+        request.sampling = apply_sampling(request.sampling, sampling_overrides(s))
+        limits = output_limits(s)
+        request.max_tokens = limits.max_tokens if limits.max_tokens is not None \
+            else max(1, self.engine.max_context - len(request.prompt_ids))
+        request.stop_strings = limits.stop
+        request.stop_token_ids = limits.stop_token_ids
+        request.ignore_eos = limits.ignore_eos
+
+    # ---- unary helpers ------------------------------------------------------------------------------------
+
+    def _count_tokens(self, r: pb.CountTokensRequest) -> int:
+        kind = r.WhichOneof("input")
+        if kind is None:
+            raise RequestError("input", "set text or chat")
+        if kind == "text":
+            if self.engine.tokenizer is None:
+                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "text: this bundle has no tokenizer")
+            return len(self.engine.tokenizer.encode(r.text, add_special_tokens=False).ids)
+        if self.chat is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "chat: this bundle has no tokenizer or chat template")
+        if not r.chat.messages:
+            raise RequestError("chat.messages", "is empty")
+        try:
+            request = ChatRequest(messages=messages_from_proto(r.chat.messages), tools=tools_from_proto(r.chat.tools),
+                                  reasoning=r.chat.reasoning if r.chat.HasField("reasoning") else None)
+        except RequestError as e:
+            raise RequestError(f"chat.{e.field}", str(e).split(": ", 1)[-1]) from None
+        return self.chat.count_tokens(request)
+
+    def _status(self) -> pb.ServiceStatus:
+        e = self.engine
+        plan = e.plan
+        per_slot = e.pool.nbytes // max(1, e.num_slots)
+        memory = pb.MemoryStatus(
+            state_bytes_in_use=per_slot * e.slots_busy,
+            used_bytes=_held_bytes(e),
+            process_rss_bytes=psutil.Process().memory_info().rss,
+            weight_bytes=plan.weight_bytes if plan else e.runner.weights.nbytes,
+        )
+        if plan is not None:
+            memory.budget_bytes = plan.budget_bytes
+            memory.fixed_state_bytes_per_sequence = plan.fixed_state_bytes_per_sequence
+            memory.kv_bytes_per_token = plan.kv_bytes_per_token
+            memory.working_bytes = plan.working_bytes
+            memory.overhead_bytes = plan.overhead_bytes
+            memory.planned_context = plan.context
+            memory.planned_max_sequences = plan.max_sequences
+        telemetry = {"engine_steps": float(e.steps), "tokens_generated": float(e.tokens_generated),
+                     "active_streams": float(self.active_streams)}
+        telemetry.update(_telemetry(self.telemetry))
+        return pb.ServiceStatus(
+            memory=memory, slots_busy=e.slots_busy, slots_free=e.num_slots - e.slots_busy,
+            queue_depth=e.queue_depth, decode_tokens_per_second=e.decode_tokens_per_second(),
+            uptime_s=time.monotonic() - self.started, telemetry=telemetry,
+        )
+
+    def _require_serving(self) -> None:
+        if self.state is ServingState.LOADING:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, "the model is loading; retry when health reports SERVING")
+        if self.state is ServingState.DRAINING:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down and accepts no new calls")
+
+    async def _abort(self, context: grpc.aio.ServicerContext, rpc: str, code: grpc.StatusCode, message: str):
+        if self.metrics is not None:
+            self.metrics.refused(rpc, code.name)
+        await context.abort(code, message)
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+
+
+def _chat_request(r: pb.ChatRequest) -> ChatRequest:
+    """The chat layer's request for `r`; sampling, max_tokens and the deadline are filled in by the servicer
+    (they depend on the rendered prompt and on the call)."""
+    if not r.messages:
+        raise RequestError("messages", "is empty")
+    opt = lambda name: getattr(r, name) if r.HasField(name) else None
+    limits = output_limits(r.sampling)
+    return ChatRequest(
+        messages=messages_from_proto(r.messages),
+        tools=tools_from_proto(r.tools),
+        tool_choice=r.tool_choice or "auto",
+        reasoning=opt("reasoning"),
+        max_thinking_tokens=opt("max_thinking_tokens"),
+        thinking_grace_tokens=opt("thinking_grace_tokens"),
+        thinking_deadline_ms=opt("thinking_deadline_ms"),
+        max_answer_tokens=opt("max_answer_tokens"),
+        thinking_close_text=opt("thinking_close_text"),
+        stop_strings=limits.stop,
+        priority=priority_from_proto(r.priority),
+        request_id=request_id_from_proto(r.request_id),
+    )
+
+
+
+def _remaining(context: grpc.aio.ServicerContext) -> float | None:
+    left = context.time_remaining()
+    if left is None or not math.isfinite(left) or left > _NO_DEADLINE_S:
+        return None
+    return max(0.0, left)
+
+
+def _deadline_passed(final: Final) -> bool:
+    # The engine ends an expired request as "cancelled" with this error (or "deadline" in later versions).
+    return final.finish_reason == "deadline" or (final.finish_reason == "cancelled" and final.error == "deadline exceeded")
+
+
+def _held_bytes(e: Engine) -> int:
+    """What the server holds by its own accounting: weights, working memory and overhead from the plan (or
+    the weights file alone without one), plus the preallocated state pool."""
+    plan = e.plan
+    base = plan.weight_bytes + plan.working_bytes + plan.overhead_bytes if plan else e.runner.weights.nbytes
+    return base + e.pool.nbytes
+
+
+def _telemetry(source: TelemetryReader | None) -> dict[str, float]:
+    sample = source.latest() if source is not None else None
+    if sample is None:
+        return {}
+    out: dict[str, float] = {}
+    for name in ("ram_used_mb", "ram_total_mb", "swap_used_mb", "emc_load_pct", "emc_freq_mhz", "gpu_load_pct",
+                 "gpu_freq_mhz"):
+        value = getattr(sample, name, None)
+        if value is not None:
+            out[name] = float(value)
+    out.update({f"temp_c.{k}": float(v) for k, v in sample.temperatures.items()})
+    out.update({f"power_mw.{k}": float(v) for k, v in sample.power_mw.items()})
+    return out
+
+
+def _model_info(engine: Engine) -> pb.ModelInfo:
+    bundle = engine.bundle
+    weights = bundle.weights
+    template = bundle.chat_template or ""
+    specials: list[pb.SpecialToken] = []
+    if engine.tokenizer is not None:
+        texts = list(_SPECIAL_TEXTS)
+        config_path = bundle.path / "tokenizer_config.json"
+        if config_path.exists():
+            config = json.loads(config_path.read_text())
+            texts += [v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)]
+        for text in dict.fromkeys(texts):  # de-duplicated, in order
+            token_id = engine.tokenizer.token_to_id(text)
+            if token_id is not None:
+                specials.append(pb.SpecialToken(text=text, id=token_id))
+    return pb.ModelInfo(
+        config_json=json.dumps(bundle.manifest["config"], sort_keys=True),
+        layer_pattern=engine.model_config.pattern,
+        bundle_id=str(bundle.manifest.get("name") or bundle.path.name),
+        bundle_hash=bundle.identity,
+        exporter_version=str(bundle.manifest.get("exporter_version", "")),
+        weight_format=str(weights.get("format", "")),
+        weight_group_size=int(weights.get("group_size") or 0),
+        max_context=engine.max_context,
+        max_batch=engine.num_slots,
+        has_tokenizer=engine.tokenizer is not None,
+        chat_template=pb.ChatTemplateCapabilities(
+            supports_tools="tools" in template, supports_reasoning_toggle="/no_think" in template,
+            special_tokens=specials,
+        ),
+    )

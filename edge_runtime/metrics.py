@@ -1,0 +1,110 @@
+"""Prometheus metrics of the service, on an optional loopback-only HTTP port.
+
+A private `CollectorRegistry` (not prometheus_client's global one) holds them, so two servers in one
+process (tests) never collide. Gauges that mirror engine state (queue depth, busy slots, memory) are read
+live at scrape time through callbacks; counters and histograms are fed by the gRPC servicer when a
+request ends.
+
+    nemotron_edge_requests_total{rpc, outcome}   outcome: a finish reason (stop, length, stop_sequence,
+                                                 cancelled, error) or a refused call's gRPC code, lowercase
+    nemotron_edge_generated_tokens_total{channel} reasoning | answer | forced
+    nemotron_edge_queue_depth, nemotron_edge_slots_busy, nemotron_edge_slots_total
+    nemotron_edge_memory_bytes{kind}             budget, planned (weights + working + overhead + state pool),
+                                                 state_pool, process_rss
+    nemotron_edge_time_to_first_token_seconds, nemotron_edge_token_latency_seconds,
+    nemotron_edge_queue_wait_seconds             histograms
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from edge_runtime.request import Final
+
+log = logging.getLogger(__name__)
+
+# Seconds. TTFT spans a prefill of a few tokens (tens of ms) to a long prompt behind a queue (many s).
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Per-token latency of a 9B model on a Thor sits around 20-100 ms; a tiny test model far below.
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
+_QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+@dataclass
+class EngineGauges:
+    """Where the live gauges read from; every callable must be cheap and thread-safe enough to race."""
+
+    queue_depth: Callable[[], float]
+    slots_busy: Callable[[], float]
+    slots_total: Callable[[], float]
+    budget_bytes: Callable[[], float]
+    planned_bytes: Callable[[], float]
+    state_pool_bytes: Callable[[], float]
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("nemotron_edge_requests", "Requests by RPC and how they ended",
+                                ["rpc", "outcome"], registry=r)
+        self.tokens = Counter("nemotron_edge_generated_tokens", "Output tokens generated, by channel",
+                              ["channel"], registry=r)
+        self.queue_depth = Gauge("nemotron_edge_queue_depth", "Requests waiting for a slot", registry=r)
+        self.slots_busy = Gauge("nemotron_edge_slots_busy", "Sequence slots decoding now", registry=r)
+        self.slots_total = Gauge("nemotron_edge_slots_total", "Sequence slots in the state pool", registry=r)
+        self.memory = Gauge("nemotron_edge_memory_bytes", "Memory by kind (plan figures and process RSS)",
+                            ["kind"], registry=r)
+        self.ttft = Histogram("nemotron_edge_time_to_first_token_seconds", "Arrival to first output token",
+                              buckets=_TTFT_BUCKETS, registry=r)
+        self.token_latency = Histogram("nemotron_edge_token_latency_seconds",
+                                       "Time between consecutive output tokens", buckets=_TOKEN_BUCKETS,
+                                       registry=r)
+        self.queue_wait = Histogram("nemotron_edge_queue_wait_seconds", "Arrival to admission into the batch",
+                                    buckets=_QUEUE_BUCKETS, registry=r)
+        process = psutil.Process()
+        self.memory.labels(kind="process_rss").set_function(lambda: process.memory_info().rss)
+        self._http = None
+
+    def attach(self, gauges: EngineGauges) -> None:
+        """Start reading the live gauges from a loaded engine."""
+        self.queue_depth.set_function(gauges.queue_depth)
+        self.slots_busy.set_function(gauges.slots_busy)
+        self.slots_total.set_function(gauges.slots_total)
+        self.memory.labels(kind="budget").set_function(gauges.budget_bytes)
+        self.memory.labels(kind="planned").set_function(gauges.planned_bytes)
+        self.memory.labels(kind="state_pool").set_function(gauges.state_pool_bytes)
+
+    def finished(self, rpc: str, final: Final) -> None:
+        """A stream ended with a Final record."""
+        self.requests.labels(rpc=rpc, outcome=final.finish_reason).inc()
+        u = final.usage
+        for channel, n in (("reasoning", u.reasoning_tokens), ("answer", u.answer_tokens), ("forced", u.forced_tokens)):
+            if n:
+                self.tokens.labels(channel=channel).inc(n)
+        t = final.timings
+        if final.token_ids:
+            self.ttft.observe(t.time_to_first_token_ms / 1000)
+        for ms in t.token_latencies_ms:
+            self.token_latency.observe(ms / 1000)
+        self.queue_wait.observe(t.queue_wait_ms / 1000)
+
+    def refused(self, rpc: str, code_name: str) -> None:
+        """A call answered with an error status (name as grpc.StatusCode.name, e.g. INVALID_ARGUMENT)."""
+        self.requests.labels(rpc=rpc, outcome=code_name.lower()).inc()
+
+    def serve_http(self, port: int) -> None:
+        """Serve /metrics on 127.0.0.1:`port` only: the figures reveal load and timing, nothing for the LAN."""
+        self._http, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
