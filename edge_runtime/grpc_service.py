@@ -319,7 +319,8 @@ class EdgeService(pb_grpc.EdgeLMServicer):
     def _status(self) -> pb.ServiceStatus:
         e = self.engine
         plan = e.plan
-        per_slot = e.pool.nbytes // max(1, e.num_slots)
+        # The slots' own storage (pool.nbytes also counts the per-call staging buffers).
+        per_slot = sum(a.nbytes for a in e.pool.arrays.values()) // max(1, e.num_slots)
         memory = pb.MemoryStatus(
             state_bytes_in_use=per_slot * e.slots_busy,
             used_bytes=_held_bytes(e),
