@@ -150,11 +150,12 @@ def test_cancel_frees_the_slot_promptly(client: EdgeClient) -> None:
     stream = client.chat("one long answer", **LONG)
     events = iter(stream)
     next(events)
-    assert client.status().slots_busy == 1
+    busy = client.status()
+    assert busy.slots_busy == 1 and busy.memory.state_bytes_in_use > 0
     stream.cancel()
     # One decode step of one sequence takes milliseconds; a second is generous on a loaded CI machine.
     status = _wait_idle(client, timeout=1.0)
-    assert status.slots_busy == 0
+    assert status.slots_busy == 0 and status.memory.state_bytes_in_use == 0
 
 
 def test_one_millisecond_deadline_is_deadline_exceeded(client: EdgeClient) -> None:
