@@ -30,6 +30,15 @@ namespace {
 using Ort::Custom::Tensor;
 using Half = Ort::Float16_t;
 
+// The hot loops are compiled twice, for baseline x86-64 (SSE2) and for x86-64-v3 (AVX2, FMA); the
+// loader picks the clone the CPU supports (GCC function multiversioning), so one build stays portable.
+// They are not inlined, which also keeps their __restrict promises visible to the vectoriser.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NEMOTRON_EDGE_NO_CLONES)
+#define HOT __attribute__((noinline, target_clones("arch=x86-64-v3", "default")))
+#else
+#define HOT __attribute__((noinline))
+#endif
+
 // ---- small helpers ---------------------------------------------------------------------------------
 
 inline float to_f32(float v) { return v; }
@@ -57,9 +66,16 @@ inline Ort::Status invalid(const std::string& op, const std::string& msg) {
 
 inline bool rank_is(const std::vector<int64_t>& shape, size_t rank) { return shape.size() == rank; }
 
-// Runs fn(i) for i in [0, total) on the session's intra-op thread pool (inline when it has one thread).
+// Runs fn(i) for i in [0, total) on the session's intra-op thread pool (inline when it has one thread),
+// or inline when the whole job touches fewer than `min_work` floats: waking pool threads costs more
+// than, e.g., one decode step of a small model (b*h*p*n = 82k).
 template <typename Fn>
-void parallel_for(OrtKernelContext* ctx, size_t total, Fn& fn) {
+void parallel_for(OrtKernelContext* ctx, size_t total, size_t work, Fn& fn) {
+  constexpr size_t min_work = size_t{1} << 18;
+  if (work < min_work || total < 2) {
+    for (size_t i = 0; i < total; ++i) fn(i);
+    return;
+  }
   auto trampoline = [](void* data, size_t i) { (*static_cast<Fn*>(data))(i); };
   Ort::KernelContext(ctx).ParallelFor(trampoline, total, 0, &fn);
 }
@@ -99,7 +115,7 @@ constexpr ONNXTensorElementDataType kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 //   s[i, :] = exp(dt * A) * s[i, :] + (x[i] * dt) * B        (s = decay * s + dt x (outer) B)
 //   y[i]    = s[i, :] . C + D * x[i]
 // The state of one head (p*n floats, 16 KiB for p = n = 64) stays in L1 across the tokens of a scan.
-inline void ssm_token(const float* in, float* out, const float* x, float dt, float A, const float* B,
+HOT void ssm_token(const float* in, float* out, const float* x, float dt, float A, const float* B,
                       const float* C, float D, float* y, int64_t p, int64_t n) {
   const float decay = std::exp(dt * A);
   for (int64_t i = 0; i < p; ++i) {
@@ -148,13 +164,13 @@ inline float exp_approx(float v) {
 // a[:] = silu(a[:]) = a * sigmoid(a) = a / (1 + exp(-a)), over one row of c channels; e [c] is scratch.
 // Two loops on purpose: with the division in the exp loop, GCC specialises the clamped branch into
 // a / exp(87), which yields denormals (very slow) in every vector lane.
-[[gnu::noinline]] void silu_inplace(float* __restrict a, float* __restrict e, int64_t c) {
+HOT void silu_inplace(float* __restrict a, float* __restrict e, int64_t c) {
   for (int64_t ch = 0; ch < c; ++ch) e[ch] = exp_approx(-a[ch]);
   for (int64_t ch = 0; ch < c; ++ch) a[ch] = a[ch] / (1.0f + e[ch]);
 }
 
 // acc[:] += w[:] * src[:] over c channels (one tap of the depthwise convolution).
-[[gnu::noinline]] void fma_row(float* __restrict acc, const float* __restrict w, const float* __restrict src, int64_t c) {
+HOT void fma_row(float* __restrict acc, const float* __restrict w, const float* __restrict src, int64_t c) {
   for (int64_t ch = 0; ch < c; ++ch) acc[ch] += w[ch] * src[ch];
 }
 
@@ -291,7 +307,7 @@ struct SsmStep {
       ssm_token(s_in + bh * d.p * d.n, s + bh * d.p * d.n, x + bh * d.p, dt[bh], A[hd], B + grp * d.n, C + grp * d.n, D[hd],
                 y + bh * d.p, d.p, d.n);
     };
-    parallel_for(ctx, static_cast<size_t>(d.b * d.h), head);
+    parallel_for(ctx, static_cast<size_t>(d.b * d.h), static_cast<size_t>(d.b * d.h * d.p * d.n), head);
     return Ort::Status{nullptr};
   }
 
@@ -340,7 +356,7 @@ struct SsdChunkScan {
                   y + (tok * d.h + hd) * d.p, d.p, d.n);
       }
     };
-    parallel_for(ctx, static_cast<size_t>(d.b * d.h), head);
+    parallel_for(ctx, static_cast<size_t>(d.b * d.h), static_cast<size_t>(d.b * d.t * d.h * d.p * d.n), head);
     return Ort::Status{nullptr};
   }
 

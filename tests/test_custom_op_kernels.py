@@ -223,6 +223,25 @@ def test_ssm_step_matches_function_body(kernel_lib, dtype):
     np.testing.assert_array_equal(got[1][1], feeds["state"][1], "dt = 0 leaves the state unchanged")
 
 
+@pytest.mark.parametrize("op", ["SsmStep", "SsdChunkScan"])
+def test_ssm_ops_on_the_thread_pool(kernel_lib, op):
+    """Jobs of at least 2^18 state updates are split over (row, head) on ORT's intra-op thread pool."""
+    b, t, h, p, g, n = 4, 40, 16, 32, 4, 128
+    feeds = ssm_inputs(np.random.default_rng(9), np.float32, b, t, h, p, g, n, valid=[40, 33, 1, 0])
+    if op == "SsmStep":
+        feeds = {k: (v[:, 7] if k in ("x", "dt", "B", "C") else v) for k, v in feeds.items()}
+        model = step_model(np.float32, h, p, g, n)
+    else:
+        model = scan_model(np.float32, h, p, g, n, 16)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 4
+    so.register_custom_ops_library(kernel_lib)
+    got = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    ref = session(model, None).run(None, feeds)
+    assert_close(ref[0], got[0], 1e-5, "y")
+    assert_close(ref[1], got[1], 1e-5, "state")
+
+
 @pytest.mark.parametrize("op", ["CausalConv1d", "SsmStep", "SsdChunkScan"])
 def test_registered_kernel_runs_as_one_node(kernel_lib, op, tmp_path):
     rng = np.random.default_rng(0)
