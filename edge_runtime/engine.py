@@ -108,12 +108,13 @@ class Engine:
         self.plan: MemoryPlan | None = None
         if self.config.memory_budget is not None:
             self.plan = plan_for_bundle(self.bundle, self.config.memory_budget, self.max_context, max_batch,
-                                        prefill_chunk=self.config.scheduler.prefill_chunk)
+                                        prefill_chunk=self.config.scheduler.max_step_tokens)
             max_batch = min(max_batch, self.plan.max_sequences)
             if max_batch < 1:
                 raise RequestError("memory_budget", f"no sequence of {self.max_context} tokens fits the budget")
         self.num_slots = max_batch
-        self.pool = StatePool(self.bundle.state_layout, max_batch, self.max_context, max_batch)
+        self.pool = StatePool(self.bundle.state_layout, max_batch, self.max_context, max_batch,
+                              max_call_tokens=min(self.config.scheduler.prefill_chunk, self.max_context))
         self.runner = OrtModelRunner(self.bundle, self.pool, self.config.providers)
         self.scheduler = Scheduler(self.config.scheduler)
         self.eos_ids = set(self.model_config.eos_token_ids)

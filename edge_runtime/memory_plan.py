@@ -13,12 +13,15 @@ weight format gives a tensor:
   with `quantize_embeddings=True` (GatherBlockQuantized); everything else (norms, conv, dt_bias, A_log, D,
   biases) stays in the activation dtype.
 
-Working memory (documented estimate, not measured):
-- prefill, once: prefill_chunk x (in_proj_dim + intermediate_size + 2 x hidden_size) x activation bytes --
-  the widest projection outputs of one layer plus the residual stream in and out, for one chunk;
+Working memory (a model of the graphs as the exporter builds them, checked against measured resident memory
+in tests/test_engine.py):
+- prefill, for the tokens of one engine step (`prefill_chunk`), per token:
+    4 bytes x (3 x attention heads x context      -- scores, probabilities and their float32 copies
+               + 6 x mamba heads x chunk_size      -- the SSD scan's intra-chunk decay and score matrices
+               + 4 x (in_proj_dim + intermediate_size + hidden_size))  -- projection outputs in flight
+  times ARENA_FACTOR: ONNX Runtime's CPU arena keeps what it grew for the largest step (measured on
+  `small`: 1.6x to 2.9x the live set, plus about 30 MiB, over steps of 128 to 512 tokens);
 - decode, per batch row: vocab x 4 (float32 logits) + (in_proj_dim + intermediate_size) x activation bytes.
-It assumes fused attention (no materialised [heads, chunk, context] score matrix); an attention kernel that
-materialises scores needs prefill_chunk x context x heads x 4 bytes more.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from edge_runtime.bundle import Bundle
 
 RUNTIME_OVERHEAD_BYTES = 150 * MiB
+ARENA_FACTOR = 3
 DEFAULT_GROUP_SIZE = 32
 DEFAULT_PREFILL_CHUNK = 512
 
@@ -103,8 +107,9 @@ class WeightStorage:
 @dataclass(frozen=True)
 class MemoryPlan:
     """Every figure of a plan in bytes, and what fits. `max_sequences` is for `context`. Each sequence costs
-    `sequence_bytes(context)` of state plus `decode_working_bytes_per_sequence` of working memory (its row
-    of the decode batch)."""
+    `sequence_bytes(context)` of state in its slot plus `row_bytes(context)` for its row of a batch: the
+    runtime's staging buffers (a copy of the state going into a model call, and the new state coming out
+    of it, `call_tokens` K/V rows at most) and the decode row's working memory."""
 
     weights_format: str
     activation_dtype: str
@@ -118,6 +123,7 @@ class MemoryPlan:
     kv_bytes_per_token: int
     prefill_working_bytes: int
     decode_working_bytes_per_sequence: int
+    call_tokens: int
     overhead_bytes: int
     max_position_embeddings: int
 
@@ -135,7 +141,7 @@ class MemoryPlan:
     def working_bytes(self) -> int:
         """Working memory at `max_batch` rows, or at `max_sequences` rows when no batch limit is set."""
         rows = self.max_batch if self.max_batch is not None else self.max_sequences
-        return self.prefill_working_bytes + rows * self.decode_working_bytes_per_sequence
+        return self.prefill_working_bytes + rows * self.row_bytes(self.context)
 
     @property
     def max_sequences(self) -> int:
@@ -145,8 +151,13 @@ class MemoryPlan:
         """State of one sequence holding `context` tokens: conv + SSM, plus K/V for every token."""
         return self.fixed_state_bytes_per_sequence + self.kv_bytes_per_token * context
 
+    def row_bytes(self, context: int) -> int:
+        """One batch row: input staging (a state copy), output staging, decode working memory."""
+        out_staging = self.fixed_state_bytes_per_sequence + self.kv_bytes_per_token * self.call_tokens
+        return self.sequence_bytes(context) + out_staging + self.decode_working_bytes_per_sequence
+
     def total_bytes(self, n_sequences: int, context: int) -> int:
-        return self.base_bytes + n_sequences * (self.sequence_bytes(context) + self.decode_working_bytes_per_sequence)
+        return self.base_bytes + n_sequences * (self.sequence_bytes(context) + self.row_bytes(context))
 
     def fits(self, n_sequences: int, context: int) -> bool:
         if self.max_batch is not None and n_sequences > self.max_batch:
@@ -154,7 +165,7 @@ class MemoryPlan:
         return self.total_bytes(n_sequences, context) <= self.budget_bytes
 
     def max_sequences_at(self, context: int) -> int:
-        per = self.sequence_bytes(context) + self.decode_working_bytes_per_sequence
+        per = self.sequence_bytes(context) + self.row_bytes(context)
         n = max(0, self.available_bytes // per)
         return n if self.max_batch is None else min(n, self.max_batch)
 
@@ -165,12 +176,13 @@ class MemoryPlan:
             raise MemoryPlanError(f"n_sequences: must be >= 1, got {n_sequences}")
         if self.max_batch is not None and n_sequences > self.max_batch:
             return 0
-        share = self.available_bytes // n_sequences - self.fixed_state_bytes_per_sequence - self.decode_working_bytes_per_sequence
+        # per sequence: 2 x (fixed + kv x context) [slot + input staging] + fixed + kv x call_tokens + decode row
+        share = self.available_bytes // n_sequences - self.row_bytes(0) - self.fixed_state_bytes_per_sequence
         if share < 0:
             return 0
         if self.kv_bytes_per_token == 0:
             return self.max_position_embeddings
-        return min(self.max_position_embeddings, share // self.kv_bytes_per_token)
+        return min(self.max_position_embeddings, share // (2 * self.kv_bytes_per_token))
 
     def to_dict(self) -> dict:
         return {
@@ -238,6 +250,14 @@ def default_activation_dtype(weights: str) -> str:
     return _FLOAT_FORMAT_DTYPE.get(weights, "float16")
 
 
+def prefill_bytes_per_token(config: ModelConfig, context: int) -> int:
+    """Working memory one prompt token of an engine step costs (see the module docstring)."""
+    attention = 3 * config.num_attention_heads * context if config.layers_of(ATTENTION) else 0
+    scan = 6 * config.mamba_num_heads * config.chunk_size if config.layers_of(MAMBA) else 0
+    projections = 4 * (config.in_proj_dim + config.intermediate_size + config.hidden_size)
+    return ARENA_FACTOR * 4 * (attention + scan + projections)
+
+
 def weight_bytes(config: ModelConfig, storage: WeightStorage) -> int:
     return sum(storage.tensor_bytes(t) for t in parameter_tensors(config))
 
@@ -296,8 +316,9 @@ def plan_memory(
         weight_bytes=weight_bytes(config, storage),
         fixed_state_bytes_per_sequence=fixed_bytes_per_sequence(specs),
         kv_bytes_per_token=bytes_per_token(specs),
-        prefill_working_bytes=prefill_chunk * (widest + 2 * config.hidden_size) * act_bytes,
+        prefill_working_bytes=prefill_chunk * prefill_bytes_per_token(config, context),
         decode_working_bytes_per_sequence=config.vocab_size * 4 + widest * act_bytes,
+        call_tokens=min(prefill_chunk, context),
         overhead_bytes=overhead_bytes,
         max_position_embeddings=config.max_position_embeddings,
     )

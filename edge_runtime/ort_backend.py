@@ -115,6 +115,10 @@ class OrtModelRunner:
         self.providers = providers or ProviderConfig()
         self.weights = WeightMap(bundle)
         self.sessions = {g: self._session(g) for g in ("prefill", "decode")}
+        self._output_names = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
+        vocab = bundle.config.vocab_size
+        # One logits buffer per graph: a step samples from decode logits after its prefill call ran.
+        self._logits = {g: np.zeros(pool.max_batch * vocab, dtype=np.float32) for g in self.sessions}
         self.calls = {"prefill": 0, "decode": 0}
 
     def _session(self, graph: str) -> ort.InferenceSession:
@@ -152,9 +156,18 @@ class OrtModelRunner:
         return self._run("decode", feeds, slots, past_lengths, [1] * len(slots))
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray], slots: list[int], past: list[int], new: list[int]) -> np.ndarray:
+        """Run with every input and output bound to preallocated buffers: no per-step allocations here."""
         session = self.sessions[graph]
-        names = [o.name for o in session.get_outputs()]
-        outputs = dict(zip(names, session.run(names, feeds)))
+        b = len(slots)
+        outputs = self.pool.output_views(b, max(new))
+        outputs["logits"] = self._logits[graph][: b * self.bundle.config.vocab_size].reshape(b, -1)
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in self._output_names[graph]:
+            array = outputs[name]
+            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        session.run_with_iobinding(binding)
         self.pool.scatter(slots, outputs, past, new)
         self.calls[graph] += 1
         return outputs["logits"]

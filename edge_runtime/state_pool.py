@@ -1,7 +1,8 @@
 """Fixed slots of per-sequence state, allocated once: conv and float32 SSM states, K/V up to the context limit.
 
 A slot is zeroed when it is handed out again, so no sequence ever sees another's state. Batched model
-calls read their slots into staging buffers (also allocated once) and write results back in place.
+calls read their slots into input staging buffers, ONNX Runtime writes their new states into output
+buffers (all allocated once, here), and the results are copied back into the slots.
 """
 
 from __future__ import annotations
@@ -18,19 +19,25 @@ class PoolFullError(RuntimeError):
 
 
 class StatePool:
-    def __init__(self, specs: list[StateSpec], num_slots: int, max_context: int, max_batch: int):
+    def __init__(self, specs: list[StateSpec], num_slots: int, max_context: int, max_batch: int,
+                 max_call_tokens: int):
+        """`max_call_tokens`: the most new tokens one row brings to one model call (the prefill chunk)."""
         self.specs = specs
         self.num_slots, self.max_context, self.max_batch = num_slots, max_context, max_batch
         self.arrays: dict[str, np.ndarray] = {}
         self._staging: dict[str, np.ndarray] = {}
+        self._out: dict[str, np.ndarray] = {}
         for s in specs:
             shape = list(s.shape)
+            out_shape = list(s.shape)
             if s.per_token:
                 shape[1] = max_context  # [kv_heads, context, head_dim]
-            self.arrays[s.name] = np.zeros((num_slots, *shape), dtype=NP_DTYPE[s.dtype])
-            # K/V staging is a flat buffer: each call views a contiguous [b, kv_heads, past, head_dim] prefix.
-            size = max_batch * int(np.prod(shape))
-            self._staging[s.name] = np.zeros(size, dtype=NP_DTYPE[s.dtype])
+                out_shape[1] = max_call_tokens
+            dtype = NP_DTYPE[s.dtype]
+            self.arrays[s.name] = np.zeros((num_slots, *shape), dtype=dtype)
+            # Staging buffers are flat: each call views a contiguous prefix of the shape it needs.
+            self._staging[s.name] = np.zeros(max_batch * int(np.prod(shape)), dtype=dtype)
+            self._out[s.output_name] = np.zeros(max_batch * int(np.prod(out_shape)), dtype=dtype)
         self._free = list(range(num_slots - 1, -1, -1))
 
     @property
@@ -39,7 +46,8 @@ class StatePool:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values()) + sum(a.nbytes for a in self._staging.values())
+        buffers = (*self.arrays.values(), *self._staging.values(), *self._out.values())
+        return sum(a.nbytes for a in buffers)
 
     def allocate(self) -> int:
         if not self._free:
@@ -70,6 +78,16 @@ class StatePool:
                 np.take(pool, idx, axis=0, out=view)
             feeds[s.name] = view
         return feeds
+
+    def output_views(self, batch: int, tokens: int) -> dict[str, np.ndarray]:
+        """Preallocated buffers for a call's `present.*` outputs (K/V: `tokens` new positions per row)."""
+        views = {}
+        for s in self.specs:
+            shape = [batch, *s.shape]
+            if s.per_token:
+                shape[2] = tokens
+            views[s.output_name] = self._out[s.output_name][: int(np.prod(shape))].reshape(shape)
+        return views
 
     def scatter(self, slots: list[int], outputs: dict[str, np.ndarray], past_lengths: list[int],
                 new_lengths: list[int]) -> None:

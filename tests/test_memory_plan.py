@@ -100,7 +100,7 @@ def test_tied_embeddings_have_no_lm_head(real):
 @pytest.mark.parametrize("budget_gib", [24, 64, 110])
 def test_plan_of_the_real_model_is_consistent(real, weights, budget_gib):
     budget = budget_gib * GiB
-    plan = plan_memory(real, weights, budget, 8192)
+    plan = plan_memory(real, weights, budget, 8192, prefill_chunk=128)
     n = plan.max_sequences
     assert n >= 1
     assert plan.fits(n, 8192) and not plan.fits(n + 1, 8192)
@@ -112,7 +112,7 @@ def test_plan_of_the_real_model_is_consistent(real, weights, budget_gib):
 
 
 def test_smaller_weights_fit_more_sequences(real):
-    fits = [plan_memory(real, w, 24 * GiB, 32768).max_sequences for w in ("fp16", "int8", "int4")]
+    fits = [plan_memory(real, w, 24 * GiB, 32768, prefill_chunk=64).max_sequences for w in ("fp16", "int8", "int4")]
     assert fits[0] < fits[1] < fits[2]
 
 
@@ -120,7 +120,7 @@ def test_max_batch_caps_sequences_and_reserves_its_rows(real):
     plan = plan_memory(real, "int4", 110 * GiB, 2048, max_batch=8)
     assert plan.max_sequences == 8
     assert not plan.fits(9, 2048)
-    assert plan.working_bytes == plan.prefill_working_bytes + 8 * plan.decode_working_bytes_per_sequence
+    assert plan.working_bytes == plan.prefill_working_bytes + 8 * plan.row_bytes(2048)
 
 
 def test_manifest_state_specs_override_the_config_layout(real):
@@ -131,8 +131,19 @@ def test_manifest_state_specs_override_the_config_layout(real):
 
 
 def test_budget_too_small_for_the_weights_says_by_how_much(real):
-    with pytest.raises(MemoryPlanError, match=r"^budget_bytes: 8\.00 GiB is 8\.75 GiB short"):
+    plan = plan_memory(real, "fp16", 64 * GiB, 8192)
+    short = (plan.base_bytes - 8 * GiB) / GiB
+    with pytest.raises(MemoryPlanError, match=rf"^budget_bytes: 8\.00 GiB is {short:.2f} GiB short"):
         plan_memory(real, "fp16", 8 * GiB, 8192)
+
+
+def test_prefill_working_memory_grows_with_context_and_step_tokens(real):
+    """Our graphs materialise attention scores over the context for each prompt token of a step."""
+    small_ctx = plan_memory(real, "int4", 110 * GiB, 2048, prefill_chunk=256)
+    long_ctx = plan_memory(real, "int4", 110 * GiB, 32768, prefill_chunk=256)
+    half_step = plan_memory(real, "int4", 110 * GiB, 32768, prefill_chunk=128)
+    assert long_ctx.prefill_working_bytes > small_ctx.prefill_working_bytes
+    assert half_step.prefill_working_bytes * 2 == long_ctx.prefill_working_bytes
 
 
 @pytest.mark.parametrize(

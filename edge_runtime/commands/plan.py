@@ -99,7 +99,7 @@ def render(plan: MemoryPlan, source: str) -> str:
         ("K/V per token", *_b(plan.kv_bytes_per_token)),
         (f"per sequence at {plan.context} tokens", *_b(plan.sequence_bytes(plan.context))),
         ("working memory: prefill chunk (once)", *_b(plan.prefill_working_bytes)),
-        ("working memory: decode row (per sequence)", *_b(plan.decode_working_bytes_per_sequence)),
+        ("batch row: staging + decode (per sequence)", *_b(plan.row_bytes(plan.context))),
         ("runtime overhead", *_b(plan.overhead_bytes)),
         ("left for sequences", *_b(plan.available_bytes)),
         (f"sequences that fit at {plan.context} tokens", f"{plan.max_sequences:,}", ""),
