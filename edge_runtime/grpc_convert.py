@@ -12,7 +12,8 @@ Limits checked here (the engine checks context length, vocabulary and sampling r
   - JSON fields (tool parameters, tool-call arguments) must hold a JSON object;
   - at most MAX_STOP_STRINGS stop strings of 1..MAX_STOP_CHARS characters each (every generated token is
     matched against all of them, so their total size is a per-token cost);
-  - request_id is at most MAX_REQUEST_ID_CHARS printable characters (it is written to logs).
+  - request_id is at most MAX_REQUEST_ID_CHARS printable characters (it is written to logs);
+  - a temperature in (0, MIN_TEMPERATURE) samples greedily; repetition_penalty is in REPETITION_PENALTY_RANGE.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 1000
 MAX_REQUEST_ID_CHARS = 128
+# Sampling values the engine's validation accepts but its float arithmetic does not survive: logits divided
+# by a temperature of 1e-310 overflow float64, a repetition penalty of 1e-40 overflows float32, and the NaNs
+# that follow crash the sampler. A positive temperature below MIN_TEMPERATURE is greedy (its limit, and
+# vLLM's cut-off); repetition penalties outside the range are refused.
+MIN_TEMPERATURE = 1e-5
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 _PRIORITY = {
     pb.PRIORITY_UNSPECIFIED: Priority.NORMAL,
@@ -148,10 +155,17 @@ def sampling_overrides(s: pb.SamplingParams) -> dict[str, Any]:
 
 def apply_sampling(base: SamplingParams, overrides: dict[str, Any]) -> SamplingParams:
     params = replace(base, **overrides)
+    if 0.0 < params.temperature < MIN_TEMPERATURE:
+        params = replace(params, temperature=0.0, greedy=True)
     try:
-        return params.validate()
+        params.validate()
     except ValueError as e:
         raise RequestError("sampling", str(e)) from None
+    low, high = REPETITION_PENALTY_RANGE
+    if not low <= params.repetition_penalty <= high:
+        raise RequestError("sampling", f"repetition_penalty: must be in [{low}, {high}] (1 disables it), "
+                                       f"got {params.repetition_penalty!r}")
+    return params
 
 
 def output_limits(s: pb.SamplingParams) -> OutputLimits:
