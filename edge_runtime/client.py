@@ -113,7 +113,7 @@ class EdgeClient:
     def chat_request(messages: str | Sequence[dict[str, Any]], *, system: str | None = None,
                      tools: Sequence[dict[str, Any]] | None = None, tool_choice: str | None = None,
                      reasoning: bool | None = None, max_thinking_tokens: int | None = None,
-                     thinking_grace_tokens: int | None = None, thinking_deadline_ms: int | None = None,
+                     thinking_grace_tokens: int | None = None, thinking_deadline_ms: float | None = None,
                      max_answer_tokens: int | None = None, thinking_close_text: str | None = None,
                      sampling: dict[str, Any] | None = None, max_tokens: int | None = None,
                      stop: Sequence[str] | None = None, stop_token_ids: Sequence[int] | None = None,
@@ -133,12 +133,15 @@ class EdgeClient:
                                        stop_token_ids=list(stop_token_ids or []), ignore_eos=ignore_eos),
             priority=priority_to_proto(priority),
         )
-        for name, value in (("reasoning", reasoning), ("max_thinking_tokens", max_thinking_tokens),
-                            ("thinking_grace_tokens", thinking_grace_tokens),
-                            ("thinking_deadline_ms", thinking_deadline_ms), ("max_answer_tokens", max_answer_tokens),
-                            ("thinking_close_text", thinking_close_text)):
+        if reasoning is not None:
+            r.reasoning = reasoning
+        if thinking_close_text is not None:
+            r.thinking_close_text = thinking_close_text
+        for name, value in (("max_thinking_tokens", max_thinking_tokens), ("thinking_grace_tokens", thinking_grace_tokens),
+                            ("thinking_deadline_ms", thinking_deadline_ms), ("max_answer_tokens", max_answer_tokens)):
             if value is not None:
-                setattr(r, name, value)
+                # uint32 on the wire; a command line may hand over 1500.0 for a millisecond count.
+                setattr(r, name, round(value))
         return r
 
     def generate(self, prompt: str | Sequence[int], *, sampling: dict[str, Any] | None = None,
