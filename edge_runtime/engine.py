@@ -22,7 +22,7 @@ from edge_runtime.bundle import Bundle, open_bundle
 from edge_runtime.memory_plan import MemoryPlan, plan_for_bundle
 from edge_runtime.ort_backend import OrtModelRunner, ProviderConfig
 from edge_runtime.output import OutputProcessor
-from edge_runtime.request import (EngineUnavailableError, Event, Final, GenerationRequest, RequestError, Timings,
+from edge_runtime.request import (Delta, EngineUnavailableError, Event, Final, GenerationRequest, RequestError, Timings,
                                   Usage)
 from edge_runtime.sampler import SamplerState, sample
 from edge_runtime.scheduler import Scheduler, SchedulerConfig, Sequence
@@ -228,9 +228,15 @@ class Engine:
         to_sample = [(t, row) for t, row in fresh if t.controller is None or t.controller.forced_token() is None]
         sampled: dict[int, tuple[int, object]] = {}
         if to_sample:
-            result = sample(np.stack([row for _, row in to_sample]), [t.sampler for t, _ in to_sample])
-            for k, (t, _) in enumerate(to_sample):
-                sampled[id(t)] = (int(result.token_ids[k]), result.logprobs[k])
+            try:
+                result = sample(np.stack([row for _, row in to_sample]), [t.sampler for t, _ in to_sample])
+            except Exception as e:  # a bad row fails its batch's sampling, never the engine
+                for t, _ in to_sample:
+                    self._finish(t, "error", error=f"sampling failed: {type(e).__name__}: {e}")
+                fresh = [(t, row) for t, row in fresh if not t.handle.done]
+            else:
+                for k, (t, _) in enumerate(to_sample):
+                    sampled[id(t)] = (int(result.token_ids[k]), result.logprobs[k])
         now = self.clock()
         for t, _ in fresh:
             if id(t) in sampled:
@@ -252,7 +258,8 @@ class Engine:
         t.sampler.record(token)
         t.generated.append(token)
         self.tokens_generated += 1
-        if not forced and token in t.stop_ids:
+        if not forced and token in t.stop_ids:  # streamed as an id, never as text
+            t.handle.emit(Delta("", "answer", [token], [logprobs] if logprobs is not None else []))
             return self._finish(t, "stop")
         channel = t.controller.observe(token, forced) if t.controller is not None else Channel.ANSWER
         for event in t.output.push(token, channel, logprobs):
@@ -345,7 +352,16 @@ class Engine:
                     self._wake.wait(0.5)
                 if self._stop:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as e:  # a bug in one step must not silently kill the service: fail what runs
+                for t in list(self._tracked):
+                    self._finish(t, "error", error=f"engine step failed: {type(e).__name__}: {e}")
+
+    @property
+    def alive(self) -> bool:
+        """The engine thread is running (always True when steps are driven by the caller)."""
+        return self._thread is None or self._thread.is_alive()
 
     def stop_accepting(self) -> None:
         with self._lock:

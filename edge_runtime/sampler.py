@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAX_LOGPROBS = 20
+MIN_TEMPERATURE = 1e-5
+# Penalties outside this range push float32 logits to inf/0 and make no sense as a request anyway.
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 # OpenAI's documented range for presence/frequency penalties.
 MAX_ABS_ADDITIVE_PENALTY = 2.0
 # First guess at how many candidates hold the top_p nucleus; grown 4x until they do. Sorting 256 of 131072
@@ -56,7 +59,9 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0.0
+        # Below MIN_TEMPERATURE the distribution is a point mass in float arithmetic anyway (and
+        # logits / temperature would overflow): sample greedily, as vLLM does.
+        return self.greedy or self.temperature < MIN_TEMPERATURE
 
     @classmethod
     def model_card_default(cls, reasoning: bool) -> "SamplingParams":
@@ -73,8 +78,9 @@ class SamplingParams:
             raise ValueError(f"top_k: must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         if not (0.0 <= self.min_p <= 1.0):
             raise ValueError(f"min_p: must be in [0, 1], got {self.min_p!r}")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0):
-            raise ValueError(f"repetition_penalty: must be a finite number > 0 (1 disables it), got {self.repetition_penalty!r}")
+        if not (MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY):
+            raise ValueError(f"repetition_penalty: must be in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}] "
+                             f"(1 disables it), got {self.repetition_penalty!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not (-MAX_ABS_ADDITIVE_PENALTY <= value <= MAX_ABS_ADDITIVE_PENALTY):

@@ -111,7 +111,8 @@ class EngineProgress:
     """Whether the engine loop made progress between two checks.
 
     Progress means: the engine completed at least one step since the previous check (`steps` advanced),
-    or it had no work at this check (an idle engine waits on its condition variable, which is healthy).
+    or it had no work at this check (an idle engine waits on its condition variable, which is healthy),
+    and its thread is alive.
     A model call that hangs leaves `steps` frozen while requests are in flight, so two checks in a row
     report no progress. The scheduler chunks prefill (`prefill_chunk` tokens per step), so one step is
     bounded by one chunk plus one decode batch: far below a watchdog period of tens of seconds.
@@ -122,17 +123,18 @@ class EngineProgress:
 
     steps: Callable[[], int]
     has_work: Callable[[], bool]
+    alive: Callable[[], bool] = lambda: True
     _last: int | None = None
 
     @classmethod
     def of(cls, engine) -> "EngineProgress":
-        probe = cls(steps=lambda: engine.steps, has_work=engine.has_work)
+        probe = cls(steps=lambda: engine.steps, has_work=engine.has_work, alive=lambda: engine.alive)
         probe.check()  # the baseline, so the first real check can tell progress from a stall
         return probe
 
     def check(self) -> bool:
         steps, busy = self.steps(), self.has_work()
-        progressed = not busy or (self._last is not None and steps != self._last)
+        progressed = self.alive() and (not busy or (self._last is not None and steps != self._last))
         self._last = steps
         return progressed
 

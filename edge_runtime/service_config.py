@@ -56,7 +56,7 @@ class ServiceConfig:
     trt_fp16: bool = True
     trt_max_workspace_size: int | None = None
     max_thinking_tokens: int = 1024
-    thinking_grace_tokens: int = 64
+    thinking_grace_tokens: int = 0
     thinking_deadline_ms: int | None = None
     max_answer_tokens: int = 1024
 

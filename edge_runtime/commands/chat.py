@@ -1,0 +1,129 @@
+"""`nemotron-edge chat`: one chat turn, in process or against a running server, reasoning shown apart.
+
+On a terminal the reasoning is dimmed and the answer plain; tool calls are printed as JSON lines.
+`--json` prints the final record (usage, how thinking ended, finish reason, texts, tool calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TextIO
+
+from edge_runtime.bundle import BundleError
+from edge_runtime.request import Delta, Event, Final, RequestError, ToolCallRecord
+
+DIM, RESET = "\033[2m", "\033[0m"
+# gRPC status codes that mean the request (not the server) is at fault: exit code 2.
+CALLER_ERRORS = {"INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNAUTHENTICATED"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="one chat turn with reasoning shown apart (in process, or --server)")
+    p.add_argument("message", help="the user's message")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--bundle", help="bundle directory for an in-process chat (default: the embedded demo bundle)")
+    where.add_argument("--server", help="address of a running server, e.g. unix:/run/nemotron-edge/edge.sock")
+    p.add_argument("--token-file", help="bearer token file for --server")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--no-think", action="store_true", help="reasoning off (the model card's /no_think)")
+    p.add_argument("--max-thinking-tokens", type=int)
+    p.add_argument("--thinking-grace-tokens", type=int)
+    p.add_argument("--thinking-deadline-ms", type=float)
+    p.add_argument("--max-answer-tokens", type=int)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--seed", type=int, help="sampling seed (reasoning on samples at temperature 0.6, top-p 0.95)")
+    p.add_argument("--json", action="store_true", help="print the final record as JSON")
+    p.set_defaults(func=run)
+
+
+def messages_of(args: argparse.Namespace) -> list[dict]:
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    return messages + [{"role": "user", "content": args.message}]
+
+
+class Display:
+    """Streams events to a terminal: reasoning dimmed, answer plain, tool calls as JSON lines."""
+
+    def __init__(self, out: TextIO, color: bool):
+        self.out, self.color = out, color
+        self.channel: str | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Delta) and event.text:
+            if event.channel != self.channel:
+                if self.channel is not None:
+                    self.out.write(RESET if self.color else "")
+                    self.out.write("\n" if self.channel == "reasoning" else "")
+                if event.channel == "reasoning":
+                    self.out.write(DIM if self.color else "[reasoning] ")
+                self.channel = event.channel
+            self.out.write(event.text)
+        elif isinstance(event, ToolCallRecord):
+            self.out.write(("\n" if self.channel else "") + json.dumps({"tool_call": asdict(event)}) + "\n")
+            self.channel = None
+        elif isinstance(event, Final):
+            self.out.write((RESET if self.color and self.channel == "reasoning" else "") + "\n")
+        self.out.flush()
+
+
+def final_record(final: Final) -> dict:
+    record = asdict(final)
+    record["usage"]["completion_tokens"] = final.usage.completion_tokens
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_runtime.client import EdgeError
+    from edge_runtime.grpc_auth import TokenFileError
+
+    display = None if args.json else Display(sys.stdout, sys.stdout.isatty())
+    try:
+        final = _run_server(args, display) if args.server else _run_local(args, display)
+    except (BundleError, RequestError, TokenFileError) as e:
+        print(f"nemotron-edge chat: {e}", file=sys.stderr)
+        return 2
+    except EdgeError as e:
+        print(f"nemotron-edge chat: {e}", file=sys.stderr)
+        return 2 if e.code.name in CALLER_ERRORS else 1
+    if args.json:
+        print(json.dumps(final_record(final)))
+    return 0 if final.finish_reason != "error" else 1
+
+
+def _run_local(args: argparse.Namespace, display: Display | None) -> Final:
+    from edge_runtime.chat import Chat, ChatRequest
+    from edge_runtime.demo import resolve_bundle
+    from edge_runtime.engine import Engine
+
+    engine = Engine(resolve_bundle(args.bundle))
+    chat = Chat(engine)
+    request = ChatRequest(
+        messages_of(args), reasoning=False if args.no_think else None,
+        max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
+        thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
+        max_tokens=args.max_tokens, seed=args.seed,
+    )
+    handle = chat.submit(request, display)
+    engine.run_until_done([handle])
+    return handle.final
+
+
+def _run_server(args: argparse.Namespace, display: Display | None) -> Final:
+    from edge_runtime.client import EdgeClient
+    from edge_runtime.grpc_auth import read_token
+
+    token = read_token(Path(args.token_file)) if args.token_file else None
+    with EdgeClient(args.server, token=token) as client:
+        stream = client.chat(
+            messages_of(args), reasoning=False if args.no_think else None,
+            max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
+            thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
+            max_tokens=args.max_tokens, sampling=None if args.seed is None else {"seed": args.seed})
+        for event in stream:
+            if display is not None:
+                display(event)
+        return stream.final
