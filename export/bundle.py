@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from onnx import TensorProto
@@ -26,10 +26,9 @@ from edge_runtime.model_config import ModelConfig
 from edge_runtime.state_layout import state_layout
 from nemotron_export import ops
 from nemotron_export.checkpoint import load_checkpoint
-from nemotron_export.onnx_graph import WeightFormat, WeightTable, build_graphs
+from nemotron_export.onnx_graph import WeightFormat, build_graphs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-ALIGN = 64
 ONNX_TO_NAME = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
                 TensorProto.UINT8: "uint8", TensorProto.INT64: "int64"}
 
@@ -54,61 +53,28 @@ def export_bundle(ckpt_dir: str | Path, out_dir: str | Path, options: ExportOpti
         raise FileExistsError(f"--out: {out} already exists; remove it or choose another directory")
     model = load_checkpoint(ckpt, dtype=torch.float32, progress=progress)
     cfg = model.cfg
+    # Views of the model's parameters: the one float32 copy of the weights the export holds.
     source = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    del model
-    steps = tqdm(total=4, desc="exporting", unit="step", disable=not progress)
-    prefill, decode, table = build_graphs(cfg, options.weights, source)
-    del source
-    steps.update()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is read by the service user
     try:
-        index = _write_weights(table, tmp / bundle_format.WEIGHTS_FILE, progress)
-        steps.update()
+        with tqdm(total=cfg.num_layers, desc="building graphs, writing weights", unit="layer",
+                  disable=not progress) as bar, (tmp / bundle_format.WEIGHTS_FILE).open("wb") as weights:
+            prefill, decode, table = build_graphs(cfg, options.weights, source, weights, progress=bar.update)
+        del source, model
         for name, graph in (("prefill", prefill), ("decode", decode)):
-            _point_at_weights(graph, index)
             onnx.save_model(graph, tmp / f"{name}.onnx")
-        steps.update()
         tokenizer = _copy_tokenizer(ckpt, tmp)
-        manifest = _manifest(cfg, options, prefill, decode, index, tokenizer)
+        if tokenizer is None:
+            print(f"{ckpt}: no tokenizer files; the bundle serves token-id requests only", file=sys.stderr)
+        manifest = _manifest(cfg, options, prefill, decode, table.index, tokenizer)
         bundle_format.write_manifest(tmp, manifest)
-        steps.update()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        steps.close()
     return out
-
-
-def _write_weights(table: WeightTable, path: Path, progress: bool) -> dict[str, dict]:
-    """Write every tensor once, 64-byte aligned; return name -> {offset, nbytes, dtype, shape}."""
-    index: dict[str, dict] = {}
-    offset = 0
-    with path.open("wb") as f:
-        for name, arr in tqdm(table.arrays.items(), desc="writing weights", unit="tensor", disable=not progress):
-            pad = (-offset) % ALIGN
-            f.write(b"\0" * pad)
-            offset += pad
-            data = arr.tobytes()
-            f.write(data)
-            dtype = "bfloat16" if name in table.bf16 else arr.dtype.name
-            index[name] = {"offset": offset, "nbytes": len(data), "dtype": dtype, "shape": list(arr.shape)}
-            offset += len(data)
-    return index
-
-
-def _point_at_weights(model: onnx.ModelProto, index: dict[str, dict]) -> None:
-    for t in model.graph.initializer:
-        if t.name not in index:  # an inline constant
-            continue
-        entry = index[t.name]
-        t.data_location = TensorProto.EXTERNAL
-        del t.external_data[:]
-        for key, value in (("location", bundle_format.WEIGHTS_FILE), ("offset", entry["offset"]), ("length", entry["nbytes"])):
-            t.external_data.add(key=key, value=str(value))
 
 
 def _copy_tokenizer(ckpt: Path, dest: Path) -> dict | None:

@@ -7,7 +7,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from nemotron_export.synth import PRESETS
+    from nemotron_export.presets import PRESETS
 
     p = sub.add_parser("synth", help="write a synthetic Hugging Face checkpoint (random weights, real tokenizer)")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))

@@ -13,12 +13,14 @@ Graph interface (b batch, t tokens, T past tokens; state names from edge_runtime
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
 from onnx import TensorProto, helper
 
+from edge_runtime.bundle import WEIGHTS_FILE
 from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
 from edge_runtime.state_layout import state_layout
 from nemotron_export import ops
@@ -26,8 +28,8 @@ from nemotron_export.quantize import quantize
 
 OPSET = 18
 MS_DOMAIN = "com.microsoft"
-NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
-              np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int64): TensorProto.INT64}
+ONNX_DTYPE_BY_NAME = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16,
+                      "uint8": TensorProto.UINT8, "int64": TensorProto.INT64}
 ONNX_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
 
 
@@ -60,14 +62,22 @@ class WeightFormat:
 
 @dataclass
 class WeightTable:
-    """The bundle's tensors, name -> array, in insertion order. Filled once, shared by both graphs."""
+    """The bundle's tensors, written to the shared weights file the first time a graph uses them, so the
+    exporter never holds a second copy of the weights; both graphs then reference the same entries."""
 
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    bf16: set[str] = field(default_factory=set)  # names stored as bfloat16 bit patterns (uint16 arrays)
+    file: BinaryIO
+    index: dict[str, dict] = field(default_factory=dict)  # name -> offset, nbytes, dtype, shape
+    align: int = 64
 
-    def add(self, name: str, array: np.ndarray) -> str:
-        if name not in self.arrays:
-            self.arrays[name] = np.ascontiguousarray(array)
+    def add(self, name: str, array: np.ndarray, bf16: bool = False) -> str:
+        if name not in self.index:
+            offset = self.file.tell()
+            pad = (-offset) % self.align
+            self.file.write(b"\0" * pad)
+            data = np.ascontiguousarray(array)
+            self.file.write(memoryview(data).cast("B"))
+            self.index[name] = {"offset": offset + pad, "nbytes": data.nbytes,
+                                "dtype": "bfloat16" if bf16 else data.dtype.name, "shape": list(data.shape)}
         return name
 
 
@@ -117,7 +127,7 @@ class GraphBuilder:
         n, k = w.shape
         quantized = self.fmt.bits is not None and (self.fmt.quantize_lm_head or name != "lm_head.weight")
         if quantized:
-            if name + ".qweight" not in self.table.arrays:
+            if name + ".qweight" not in self.table.index:
                 q = quantize(w, self.fmt.bits, self.fmt.group_size,
                              np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
                 self.table.add(name + ".qweight", q.packed)
@@ -132,9 +142,9 @@ class GraphBuilder:
     def _dense(self, name: str, w: np.ndarray) -> str:
         """A float weight in the storage dtype; bf16 weights are stored 16-bit and cast up in the graph."""
         if self.fmt.kind == "bf16":
-            bits = (np.ascontiguousarray(w, dtype=np.float32).view(np.uint32) + 0x8000 >> 16).astype(np.uint16)
-            self.table.add(name, bits)
-            self.table.bf16.add(name)
+            if name not in self.table.index:
+                bits = (np.ascontiguousarray(w, dtype=np.float32).view(np.uint32) + 0x8000 >> 16).astype(np.uint16)
+                self.table.add(name, bits, bf16=True)
             return self.one("Cast", [name], to=TensorProto.FLOAT)
         dtype = np.float16 if self.fmt.kind == "fp16" else np.float32
         return self.table.add(name, w.astype(dtype))
@@ -277,7 +287,7 @@ class GraphBuilder:
 
     # ---- whole model --------------------------------------------------------------------------------------
 
-    def build(self, decode: bool) -> onnx.ModelProto:
+    def build(self, decode: bool, progress: Callable[[int], None] | None = None) -> onnx.ModelProto:
         c = self.cfg
         emb_name = "backbone.embeddings.weight"
         emb_dtype = self.fmt.storage_dtype if self.fmt.kind != "bf16" else np.dtype(np.float32)
@@ -301,6 +311,8 @@ class GraphBuilder:
             else:
                 out = self.mlp(i, u)
             x = self.one("Add", [x, out])
+            if progress:
+                progress(1)
         if decode:
             last = self.one("Squeeze", [x, self.ints(1)])  # [b, d]
         else:
@@ -331,7 +343,7 @@ class GraphBuilder:
             inputs.append(helper.make_tensor_value_info(s.name, ONNX_DTYPE[s.dtype], shape_in))
             outputs.append(helper.make_tensor_value_info(s.output_name, ONNX_DTYPE[s.dtype], shape_out))
         used = {n for node in self.nodes for n in node.input}
-        initializers = [_external_stub(name, arr, name in self.table.bf16) for name, arr in self.table.arrays.items() if name in used]
+        initializers = [_external_stub(name, entry) for name, entry in self.table.index.items() if name in used]
         initializers += [onnx.numpy_helper.from_array(arr, name) for name, arr in self.consts.items()]
         graph = helper.make_graph(self.nodes, "decode" if decode else "prefill", inputs, outputs, initializers)
         return helper.make_model(
@@ -341,18 +353,23 @@ class GraphBuilder:
         )
 
 
-def _external_stub(name: str, arr: np.ndarray, is_bf16: bool) -> onnx.TensorProto:
-    """An initializer without data; bundle.py points it at its bytes in the shared weights file."""
+def _external_stub(name: str, entry: dict) -> onnx.TensorProto:
+    """An initializer whose data lives at its entry's offset in the shared weights file."""
     t = onnx.TensorProto()
     t.name = name
-    t.data_type = TensorProto.BFLOAT16 if is_bf16 else NP_TO_ONNX[arr.dtype]
-    t.dims.extend(arr.shape)
+    t.data_type = ONNX_DTYPE_BY_NAME[entry["dtype"]]
+    t.dims.extend(entry["shape"])
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", WEIGHTS_FILE), ("offset", entry["offset"]), ("length", entry["nbytes"])):
+        t.external_data.add(key=key, value=str(value))
     return t
 
 
-def build_graphs(cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, onnx.ModelProto, WeightTable]:
-    """(prefill, decode, weights): both graphs reference the same weight names in `weights`."""
-    table = WeightTable()
-    prefill = GraphBuilder(cfg, fmt, source, table).build(decode=False)
+def build_graphs(cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray], weights_file: BinaryIO,
+                 progress: Callable[[int], None] | None = None) -> tuple[onnx.ModelProto, onnx.ModelProto, WeightTable]:
+    """(prefill, decode, table): building prefill writes every weight to `weights_file` (reporting each
+    finished layer to `progress`); decode then references the same entries."""
+    table = WeightTable(weights_file)
+    prefill = GraphBuilder(cfg, fmt, source, table).build(decode=False, progress=progress)
     decode = GraphBuilder(cfg, fmt, source, table).build(decode=True)
     return prefill, decode, table

@@ -1,12 +1,5 @@
-"""Synthetic Nemotron-H checkpoints: complete Hugging Face-format directories with random weights and a real tokenizer.
-
-Presets:
-- `tiny` (~0.9M parameters, all three layer types, chunk size 16) for tests;
-- `small` (~80M parameters, the first 27 layers of the real pattern) for benchmarks;
-- `nano-9b-v2-slice` (the real widths, layers `M*-`, vocabulary cut to 4096; ~380M parameters) to catch
-  bugs that only show at head_dim 80, 128 heads and 8 groups.
-Output is deterministic for a seed.
-"""
+"""Synthetic Nemotron-H checkpoints: complete Hugging Face-format directories with random weights and a real
+tokenizer, for the presets in nemotron_export.presets. Output is deterministic for a seed."""
 
 from __future__ import annotations
 
@@ -23,33 +16,7 @@ from safetensors.torch import save_file
 
 from edge_runtime.model_config import ModelConfig
 from nemotron_export.model import NemotronH
-
-# The real model's pattern; `small` takes its first 27 layers.
-REAL_PATTERN = "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-"
-REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "nemotron-nano-9b-v2.config.json"
-
-PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(
-        vocab_size=1024, hidden_size=128, intermediate_size=256, pattern="M-*M-M*-",
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        mamba_num_heads=8, mamba_head_dim=32, n_groups=2, ssm_state_size=16, conv_kernel=4, chunk_size=16,
-        max_position_embeddings=4096,
-    ),
-    "small": ModelConfig(
-        vocab_size=4096, hidden_size=640, intermediate_size=1792, pattern=REAL_PATTERN[:27],
-        num_attention_heads=10, num_key_value_heads=2, head_dim=64,
-        mamba_num_heads=20, mamba_head_dim=64, n_groups=4, ssm_state_size=64, conv_kernel=4, chunk_size=128,
-        max_position_embeddings=8192,
-    ),
-    # Real widths (../shared/reference/nemotron-nano-9b-v2.config.json), three layers, vocabulary cut.
-    "nano-9b-v2-slice": ModelConfig(
-        vocab_size=4096, hidden_size=4480, intermediate_size=15680, pattern="M*-",
-        num_attention_heads=40, num_key_value_heads=8, head_dim=128,
-        mamba_num_heads=128, mamba_head_dim=80, n_groups=8, ssm_state_size=128, conv_kernel=4, chunk_size=128,
-        max_position_embeddings=131072,
-    ),
-}
-TOKENIZER_VOCAB = {"tiny": 1024, "small": 4096, "nano-9b-v2-slice": 4096}
+from nemotron_export.presets import PRESETS, TOKENIZER_VOCAB
 
 # dt is initialised log-uniform in [DT_MIN, DT_MAX]. The floor sits well above the config's
 # time_step_min (0.001) so transformers' prefill-only clamp stays inert on synthetic checkpoints.
