@@ -46,10 +46,17 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
     return h.hexdigest()
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON, its own digest field left out: editing any value is seen."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Hash every file already in `directory` into the manifest and write manifest.json."""
+    """Hash every file already in `directory` into the manifest, seal it with its own digest, write it."""
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
     manifest = {**manifest, "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}}
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
@@ -111,9 +118,11 @@ def open_bundle(path: str | Path, verify: bool = True, on_bytes: Callable[[int],
         raise BundleError(
             f"{mpath}: custom op domain {ops.get('domain')!r} version {ops.get('version')!r} is not supported "
             f"(this runtime supports {SUPPORTED_CUSTOM_OPS})")
-    for key in ("config", "graphs", "state_layout", "weights", "limits", "files"):
+    for key in ("config", "graphs", "state_layout", "weights", "limits", "files", "manifest_sha256"):
         if key not in manifest:
             raise BundleError(f"{mpath}: missing field {key!r}")
+    if manifest_digest(manifest) != manifest["manifest_sha256"]:
+        raise BundleError(f"{mpath}: its content does not match its manifest_sha256; the manifest was modified")
     bundle = Bundle(root, manifest)
     if verify:
         verify_files(bundle, on_bytes)
