@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -116,7 +117,7 @@ constexpr ONNXTensorElementDataType kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 //   y[i]    = s[i, :] . C + D * x[i]
 // The state of one head (p*n floats, 16 KiB for p = n = 64) stays in L1 across the tokens of a scan.
 HOT void ssm_token(const float* in, float* out, const float* x, float dt, float A, const float* B,
-                      const float* C, float D, float* y, int64_t p, int64_t n) {
+                   const float* C, float D, float* y, int64_t p, int64_t n) {
   const float decay = std::exp(dt * A);
   for (int64_t i = 0; i < p; ++i) {
     const float* s = in + i * n;
@@ -140,7 +141,6 @@ HOT void ssm_token(const float* in, float* out, const float* x, float dt, float 
 // full = concat(conv_state, x^T) [b, c, k-1+t];  y[:, i, ch] = silu(bias[ch] + sum_j weight[ch, j] * full[ch, i+j]);
 // new_state[:, ch, m] = full[ch, lengths + m]  (the k-1 inputs ending at the row's last valid token).
 // The attribute `channels` (= c) only exists for ONNX Conv's static group count; it is not needed here.
-//
 
 // exp(v) for |v| < 87 to ~2 ulp, branch-free so loops over it vectorise (libm's expf does not):
 // v = m ln2 + f, |f| <= ln2/2; exp(f) by a degree-6 polynomial (Cephes expf); 2^m through the exponent bits.
@@ -257,7 +257,7 @@ struct CausalConv1d {
   }
 };
 
-// Checks the shared SSM input shapes; token_dims is 1 for SsdChunkScan ([b, t, ...]) and 0 for SsmStep.
+// Checks the SSM input shapes: SsdChunkScan (`scan`) has [b, t, ...] where SsmStep has [b, ...].
 struct SsmDims { int64_t b, t, h, p, g, n; };
 
 inline Ort::Status ssm_dims(const char* op, bool scan, const std::vector<int64_t>& xs, const std::vector<int64_t>& dts,
@@ -304,7 +304,8 @@ struct SsmStep {
     const int64_t r = d.h / d.g;
     auto head = [&](size_t bh) {  // one (row, head): bh = row * h + head
       const int64_t row = bh / d.h, hd = bh % d.h, grp = row * d.g + hd / r;
-      ssm_token(s_in + bh * d.p * d.n, s + bh * d.p * d.n, x + bh * d.p, dt[bh], A[hd], B + grp * d.n, C + grp * d.n, D[hd],
+      const int64_t state = bh * d.p * d.n;
+      ssm_token(s_in + state, s + state, x + bh * d.p, dt[bh], A[hd], B + grp * d.n, C + grp * d.n, D[hd],
                 y + bh * d.p, d.p, d.n);
     };
     parallel_for(ctx, static_cast<size_t>(d.b * d.h), static_cast<size_t>(d.b * d.h * d.p * d.n), head);
@@ -352,8 +353,9 @@ struct SsdChunkScan {
       for (int64_t i = 0; i < d.t; ++i) {
         const int64_t tok = row * d.t + i;  // index of (row, token)
         const int64_t bg = (tok * d.g + grp) * d.n;
-        ssm_token(i == 0 ? s_in + bh * state_size : state, state, x + (tok * d.h + hd) * d.p, dt[tok * d.h + hd], A[hd], B + bg, C + bg, D[hd],
-                  y + (tok * d.h + hd) * d.p, d.p, d.n);
+        const int64_t th = tok * d.h + hd;  // index of (row, token, head)
+        ssm_token(i == 0 ? s_in + bh * state_size : state, state, x + th * d.p, dt[th], A[hd], B + bg, C + bg,
+                  D[hd], y + th * d.p, d.p, d.n);
       }
     };
     parallel_for(ctx, static_cast<size_t>(d.b * d.h), static_cast<size_t>(d.b * d.t * d.h * d.p * d.n), head);
@@ -393,7 +395,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
   if (api == nullptr) {  // a runtime older than these headers: report it through the oldest API
     const OrtApi* v1 = api_base->GetApi(1);
-    return v1->CreateStatus(ORT_FAIL, "nemotron_edge_ops: ONNX Runtime is older than the C API this library was built for");
+    return v1->CreateStatus(ORT_FAIL, "nemotron_edge_ops: ONNX Runtime is older than the C API it was built for");
   }
   Ort::InitApi(api);
 
