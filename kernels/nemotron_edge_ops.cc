@@ -140,7 +140,7 @@ HOT void ssm_token(const float* in, float* out, const float* x, float dt, float 
 //   -> y [b, t, c] T, new_state [b, c, k-1] T.
 // full = concat(conv_state, x^T) [b, c, k-1+t];  y[:, i, ch] = silu(bias[ch] + sum_j weight[ch, j] * full[ch, i+j]);
 // new_state[:, ch, m] = full[ch, lengths + m]  (the k-1 inputs ending at the row's last valid token).
-// The attribute `channels` (= c) only exists for ONNX Conv's static group count; it is not needed here.
+// The attribute `channels` (= c) exists for ONNX Conv's static group count; here it is only checked.
 
 // exp(v) for |v| < 87 to ~2 ulp, branch-free so loops over it vectorise (libm's expf does not):
 // v = m ln2 + f, |f| <= ln2/2; exp(f) by a degree-6 polynomial (Cephes expf); 2^m through the exponent bits.
@@ -176,7 +176,14 @@ HOT void fma_row(float* __restrict acc, const float* __restrict w, const float* 
 
 template <typename T>
 struct CausalConv1d {
-  CausalConv1d(const OrtApi*, const OrtKernelInfo*) {}
+  CausalConv1d(const OrtApi* api, const OrtKernelInfo* info) {
+    int64_t v = 0;
+    if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, "channels", &v))
+      api->ReleaseStatus(st);  // no attribute: nothing to check
+    else
+      channels_ = v;
+  }
+  int64_t channels_ = -1;  // the node's `channels`, -1 if absent
 
   Ort::Status Compute(const Tensor<T>& x_in, const Tensor<T>& state_in, const Tensor<T>& weight_in,
                       const Tensor<T>& bias_in, const Tensor<int64_t>& lengths_in, Tensor<T>& y_out,
@@ -191,6 +198,7 @@ struct CausalConv1d {
     if (ss[0] != b || ss[1] != c || ws[0] != c || k != km1 + 1 || bias_in.Shape()[0] != c ||
         lengths_in.Shape()[0] != b)
       return invalid("CausalConv1d", "inconsistent shapes");
+    if (channels_ >= 0 && channels_ != c) return invalid("CausalConv1d", "attribute channels differs from x's channels");
     const int64_t* lengths = lengths_in.Data();
     for (int64_t r = 0; r < b; ++r)
       if (lengths[r] < 0 || lengths[r] > t) return invalid("CausalConv1d", "lengths must lie in [0, t]");

@@ -140,6 +140,14 @@ def test_causal_conv1d_rejects_lengths_beyond_chunk(kernel_lib):
         session(model, kernel_lib).run(None, feeds)
 
 
+def test_causal_conv1d_checks_channels_attribute(kernel_lib):
+    model, feeds = conv_inputs(np.random.default_rng(4), np.float32, b=1, t=2, c=8, k=4, lengths=[2])
+    wrong = onnx.load_from_string(model)
+    wrong.graph.node[0].attribute[0].i = 7
+    with pytest.raises(Exception, match="channels"):
+        session(wrong.SerializeToString(), kernel_lib).run(None, feeds)
+
+
 # ---- SsmStep and SsdChunkScan ------------------------------------------------------------------------
 
 def ssm_inputs(rng, dtype, b, t, h, p, g, n, valid: list[int] | None):
