@@ -258,10 +258,11 @@ class Engine:
         t.sampler.record(token)
         t.generated.append(token)
         self.tokens_generated += 1
-        if not forced and token in t.stop_ids:  # streamed as an id, never as text
-            t.handle.emit(Delta("", "answer", [token], [logprobs] if logprobs is not None else []))
-            return self._finish(t, "stop")
         channel = t.controller.observe(token, forced) if t.controller is not None else Channel.ANSWER
+        if not forced and token in t.stop_ids:  # counted and streamed as an id, never as text
+            name = "answer" if channel is Channel.ANSWER else "reasoning"
+            t.handle.emit(Delta("", name, [token], [logprobs] if logprobs is not None else []))
+            return self._finish(t, "stop")
         for event in t.output.push(token, channel, logprobs):
             t.handle.emit(event)
         seq = t.seq
@@ -309,7 +310,7 @@ class Engine:
         if c is not None:
             usage.reasoning_tokens, usage.answer_tokens, usage.forced_tokens = c.reasoning_tokens, c.answer_tokens, c.forced_tokens
         else:
-            usage.answer_tokens = len(t.generated) - (1 if reason == "stop" else 0)
+            usage.answer_tokens = len(t.generated)
         t.timings.total_ms = (self.clock() - t.submitted) * 1000
         t.handle.emit(Final(
             finish_reason=reason, usage=usage, timings=t.timings,

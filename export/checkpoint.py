@@ -54,8 +54,15 @@ def _weight_files(ckpt: Path) -> dict[str, Path]:
     index = ckpt / "model.safetensors.index.json"
     single = ckpt / "model.safetensors"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: ckpt / fname for name, fname in weight_map.items()}
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
+        files = {name: ckpt / fname for name, fname in weight_map.items()}
+        for shard in sorted(set(files.values())):
+            if not shard.exists():
+                raise CheckpointError(f"{shard}: listed in {index.name} but missing")
+        return files
     if single.exists():
         return {name: single for name in read_safetensors_header(single) if name != "__metadata__"}
     raise CheckpointError(f"{ckpt}: no model.safetensors or model.safetensors.index.json")
@@ -77,6 +84,8 @@ def load_checkpoint(ckpt_dir: str | Path, dtype: torch.dtype = torch.float32,
     with torch.device("meta"):
         model = NemotronH(cfg)
     model = model.to_empty(device="cpu").to(dtype)
+    if cfg.tie_word_embeddings:  # to_empty() gives every parameter its own storage: tie them again
+        model.lm_head.weight = model.backbone.embeddings.weight
     params = dict(model.named_parameters(remove_duplicate=False))
     expected = set(params) - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
     missing = sorted(expected - set(files))
@@ -85,7 +94,9 @@ def load_checkpoint(ckpt_dir: str | Path, dtype: torch.dtype = torch.float32,
     raw_names = {_canonical(k): k for k in _weight_files(ckpt)}
     for name in tqdm(sorted(expected), desc="loading weights", unit="tensor", disable=not progress):
         path = files[name]
-        info = headers[path][raw_names[name]]
+        info = headers[path].get(raw_names[name])
+        if info is None:
+            raise CheckpointError(f"{path}: tensor {raw_names[name]} is listed in the index but not in this file")
         if info["dtype"] not in SUPPORTED_DTYPES:
             raise CheckpointError(f"{path}: tensor {name} has dtype {info['dtype']}; supported: bf16, fp16, fp32")
         shape = tuple(info["shape"])
