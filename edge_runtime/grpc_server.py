@@ -225,6 +225,7 @@ def engine_config(config: ServiceConfig) -> EngineConfig:
         memory_budget=budget,
         scheduler=SchedulerConfig(max_queue=config.max_queue),
         providers=ProviderConfig(providers=list(config.providers),
+                                 custom_op_library=str(config.custom_op_library) if config.custom_op_library else None,
                                  cuda=options.get("CUDAExecutionProvider", {}),
                                  tensorrt=options.get("TensorrtExecutionProvider", {})),
     )

@@ -128,7 +128,9 @@ class OrtModelRunner:
             so.intra_op_num_threads = self.providers.intra_op_threads
         if self.providers.prepacking_disabled(self.bundle):
             so.add_session_config_entry("session.disable_prepacking", "1")
-        if self.providers.custom_op_library:
+        # The native kernels are CPU kernels: in a GPU session they would pull our ops onto the CPU, so
+        # there the function bodies run on the GPU instead.
+        if self.providers.custom_op_library and self.providers.providers == ["cpu"]:
             so.register_custom_ops_library(self.providers.custom_op_library)
         for name, value in self.weights.values.items():
             so.add_initializer(name, value)

@@ -48,6 +48,7 @@ class ServiceConfig:
     max_queue: int = 64
     log_level: str = "info"
     providers: tuple[str, ...] = ("cpu",)
+    custom_op_library: Path | None = None  # native kernels for our ops (kernels/), CPU-only sessions
     cuda_device_id: int = 0
     cuda_gpu_mem_limit: int | None = None
     trt_device_id: int = 0
@@ -212,6 +213,8 @@ FIELDS: tuple[Field, ...] = (
           "require client certificates signed by this CA (PEM)"),
     Field("providers", "order", "providers", _providers, "--providers",
           "execution providers in priority order, comma-separated: tensorrt,cuda,cpu", {"type": _comma_list}),
+    Field("providers", "custom_op_library", "custom_op_library", _path, "--custom-op-library",
+          "native kernels for the nemotron_edge ops (kernels/build/libnemotron_edge_ops.so); CPU-only sessions"),
     Field("providers.cuda", "device_id", "cuda_device_id", _int(0), "--cuda-device-id", "CUDA device", {"type": int}),
     Field("providers.cuda", "gpu_mem_limit", "cuda_gpu_mem_limit", _size, "--cuda-gpu-mem-limit",
           "cap on the CUDA provider's memory arena, e.g. 20GiB"),
@@ -228,7 +231,7 @@ FIELDS: tuple[Field, ...] = (
     Field("thinking", "max_thinking_tokens", "max_thinking_tokens", _int(0), "--max-thinking-tokens",
           "default cap on reasoning tokens per request", {"type": int}),
     Field("thinking", "thinking_grace_tokens", "thinking_grace_tokens", _int(0), "--thinking-grace-tokens",
-          "tokens allowed past the cap to finish a sentence before </think> is forced", {"type": int}),
+          "past the cap, thinking ends at the next newline, and at cap + grace at the latest", {"type": int}),
     Field("thinking", "thinking_deadline_ms", "thinking_deadline_ms", _int(1), "--thinking-deadline-ms",
           "default wall-clock cap on reasoning per request (default: none)", {"type": int}),
     Field("thinking", "max_answer_tokens", "max_answer_tokens", _int(1), "--max-answer-tokens",
