@@ -36,7 +36,8 @@ END_OF_TURN = "<SPECIAL_12>"
 class EngineConfig:
     memory_budget: int | None = None  # bytes; None: bundle limits alone decide the slot count
     max_context: int | None = None  # per-sequence tokens (prompt + output); default: the bundle's limit
-    max_batch: int | None = None  # default: the bundle's limit
+    max_batch: int | None = None  # sequences in one model call; default: the bundle's limit
+    max_sequences: int | None = None  # sequences holding a slot at once (the budget may allow fewer); default: max_batch
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     providers: ProviderConfig = field(default_factory=ProviderConfig)
     verify_bundle: bool = True
@@ -104,19 +105,20 @@ class Engine:
         self.tokenizer = Tokenizer.from_file(str(tok_path)) if self.bundle.has_tokenizer and tok_path.exists() else None
         limits = self.bundle.limits
         self.max_context = min(self.config.max_context or limits["max_context"], limits["max_context"])
-        max_batch = min(self.config.max_batch or limits["max_batch"], limits["max_batch"])
+        self.max_rows = min(self.config.max_batch or limits["max_batch"], limits["max_batch"])
+        slots = self.config.max_sequences or self.max_rows
         self.plan: MemoryPlan | None = None
         if self.config.memory_budget is not None:
-            self.plan = plan_for_bundle(self.bundle, self.config.memory_budget, self.max_context, max_batch,
+            self.plan = plan_for_bundle(self.bundle, self.config.memory_budget, self.max_context, self.max_rows,
                                         prefill_chunk=self.config.scheduler.max_step_tokens)
-            max_batch = min(max_batch, self.plan.max_sequences)
-            if max_batch < 1:
+            slots = min(self.plan.max_sequences, slots)
+            if slots < 1:
                 raise RequestError("memory_budget", f"no sequence of {self.max_context} tokens fits the budget")
-        self.num_slots = max_batch
-        self.pool = StatePool(self.bundle.state_layout, max_batch, self.max_context, max_batch,
+        self.num_slots = slots
+        self.pool = StatePool(self.bundle.state_layout, slots, self.max_context, self.max_rows,
                               max_call_tokens=min(self.config.scheduler.prefill_chunk, self.max_context))
         self.runner = OrtModelRunner(self.bundle, self.pool, self.config.providers)
-        self.scheduler = Scheduler(self.config.scheduler)
+        self.scheduler = Scheduler(self.config.scheduler, self.max_rows)
         self.eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.token_to_id(END_OF_TURN) is not None:
             self.eos_ids.add(self.tokenizer.token_to_id(END_OF_TURN))
@@ -193,14 +195,14 @@ class Engine:
         if not plan:
             return False
         fresh: list[tuple[_Tracked, np.ndarray]] = []
-        if plan.decode:
-            seqs = plan.decode
+        for start in range(0, len(plan.decode), self.max_rows):  # more sequences than rows take turns
+            seqs = plan.decode[start:start + self.max_rows]
             logits = self._run_batch(seqs, lambda: self.runner.decode(
                 [s.slot for s in seqs], [s.next_token for s in seqs], [s.computed for s in seqs]))
             if logits is not None:
                 for k, s in enumerate(seqs):
                     s.computed += 1
-                    fresh.append((s.handle, logits[k]))
+                    fresh.append((s.handle, logits[k].copy()))
                 self._decode_rate.add(len(seqs), self.clock())
         if plan.prefill:
             seqs = [s for s, _ in plan.prefill]

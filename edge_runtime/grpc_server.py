@@ -223,6 +223,7 @@ def engine_config(config: ServiceConfig) -> EngineConfig:
     options = dict(config.ort_providers())
     return EngineConfig(
         memory_budget=budget,
+        max_sequences=config.max_sequences,
         scheduler=SchedulerConfig(max_queue=config.max_queue),
         providers=ProviderConfig(providers=list(config.providers),
                                  custom_op_library=str(config.custom_op_library) if config.custom_op_library else None,

@@ -442,7 +442,7 @@ def _model_info(engine: Engine) -> pb.ModelInfo:
         weight_format=str(weights.get("format", "")),
         weight_group_size=int(weights.get("group_size") or 0),
         max_context=engine.max_context,
-        max_batch=engine.num_slots,
+        max_batch=engine.max_rows,
         has_tokenizer=engine.tokenizer is not None,
         chat_template=pb.ChatTemplateCapabilities(
             supports_tools="tools" in template, supports_reasoning_toggle="/no_think" in template,

@@ -107,9 +107,10 @@ class WeightStorage:
 @dataclass(frozen=True)
 class MemoryPlan:
     """Every figure of a plan in bytes, and what fits. `max_sequences` is for `context`. Each sequence costs
-    `sequence_bytes(context)` of state in its slot plus `row_bytes(context)` for its row of a batch: the
-    runtime's staging buffers (a copy of the state going into a model call, and the new state coming out
-    of it, `call_tokens` K/V rows at most) and the decode row's working memory."""
+    `sequence_bytes(context)` of state in its slot; each of the first `max_batch` sequences (all of them when
+    it is None) also costs `row_bytes(context)` for its row of a model call: the runtime's staging buffers
+    (a copy of the state going into a call, and the new state coming out of it, `call_tokens` K/V rows at
+    most) and the decode row's working memory. Sequences beyond `max_batch` take turns in the rows."""
 
     weights_format: str
     activation_dtype: str
@@ -139,13 +140,16 @@ class MemoryPlan:
 
     @property
     def working_bytes(self) -> int:
-        """Working memory at `max_batch` rows, or at `max_sequences` rows when no batch limit is set."""
-        rows = self.max_batch if self.max_batch is not None else self.max_sequences
-        return self.prefill_working_bytes + rows * self.row_bytes(self.context)
+        """Working memory with every staging row in use."""
+        return self.prefill_working_bytes + self.rows(self.max_sequences) * self.row_bytes(self.context)
 
     @property
     def max_sequences(self) -> int:
         return self.max_sequences_at(self.context)
+
+    def rows(self, n_sequences: int) -> int:
+        """Batch rows (staging) that `n_sequences` running sequences use: at most `max_batch` per model call."""
+        return n_sequences if self.max_batch is None else min(n_sequences, self.max_batch)
 
     def sequence_bytes(self, context: int) -> int:
         """State of one sequence holding `context` tokens: conv + SSM, plus K/V for every token."""
@@ -157,32 +161,36 @@ class MemoryPlan:
         return self.sequence_bytes(context) + out_staging + self.decode_working_bytes_per_sequence
 
     def total_bytes(self, n_sequences: int, context: int) -> int:
-        return self.base_bytes + n_sequences * (self.sequence_bytes(context) + self.row_bytes(context))
+        return (self.base_bytes + n_sequences * self.sequence_bytes(context)
+                + self.rows(n_sequences) * self.row_bytes(context))
 
     def fits(self, n_sequences: int, context: int) -> bool:
-        if self.max_batch is not None and n_sequences > self.max_batch:
-            return False
         return self.total_bytes(n_sequences, context) <= self.budget_bytes
 
     def max_sequences_at(self, context: int) -> int:
-        per = self.sequence_bytes(context) + self.row_bytes(context)
-        n = max(0, self.available_bytes // per)
-        return n if self.max_batch is None else min(n, self.max_batch)
+        seq, row = self.sequence_bytes(context), self.row_bytes(context)
+        n = max(0, self.available_bytes // (seq + row))  # every sequence with its own row
+        if self.max_batch is None or n <= self.max_batch:
+            return n
+        # Past max_batch rows, one more sequence costs its state only.
+        return max(0, (self.available_bytes - self.max_batch * row) // seq)
 
     def max_context(self, n_sequences: int = 1) -> int:
         """Longest context each of `n_sequences` sequences can hold, capped at the model's
         max_position_embeddings; 0 when not even an empty sequence fits."""
         if n_sequences <= 0:
             raise MemoryPlanError(f"n_sequences: must be >= 1, got {n_sequences}")
-        if self.max_batch is not None and n_sequences > self.max_batch:
-            return 0
-        # per sequence: 2 x (fixed + kv x context) [slot + input staging] + fixed + kv x call_tokens + decode row
-        share = self.available_bytes // n_sequences - self.row_bytes(0) - self.fixed_state_bytes_per_sequence
+        n, r = n_sequences, self.rows(n_sequences)
+        # n x (fixed + kv c) + r x (fixed + kv c + fixed + kv call + decode row) <= available
+        fixed = self.fixed_state_bytes_per_sequence
+        constant = n * fixed + r * (2 * fixed + self.kv_bytes_per_token * self.call_tokens
+                                    + self.decode_working_bytes_per_sequence)
+        share = self.available_bytes - constant
         if share < 0:
             return 0
         if self.kv_bytes_per_token == 0:
             return self.max_position_embeddings
-        return min(self.max_position_embeddings, share // (2 * self.kv_bytes_per_token))
+        return min(self.max_position_embeddings, share // ((n + r) * self.kv_bytes_per_token))
 
     def to_dict(self) -> dict:
         return {

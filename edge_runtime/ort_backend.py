@@ -118,7 +118,7 @@ class OrtModelRunner:
         self._output_names = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
         vocab = bundle.config.vocab_size
         # One logits buffer per graph: a step samples from decode logits after its prefill call ran.
-        self._logits = {g: np.zeros(pool.max_batch * vocab, dtype=np.float32) for g in self.sessions}
+        self._logits = {g: np.zeros(pool.max_rows * vocab, dtype=np.float32) for g in self.sessions}
         self.calls = {"prefill": 0, "decode": 0}
 
     def _session(self, graph: str) -> ort.InferenceSession:

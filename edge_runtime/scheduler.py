@@ -53,8 +53,9 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig):
+    def __init__(self, config: SchedulerConfig, max_rows: int):
         self.config = config
+        self.max_rows = max_rows  # sequences one model call takes
         self._waiting: list[tuple[int, float, int, object]] = []
         self._order = itertools.count()
         self.running: list[Sequence] = []
@@ -97,7 +98,7 @@ class Scheduler:
                 budget -= 1
         prefilling = sorted((s for s in self.running if s.prefilling), key=_urgency)
         for seq in prefilling:
-            if budget <= 0:
+            if budget <= 0 or len(plan.prefill) == self.max_rows:
                 break
             n = min(seq.prompt_len - seq.computed, self.config.prefill_chunk, budget)
             plan.prefill.append((seq, n))

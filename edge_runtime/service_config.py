@@ -46,6 +46,7 @@ class ServiceConfig:
     drain_grace_s: float = 30.0
     metrics_port: int | None = None  # served on loopback only; None: no metrics endpoint
     max_queue: int = 64
+    max_sequences: int | None = None  # sequences in their slots at once; None: the bundle's max batch
     log_level: str = "info"
     providers: tuple[str, ...] = ("cpu",)
     custom_op_library: Path | None = None  # native kernels for our ops (kernels/), CPU-only sessions
@@ -206,6 +207,9 @@ FIELDS: tuple[Field, ...] = (
           "serve Prometheus metrics on 127.0.0.1:PORT (default: off)", {"type": int}),
     Field("server", "max_queue", "max_queue", _int(1), "--max-queue",
           "requests that may wait for a slot before new ones are refused (default: 64)", {"type": int}),
+    Field("server", "max_sequences", "max_sequences", _int(1), "--max-sequences",
+          "sequences running at once, beyond the rows of one model call if the budget holds them "
+          "(default: the bundle's max batch)", {"type": int}),
     Field("server", "log_level", "log_level", _log_level, "--log-level", f"one of {', '.join(LOG_LEVELS)}"),
     Field("server.tls", "cert_file", "tls_cert_file", _path, "--tls-cert", "TLS certificate (PEM) for TCP listeners"),
     Field("server.tls", "key_file", "tls_key_file", _path, "--tls-key", "TLS private key (PEM)"),

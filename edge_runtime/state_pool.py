@@ -19,11 +19,12 @@ class PoolFullError(RuntimeError):
 
 
 class StatePool:
-    def __init__(self, specs: list[StateSpec], num_slots: int, max_context: int, max_batch: int,
+    def __init__(self, specs: list[StateSpec], num_slots: int, max_context: int, max_rows: int,
                  max_call_tokens: int):
-        """`max_call_tokens`: the most new tokens one row brings to one model call (the prefill chunk)."""
+        """`max_rows`: sequences in one model call; `max_call_tokens`: the most new tokens one row brings to
+        one call (the prefill chunk). Staging is sized by these, the slots by `num_slots`."""
         self.specs = specs
-        self.num_slots, self.max_context, self.max_batch = num_slots, max_context, max_batch
+        self.num_slots, self.max_context, self.max_rows = num_slots, max_context, max_rows
         self.arrays: dict[str, np.ndarray] = {}
         self._staging: dict[str, np.ndarray] = {}
         self._out: dict[str, np.ndarray] = {}
@@ -36,8 +37,8 @@ class StatePool:
             dtype = NP_DTYPE[s.dtype]
             self.arrays[s.name] = np.zeros((num_slots, *shape), dtype=dtype)
             # Staging buffers are flat: each call views a contiguous prefix of the shape it needs.
-            self._staging[s.name] = np.zeros(max_batch * int(np.prod(shape)), dtype=dtype)
-            self._out[s.output_name] = np.zeros(max_batch * int(np.prod(out_shape)), dtype=dtype)
+            self._staging[s.name] = np.zeros(max_rows * int(np.prod(shape)), dtype=dtype)
+            self._out[s.output_name] = np.zeros(max_rows * int(np.prod(out_shape)), dtype=dtype)
         self._free = list(range(num_slots - 1, -1, -1))
 
     @property

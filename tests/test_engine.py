@@ -190,7 +190,7 @@ RSS_SCRIPT = textwrap.dedent("""
     from edge_runtime.sampler import SamplingParams
     proc = psutil.Process()
     before = proc.memory_info().rss
-    engine = Engine(sys.argv[1], EngineConfig(memory_budget=8 << 30, max_batch=8, max_context=1024))
+    engine = Engine(sys.argv[1], EngineConfig(memory_budget=8 << 30, max_batch=8, max_sequences=8, max_context=1024))
     # Loaded and warm: one short generation has read every weight once.
     engine.generate(GenerationRequest([5, 6, 7], SamplingParams(greedy=True), max_tokens=2, ignore_eos=True))
     loaded = proc.memory_info().rss
@@ -219,3 +219,18 @@ def test_resident_memory_matches_the_plan(small_bundle):
           f"+ overhead {m['overhead'] / 2**20:.0f}); planner: {planned / 2**20:.0f} MiB")
     assert loaded <= limit
     assert abs(after - planned) <= 0.10 * planned, f"measured {after}, planned {planned}"
+
+
+def test_more_sequences_than_rows_take_turns(tiny_bundle):
+    """Slots come from the budget, rows per model call from the bundle: 6 sequences in 2-row calls give the
+    same tokens as each alone."""
+    engine = Engine(tiny_bundle, EngineConfig(max_batch=2, max_sequences=6))
+    requests = [GenerationRequest(prompt(i, 4 + 2 * i), GREEDY, max_tokens=10, ignore_eos=True) for i in range(6)]
+    alone = [engine.generate(r).token_ids for r in requests]
+    handles = [engine.submit(r) for r in requests]
+    peak = 0
+    while engine.has_work():
+        engine.step()
+        peak = max(peak, engine.slots_busy)
+    assert peak == 6 and engine.pool.max_rows == 2
+    assert [h.final.token_ids for h in handles] == alone

@@ -116,11 +116,17 @@ def test_smaller_weights_fit_more_sequences(real):
     assert fits[0] < fits[1] < fits[2]
 
 
-def test_max_batch_caps_sequences_and_reserves_its_rows(real):
+def test_max_batch_bounds_the_staging_rows_not_the_sequences(real):
+    """Sequences beyond max_batch rows take turns in the rows: each costs its state, no more."""
     plan = plan_memory(real, "int4", 110 * GiB, 2048, max_batch=8)
-    assert plan.max_sequences == 8
-    assert not plan.fits(9, 2048)
-    assert plan.working_bytes == plan.prefill_working_bytes + 8 * plan.row_bytes(2048)
+    unbounded = plan_memory(real, "int4", 110 * GiB, 2048)
+    assert plan.max_sequences > unbounded.max_sequences > 8
+    assert plan.fits(plan.max_sequences, 2048) and not plan.fits(plan.max_sequences + 1, 2048)
+    extra = plan.total_bytes(20, 2048) - plan.total_bytes(19, 2048)
+    assert extra == plan.sequence_bytes(2048)
+    assert plan.total_bytes(8, 2048) - plan.total_bytes(7, 2048) == plan.sequence_bytes(2048) + plan.row_bytes(2048)
+    longest = plan.max_context(200)
+    assert plan.fits(200, longest) and not plan.fits(200, longest + 1)
 
 
 def test_manifest_state_specs_override_the_config_layout(real):
