@@ -7,10 +7,10 @@ Weights are counted tensor by tensor from the architecture (`parameter_tensors`)
 weight format gives a tensor:
 - fp32 / fp16 / bf16: every tensor in that dtype.
 - int8 / int4: the projection matrices (Mamba in_proj/out_proj, attention q/k/v/o, MLP up/down, and lm_head
-  unless `quantize_lm_head=False`) are ONNX Runtime MatMulNBits block-quantized along the input dimension:
+  at 8 bits unless `quantize_lm_head=False`) are ONNX Runtime MatMulNBits block-quantized along the input dimension:
   blocks of `group_size` weights, each block one scale in the activation dtype and, with `zero_points`, one
   packed zero point (bits/8 bytes, rounded up per row). The embedding table is quantized the same way only
-  with `quantize_embeddings=True` (GatherBlockQuantized); everything else (norms, conv, dt_bias, A_log, D,
+  with `quantize_embeddings=True`, as int8 rows with one float32 scale each (what int4 bundles do); everything else (norms, conv, dt_bias, A_log, D,
   biases) stays in the activation dtype.
 
 Working memory (a model of the graphs as the exporter builds them, checked against measured resident memory
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 RUNTIME_OVERHEAD_BYTES = 150 * MiB
 ARENA_FACTOR = 3
+LM_HEAD_BITS = 8
 DEFAULT_GROUP_SIZE = 32
 DEFAULT_PREFILL_CHUNK = 512
 
@@ -89,13 +90,14 @@ class WeightStorage:
     def tensor_bytes(self, t: Tensor) -> int:
         act = DTYPE_BYTES[self.activation_dtype]
         bits = _QUANT_BITS.get(self.format)
-        quantized = bits is not None and (
-            t.role == MATMUL
-            or (t.role == LM_HEAD and self.quantize_lm_head)
-            or (t.role == EMBEDDING and self.quantize_embeddings)
-        )
+        if bits is not None and t.role == EMBEDDING and self.quantize_embeddings:
+            vocab, hidden = t.shape  # int8 rows, one float32 scale per row (nemotron_export.onnx_graph)
+            return vocab * hidden + vocab * 4
+        quantized = bits is not None and (t.role == MATMUL or (t.role == LM_HEAD and self.quantize_lm_head))
         if not quantized:
             return t.numel * act
+        if t.role == LM_HEAD:
+            bits = LM_HEAD_BITS  # the exporter keeps the output layer at 8 bits in int4 bundles too
         rows, cols = t.shape  # [out, in]; blocks run along `in`, padded to whole blocks
         blocks = math.ceil(cols / self.group_size)
         data = rows * blocks * self.group_size * bits // 8

@@ -115,7 +115,7 @@ def _manifest(cfg: ModelConfig, options: ExportOptions, prefill: onnx.ModelProto
         "custom_ops": {"domain": ops.DOMAIN, "version": ops.VERSION, "ops": sorted(ops.CUSTOM_OPS)},
         "weights": {
             "file": bundle_format.WEIGHTS_FILE, "format": fmt.kind, "group_size": fmt.group_size if fmt.bits else None,
-            "quantize_lm_head": bool(fmt.bits and fmt.quantize_lm_head), "quantize_embeddings": False,
+            "quantize_lm_head": bool(fmt.bits and fmt.quantize_lm_head), "quantize_embeddings": fmt.embeddings_int8,
             "activation_dtype": fmt.activation_dtype, "accuracy_level": fmt.accuracy_level,
             "tensors": [{"name": k, **v} for k, v in index.items()],
         },

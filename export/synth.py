@@ -24,7 +24,9 @@ DT_MIN, DT_MAX = 0.01, 0.1
 
 
 def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Weights initialised as Nemotron-H is (normal 0.02, A = 1..heads, D = 1, dt log-uniform), deterministic."""
+    """Weights initialised as transformers initialises Nemotron-H (normal 0.02; A = 1..heads, D = 1, dt
+    log-uniform; Mamba out_proj kaiming-uniform scaled by 1/sqrt(layers), its `rescale_prenorm_residual`),
+    deterministic for a seed."""
     gen = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in NemotronH(cfg).state_dict().items()}
@@ -40,6 +42,9 @@ def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float
             w = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
         elif leaf == "bias":
             w = torch.zeros(shape)
+        elif name.endswith("mixer.out_proj.weight"):
+            bound = 1 / math.sqrt(shape[1])  # kaiming_uniform(a=sqrt(5)) on [out, in]
+            w = (torch.rand(shape, generator=gen) * 2 - 1) * bound / math.sqrt(cfg.num_layers)
         else:
             w = torch.randn(shape, generator=gen) * 0.02
         out[name] = w.to(dtype).contiguous()

@@ -138,15 +138,16 @@ def test_weight_bytes(bundles, kind, group):
 
 
 def dequantized_reference(model, f: WeightFormat, embeddings_quantized: bool):
-    """The reference model as a quantized bundle stores it: projections (lm_head included) quantized and
-    dequantized; the embedding table rounded to fp16, or, where the manifest says the bundle quantizes
+    """The reference model as a quantized bundle stores it: projections quantized and dequantized (lm_head
+    at `f.head_bits`); the embedding table rounded to fp16, or, where the manifest says the bundle quantizes
     embeddings, to int8 with one scale per row; norms, conv, A, D, dt_bias stay fp32."""
     q = copy.deepcopy(model)
     with torch.no_grad():
-        for module in q.modules():
+        for name, module in q.named_modules():
             if isinstance(module, torch.nn.Linear):
+                bits = f.head_bits if name == "lm_head" else f.bits
                 w = module.weight.detach().numpy()
-                module.weight.copy_(torch.from_numpy(quantize(w, f.bits, f.group_size).dequantize()))
+                module.weight.copy_(torch.from_numpy(quantize(w, bits, f.group_size).dequantize()))
         table = q.backbone.embeddings.weight
         if embeddings_quantized:
             w = table.detach().numpy()

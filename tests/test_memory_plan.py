@@ -78,16 +78,19 @@ def test_blocks_are_padded_to_whole_groups():
     assert WeightStorage("int4", "float32", group_size=32).tensor_bytes(t) == 2 * 2 * 16 + 2 * 2 * 4
 
 
-def test_embeddings_stay_16_bit_and_lm_head_is_quantized_by_default(real):
+def test_lm_head_at_8_bits_and_embeddings_as_int8_rows(real):
+    """int4 bundles keep lm_head at 8 bits (8.5 bits per weight with group-32 scales in float16); quantized
+    embeddings are int8 rows with one float32 scale each."""
     plan = plan_memory(real, "int4", 64 * GiB, 8192)
     table = real.vocab_size * real.hidden_size
     unquantized_head = plan_memory(real, "int4", 64 * GiB, 8192, quantize_lm_head=False)
-    assert unquantized_head.weight_bytes - plan.weight_bytes == pytest.approx(2 * table - table * 4.5 / 8)
+    assert unquantized_head.weight_bytes - plan.weight_bytes == pytest.approx(2 * table - table * 8.5 / 8)
     quantized_emb = plan_memory(real, "int4", 64 * GiB, 8192, quantize_embeddings=True)
-    assert plan.weight_bytes - quantized_emb.weight_bytes == pytest.approx(2 * table - table * 4.5 / 8)
-    # Everything besides embedding and projections is small: the int4 total is ~4.5/16 of fp16 plus the table.
+    assert plan.weight_bytes - quantized_emb.weight_bytes == 2 * table - (table + 4 * real.vocab_size)
+    # Everything besides embedding, lm_head and projections is small: the rest is ~4.5/16 of fp16.
     fp16 = plan_memory(real, "fp16", 64 * GiB, 8192).weight_bytes
-    assert plan.weight_bytes == pytest.approx((fp16 - 2 * table) * 4.5 / 16 + 2 * table, rel=0.01)
+    expected = (fp16 - 4 * table) * 4.5 / 16 + 2 * table + table * 8.5 / 8
+    assert plan.weight_bytes == pytest.approx(expected, rel=0.01)
 
 
 def test_tied_embeddings_have_no_lm_head(real):
@@ -181,7 +184,7 @@ def test_plan_command_prints_the_table(capsys):
 def test_plan_command_json_matches_the_library(real, capsys):
     assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "24GiB", "--weights", "int8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    plan = plan_memory(real, "int8", 24 * GiB, 8192)
+    plan = plan_memory(real, "int8", 24 * GiB, 8192, max_batch=8)  # the command's default batch
     assert out["max_sequences"] == plan.max_sequences
     assert out["weight_bytes"] == plan.weight_bytes
     assert out["grid"]["131072"] == plan.max_sequences_at(131072)
@@ -194,7 +197,7 @@ def test_plan_command_reads_a_bundle(tiny_bundle, capsys):
     assert main(["plan", "--bundle", str(tiny_bundle), "--budget", "1GiB", "--context", "2048", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     bundle = open_bundle(tiny_bundle)
-    expected = plan_for_bundle(bundle, GiB, 2048)
+    expected = plan_for_bundle(bundle, GiB, 2048, max_batch=8)
     assert out["weight_bytes"] == (tiny_bundle / "weights.bin").stat().st_size == expected.weight_bytes
     assert out["kv_bytes_per_token"] == sum(s.bytes_per_sequence(1) for s in bundle.state_layout if s.per_token)
     assert out["max_sequences"] == expected.max_sequences

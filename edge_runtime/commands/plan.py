@@ -23,6 +23,7 @@ from edge_runtime.units import SizeError, format_bytes, parse_bytes
 
 GRID_CONTEXTS = (2048, 8192, 32768, 131072)
 DEFAULT_WEIGHTS = "fp16"
+DEFAULT_MAX_BATCH = 8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"weight format (default: the bundle's, or {DEFAULT_WEIGHTS} with --config)")
     p.add_argument("--context", type=int, default=8192, help="tokens per sequence to plan for (default 8192)")
     p.add_argument("--group-size", type=int, help=f"int8/int4 block size (default: the bundle's, or {DEFAULT_GROUP_SIZE})")
-    p.add_argument("--max-batch", type=int, help="cap on concurrent sequences (default: as many as fit)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help="sequences in one model call, each with its staging row (default 8, the exporter's); "
+                        "more sequences take turns and cost only their state")
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, help="prefill chunk in tokens")
     p.add_argument("--overhead", default=str(RUNTIME_OVERHEAD_BYTES), help="runtime overhead (default 150MiB)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
