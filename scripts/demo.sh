@@ -10,6 +10,5 @@ sock="${TMPDIR:-/tmp}/nemotron-edge-demo/edge.sock"
 .venv/bin/nemotron-edge serve --listen "unix:$sock" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.2; done
-.venv/bin/nemotron-edge chat --server "unix:$sock" --max-thinking-tokens 32 --max-answer-tokens 48 \
+.venv/bin/nemotron-edge chat --server "unix:$sock" --wait 120 --max-thinking-tokens 32 --max-answer-tokens 48 \
     "${1:-Hello! Which arm should the robot move first?}"

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--bundle", help="bundle directory for an in-process chat (default: the embedded demo bundle)")
     where.add_argument("--server", help="address of a running server, e.g. unix:/run/nemotron-edge/edge.sock")
     p.add_argument("--token-file", help="bearer token file for --server")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="with --server: wait up to this long for the server to be loaded and serving")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--no-think", action="store_true", help="reasoning off (the model card's /no_think)")
     p.add_argument("--max-thinking-tokens", type=int)
@@ -118,6 +120,8 @@ def _run_server(args: argparse.Namespace, display: Display | None) -> Final:
 
     token = read_token(Path(args.token_file)) if args.token_file else None
     with EdgeClient(args.server, token=token) as client:
+        if args.wait > 0:
+            client.wait_until_serving(timeout=args.wait)
         stream = client.chat(
             messages_of(args), reasoning=False if args.no_think else None,
             max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
