@@ -52,7 +52,7 @@ class OutputProcessor:
             return []
         pieces = self._splitter.feed(self._decoder.flush()) if self.tokenizer is not None else []
         events = self._text_events(pieces + self._splitter.flush())
-        if self.stopped_by is None:
+        if self.stopped_by is None:  # flushing the text may itself complete a stop string
             events += self._answer_events(self._stops.flush(), final=True)
         return events
 
