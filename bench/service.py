@@ -1,0 +1,119 @@
+"""Through the gRPC service: aggregate tokens/s of concurrent streams, and the cost of the gRPC path.
+
+The real `nemotron-edge serve` runs in a subprocess on a Unix socket (`--budget`, and
+`--custom-op-library` for a `+k` variant; ONNX Runtime's default thread count, one per core). Clients
+are the real `EdgeClient`, one per stream, each stream on its own thread: a greedy `Generate` of
+`new_tokens` token ids after its own `prompt_tokens` prompt, EOS ignored. Aggregate tokens/s = streams x
+new tokens / wall time from the first call to the last Final.
+
+The overhead at batch 1 compares the same request through the service with the same request run in this
+process by an engine built from the same settings (`grpc_server.engine_config`), stepped on the caller's
+thread; the two are measured interleaved, and the server is idle while the in-process engine runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from bench.settings import Settings
+from bench.timing import Case, timed
+from bench.variants import Env, prompt_ids
+from edge_runtime.client import EdgeClient
+from edge_runtime.engine import Engine
+from edge_runtime.grpc_server import engine_config
+from edge_runtime.request import GenerationRequest
+from edge_runtime.sampler import SamplingParams
+from edge_runtime.service_config import ServiceConfig
+
+BUDGET = 4 << 30
+OVERHEAD_TARGET = "<= 1.10"  # in-process tok/s over gRPC tok/s at batch 1
+
+
+class Server:
+    def __init__(self, workdir: Path, bundle: Path, custom_op_library: str | None):
+        self.address = f"unix:{workdir / 'edge.sock'}"
+        self.log = (workdir / "server.log").open("wb")
+        args = ["--bundle", str(bundle), "--listen", self.address, "--budget", str(BUDGET), "--log-level", "warning"]
+        if custom_op_library:
+            args += ["--custom-op-library", custom_op_library]
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "serve", *args], cwd=workdir,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        with EdgeClient(self.address) as c:
+            c.wait_until_serving(timeout=300)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def _streams(clients: list[EdgeClient], prompts: list[list[int]], new_tokens: int) -> float:
+    """Aggregate tokens/s of one Generate per client, all at once."""
+    errors: list[BaseException] = []
+
+    def one(client: EdgeClient, prompt: list[int]) -> None:
+        try:
+            final = client.generate(prompt, max_tokens=new_tokens, ignore_eos=True).result()
+            if len(final.token_ids) != new_tokens:
+                raise RuntimeError(f"stream ended early: {final.finish_reason} {final.error}")
+        except BaseException as e:  # reported on the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(c, p)) for c, p in zip(clients, prompts)]
+
+    def run() -> None:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    seconds = timed(run)
+    if errors:
+        raise errors[0]
+    return len(clients) * new_tokens / seconds
+
+
+def service(env: Env, s: Settings) -> dict:
+    case = Case("service", warmups=s.warmups)
+    v = env.preferred(s.service_format)
+    bundle = env.bundle(v.fmt)
+    prompts = [prompt_ids(100 + i, s.prompt_tokens, env.vocab) for i in range(max(s.streams))]
+    lib = env.kernel_library if v.kernels else None
+    case.details.update(variant=v.label, budget_bytes=BUDGET, intra_op_threads="ONNX Runtime default (one per core)")
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        server = Server(Path(tmp), bundle, lib)
+        try:
+            clients = [EdgeClient(server.address) for _ in range(max(s.streams))]
+            config = ServiceConfig(bundle=bundle, memory_budget=BUDGET, custom_op_library=Path(lib) if lib else None)
+            engine = Engine(bundle, engine_config(config))
+            request = lambda: GenerationRequest(prompts[0], SamplingParams.model_card_default(False),
+                                                max_tokens=s.new_tokens, ignore_eos=True)
+            case.measure_interleaved({
+                "in-process b1": ("tok/s", lambda: s.new_tokens / timed(lambda: engine.generate(request()))),
+                "gRPC 1 stream": ("tok/s", lambda: _streams(clients[:1], prompts[:1], s.new_tokens)),
+            }, s.reps)
+            del engine
+            for n in s.streams:
+                if n > 1:
+                    case.measure(f"gRPC {n} streams", "tok/s", lambda: _streams(clients[:n], prompts[:n], s.new_tokens), s.reps)
+            for c in clients:
+                c.close()
+        finally:
+            server.stop()
+    case.ratio("in-process b1 / gRPC 1 stream", "in-process b1", "gRPC 1 stream", OVERHEAD_TARGET)
+    for n in s.streams:
+        if n > 1:
+            case.ratio(f"gRPC {n} streams / 1 stream", f"gRPC {n} streams", "gRPC 1 stream")
+    return case.finish()

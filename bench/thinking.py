@@ -1,0 +1,77 @@
+"""Time to the final answer under a thinking budget: our single pass against the model card's two calls.
+
+Both run on the same in-process engine, with the model card's reasoning sampling (temperature 0.6,
+top-p 0.95) and the same seed, EOS ignored so that every run produces the same number of tokens.
+
+- single pass: `Chat.prepare(ChatRequest(messages, max_thinking_tokens=B, max_answer_tokens=A, seed))`;
+  the engine's ThinkingController ends the reasoning at the budget by forcing "\n</think>\n\n" into
+  the same stream, and the answer continues from the model's state (no second prefill).
+- two calls (the model card's ThinkingBudgetClient): call 1 generates up to B tokens from the same prompt;
+  if its text has no "</think>", ".\n</think>\n\n" is appended; call 2 re-reads prompt + reasoning as a
+  new prompt (a fresh prefill) and generates A tokens.
+Time = wall time from submitting until the last Final. How the reasoning ended is recorded per run.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from bench.settings import Settings
+from bench.timing import Case
+from bench.variants import Env
+from edge_runtime.chat import Chat, ChatRequest
+from edge_runtime.request import GenerationRequest
+from edge_runtime.thinking import THINK_CLOSE
+
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant. /think"},
+            {"role": "user", "content": "What is 2+2?"}]  # the model card's example
+TARGET = (256, "<= 0.7")  # single pass / two calls at this budget
+
+
+def thinking(env: Env, s: Settings) -> dict:
+    case = Case("thinking", warmups=s.warmups)
+    v = env.preferred(s.service_format)
+    engine = env.engine(v, max_batch=1)
+    chat = Chat(engine)
+    tok = engine.tokenizer
+    prompt_text = chat.render(ChatRequest(MESSAGES))
+    ended: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    for budget in s.budgets:
+        def single() -> float:
+            request, reasoning = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=budget,
+                                                          max_answer_tokens=s.answer_tokens, seed=s.seed))
+            request.ignore_eos = True
+            t0 = time.perf_counter()
+            handle = engine.submit(request, reasoning=reasoning)
+            engine.run_until_done([handle])
+            seconds = time.perf_counter() - t0
+            f = handle.final
+            ended[f"single {budget}"][f"{f.thinking_ended_by}: {f.usage.reasoning_tokens} reasoning + "
+                                      f"{f.usage.forced_tokens} forced + {f.usage.answer_tokens} answer tokens"] += 1
+            return seconds
+
+        def two_calls() -> float:
+            request, _ = chat.prepare(ChatRequest(MESSAGES, seed=s.seed))
+            t0 = time.perf_counter()
+            first = engine.generate(GenerationRequest(request.prompt_ids, request.sampling, max_tokens=budget,
+                                                      ignore_eos=True))
+            reasoning = tok.decode(first.token_ids, skip_special_tokens=False)
+            closed = THINK_CLOSE in reasoning
+            if not closed:
+                reasoning += ".\n</think>\n\n"
+            ids = tok.encode(prompt_text + reasoning, add_special_tokens=False).ids
+            second = engine.generate(GenerationRequest(ids, request.sampling, max_tokens=s.answer_tokens, ignore_eos=True))
+            seconds = time.perf_counter() - t0
+            how = "model wrote </think>" if closed else f"{len(first.token_ids)} tokens, no </think>: closed by the client"
+            ended[f"two calls {budget}"][f"{how}; call 2 prefilled {len(ids)} tokens, {len(second.token_ids)} answer tokens"] += 1
+            return seconds
+
+        case.measure_interleaved({f"single pass {budget}": ("s", single), f"two calls {budget}": ("s", two_calls)}, s.reps)
+        case.ratio(f"single / two calls {budget}", f"single pass {budget}", f"two calls {budget}",
+                   TARGET[1] if budget == TARGET[0] else None)
+    case.details.update(variant=v.label, answer_tokens=s.answer_tokens, seed=s.seed, prompt=prompt_text,
+                        prompt_tokens=len(tok.encode(prompt_text, add_special_tokens=False).ids),
+                        thinking_ended={k: dict(c) for k, c in ended.items()})
+    return case.finish()

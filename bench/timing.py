@@ -1,0 +1,82 @@
+"""Repetitions, medians and ratios: the one way every case records what it measured.
+
+A case runs each measurement `warmups` times as a warm-up (discarded; two by default: transformers needs
+two full calls before its speed settles, and every measurement gets the same), then `reps` times, and
+keeps every run and their median. Ratios are ratios of medians from the same run; a target is written as ">= 3.5" or "<= 0.7".
+Measurements that are compared closely (gRPC against in-process, one pass against two calls) are
+interleaved, run by run, so that a change in machine load hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of one call."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Case:
+    name: str
+    warmups: int = 2
+    measurements: dict[str, dict] = field(default_factory=dict)
+    ratios: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)
+    load: dict[str, list[float]] = field(default_factory=lambda: {"start": loadavg()})
+    seconds: float = 0.0
+    _t0: float = field(default_factory=time.perf_counter, repr=False)
+
+    def record(self, key: str, unit: str, runs: list[float], **info: object) -> float:
+        self.measurements[key] = {"unit": unit, "median": statistics.median(runs), "runs": list(runs), **info}
+        return self.measurements[key]["median"]
+
+    def measure(self, key: str, unit: str, fn: Callable[[], float], reps: int,
+                warmup: Callable[[], object] | None = None, **info: object) -> float:
+        """Warm up (`warmups` calls of `warmup`, else of `fn`), then record `reps` calls of `fn`."""
+        for _ in range(self.warmups):
+            (warmup or fn)()
+        return self.record(key, unit, [fn() for _ in range(reps)], **info)
+
+    def measure_interleaved(self, fns: dict[str, tuple[str, Callable[[], float]]], reps: int) -> None:
+        """`warmups` rounds, then `reps` rounds calling each once per round."""
+        for _ in range(self.warmups):
+            for _, fn in fns.values():
+                fn()
+        runs: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(reps):
+            for key, (_, fn) in fns.items():
+                runs[key].append(fn())
+        for key, (unit, _) in fns.items():
+            self.record(key, unit, runs[key])
+
+    def ratio(self, key: str, num: str, den: str, target: str | None = None) -> float | None:
+        """median(num) / median(den), checked against `target` (">= x" or "<= x") when given."""
+        if num not in self.measurements or den not in self.measurements:
+            return None
+        value = self.measurements[num]["median"] / self.measurements[den]["median"]
+        met = None
+        if target is not None:
+            op, bound = target.split()
+            met = value >= float(bound) if op == ">=" else value <= float(bound)
+        self.ratios[key] = {"value": value, "num": num, "den": den, "target": target, "met": met}
+        return value
+
+    def finish(self) -> dict:
+        self.load["end"] = loadavg()
+        self.seconds = round(time.perf_counter() - self._t0, 1)
+        d = asdict(self)
+        d.pop("_t0")
+        return d

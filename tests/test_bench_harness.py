@@ -1,0 +1,53 @@
+"""The benchmark harness's machinery, end to end on the tiny preset with one repetition: every case runs
+(transformers reference and gRPC server subprocesses included) and reports medians and ratios.
+Not a timed test: it asserts the structure of the results, never a speed."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # bench/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+pytest.importorskip("transformers")
+pytest.importorskip("psutil")
+
+
+def test_harness_runs_every_case_on_tiny(tmp_path):
+    from bench.report import render
+    from bench.run import run
+    from bench.settings import CASES, TINY
+
+    out = tmp_path / "results.json"
+    results = run(TINY, cache=tmp_path / "cache", out=out)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert list(results["cases"]) == list(CASES)
+    for name, case in results["cases"].items():
+        assert case["measurements"], name
+        for key, m in case["measurements"].items():
+            assert m["runs"] and m["median"] == statistics.median(m["runs"]), (name, key)
+        assert case["ratios"], name
+        for key, r in case["ratios"].items():
+            assert r["value"] == pytest.approx(case["measurements"][r["num"]]["median"] / case["measurements"][r["den"]]["median"])
+            assert r["met"] in ((None,) if r["target"] is None else (True, False)), (name, key)
+        assert case["load"]["start"] and case["load"]["end"]
+    decode = results["cases"]["decode"]
+    assert {"fp32 b1", "fp32 b2", "transformers b1", "transformers b2"} <= set(decode["measurements"])
+    assert "fp32 b1 / transformers b1" in decode["ratios"]
+    assert results["cases"]["thinking"]["details"]["thinking_ended"]
+    assert results["meta"]["machine"] and results["meta"]["settings"]["preset"] == "tiny"
+    text = render(results)
+    assert all(f"### {name}" in text for name in CASES) and "### Targets" in text
+
+
+def test_cli_rejects_an_unknown_case():
+    from bench.run import main
+
+    with pytest.raises(SystemExit):
+        main(["--cases", "decode,nonsense"])
