@@ -121,13 +121,13 @@ def profile(c: dict, s: dict) -> str:
         if not isinstance(d, dict) or "by_op_share" not in d:
             continue
         plain, wall, run, kern = (c["measurements"][f"{v} {k}"]["median"]
-                                  for k in ("wall per token", "wall per token, profiled", "model_run", "kernels"))
-        head = (f"**{v}**, batch 1, per decode step (unprofiled: {plain:.1f} ms): profiled wall {wall:.1f} ms"
+                                  for k in ("wall", "wall, profiled", "model_run", "kernels"))
+        head = (f"**{v}**, per model call: unprofiled wall {plain:.1f} ms; profiled wall {wall:.1f} ms"
                 f" = engine outside ONNX Runtime {wall - run:.1f} ms"
-                f" + ONNX Runtime Run {run:.1f} ms (kernels {kern:.1f} ms in {d['kernels_per_step']} kernel calls,"
+                f" + ONNX Runtime Run {run:.1f} ms (kernels {kern:.1f} ms in {d['kernels_per_call']} kernel calls,"
                 f" between kernels {run - kern:.1f} ms)")
-        rows = [[op, f"{ms:.2f}", f"{d['by_op_share'][op] * 100:.0f}%"] for op, ms in d["by_op_ms_per_step"].items()]
-        parts.append(head + "\n\n" + _table(["op type", "kernel ms / step", "share of kernel time"], rows))
+        rows = [[op, f"{ms:.2f}", f"{d['by_op_share'][op] * 100:.0f}%"] for op, ms in d["by_op_ms_per_call"].items()]
+        parts.append(head + "\n\n" + _table(["op type", "kernel ms / call", "share of kernel time"], rows))
     return "\n\n".join(parts)
 
 

@@ -47,7 +47,7 @@ def versions() -> dict:
 
 def formats_needed(s: Settings) -> list[str]:
     variants = [*s.decode_variants, *s.batch1_only_variants, *s.prefill_variants]
-    return sorted({Variant.parse(v).fmt for v in variants} | {s.service_format} | set(s.memory_formats) | set(s.profile_formats))
+    return sorted({Variant.parse(v).fmt for v in variants} | {s.service_format} | set(s.memory_formats) | {f for f, _, _ in s.profile_runs})
 
 
 def run(s: Settings, cache: Path = artifacts.DEFAULT_CACHE, out: Path | None = None, command: str = "") -> dict:

@@ -37,17 +37,22 @@ class Settings:
     memory_reps: int = 3  # fresh processes per format: the peak varies from process to process
     # bandwidth and profile
     bandwidth_bytes: int = 1024 * MiB
-    profile_formats: tuple[str, ...] = ("int4", "fp32")
+    # (format, graph, batch): where the time goes, for the misses too
+    profile_runs: tuple[tuple[str, str, int], ...] = (
+        ("int4", "decode", 1), ("fp32", "decode", 1), ("int4", "decode", 8), ("fp32", "decode", 8),
+        ("int4", "prefill", 1), ("fp32", "prefill", 1))
     profile_steps: int = 32
+    prefill_tokens: int = 512  # the prefill profile's prompt, in one call
     cases: tuple[str, ...] = field(default=CASES)
 
 
 FULL = Settings()
 QUICK = replace(FULL, reps=1, ref_reps=1, warmups=1, new_tokens=32, memory_reps=1, prefill_lengths=(128, 512),
                 prefill_variants=("fp32", "int4+k"), streams=(1, 4), budgets=(32, 128), answer_tokens=16,
-                memory_formats=("int4",), bandwidth_bytes=512 * MiB, profile_formats=("int4",), profile_steps=8)
+                memory_formats=("int4",), bandwidth_bytes=512 * MiB, profile_runs=(("int4", "decode", 1), ("int4", "prefill", 1)), profile_steps=8)
 # The smoke test: every case's machinery on the tiny preset, one repetition, seconds in all.
 TINY = replace(QUICK, preset="tiny", prompt_tokens=8, new_tokens=4, batch=2,
                decode_variants=("fp32",), batch1_only_variants=(), prefill_lengths=(16,), prefill_variants=("fp32",),
                service_format="fp32", streams=(1, 2), budgets=(4,), answer_tokens=4, memory_formats=("fp32",),
-               memory_batch=2, memory_context=64, bandwidth_bytes=8 * MiB, profile_formats=("fp32",), profile_steps=2)
+               memory_batch=2, memory_context=64, bandwidth_bytes=8 * MiB,
+               profile_runs=(("fp32", "decode", 2), ("fp32", "prefill", 1)), profile_steps=2, prefill_tokens=16)
