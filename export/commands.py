@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+
+EXPORT_DEPENDENCIES = ("torch", "onnx", "onnxscript", "safetensors", "tqdm")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 DEFAULT_GROUP_SIZE = {"int4": 32, "int8": 128}
 
 
+def _missing_exporter(command: str) -> bool:
+    """True (after saying how to install it) when the `export` extra is not installed."""
+    missing = [m for m in EXPORT_DEPENDENCIES if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"nemotron-edge {command}: the exporter is not installed here (missing: {', '.join(missing)}). "
+              "Install it with: pip install 'nemotron-edge[export]' torch==2.13.0", file=sys.stderr)
+    return bool(missing)
+
+
 def _synth(args: argparse.Namespace) -> int:
+    if _missing_exporter("synth"):
+        return 2
     from nemotron_export.synth import synth
 
     out = synth(args.preset, args.out, seed=args.seed, with_tokenizer=not args.no_tokenizer)
@@ -43,6 +57,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if _missing_exporter("export"):
+        return 2
     from nemotron_export.bundle import ExportOptions, export_bundle
     from nemotron_export.checkpoint import CheckpointError
     from nemotron_export.onnx_graph import WeightFormat
