@@ -38,7 +38,7 @@ def decode(env: Env, s: Settings) -> dict:
                          "decode": [{"prompts": prompts[:b], "new_tokens": s.new_tokens} for b in (1, s.batch)]})
     for b in (1, s.batch):
         case.record(f"transformers b{b}", "tok/s", ref["decode"][str(b)])
-    case.details["reference"] = {k: ref[k] for k in ("torch", "transformers", "threads", "load_s")}
+    case.details["reference"] = {k: ref[k] for k in ("torch", "transformers", "threads", "load_s", "load")}
     for v in env.available(list(batches)):
         case.ratio(f"{v.label} b1 / transformers b1", f"{v.label} b1", "transformers b1",
                    DECODE_TARGET.get(v.fmt))
@@ -67,6 +67,7 @@ def prefill(env: Env, s: Settings) -> dict:
                          "prefill": list(prompts.values())})
     for n in prompts:
         case.record(f"transformers {n}", "tok/s", ref["prefill"][str(n)])
+    case.details["reference"] = {k: ref[k] for k in ("torch", "transformers", "threads", "load_s", "load")}
     for v in variants:
         for mode in modes:
             for n in prompts:

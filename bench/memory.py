@@ -5,15 +5,13 @@ budget, so the engine holds its plan (`plan_for_bundle`, `engine.plan`), and rep
 - after load: engine built and warmed up by one 3-token request (every weight read once), against the
   plan's weights + runtime overhead (all the plan counts before any sequence or prefill);
 - at peak: `batch` sequences, each prompted to the full context and generating 16 tokens, together;
-  peak = the kernel's high-water mark (getrusage ru_maxrss), against `plan.total_bytes(batch, context)`.
-The peak differs from process to process (the same run gave 0.5 to 1.3 GiB for int4), so each format
-runs in `memory_reps` fresh processes; the table shows the median and the largest.
+  peak = the kernel's high-water mark of the process (VmHWM), against `plan.total_bytes(batch, context)`.
+Each format runs in `memory_reps` fresh processes; the table shows the median and the largest.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 
@@ -24,6 +22,14 @@ from bench.variants import Env
 
 BUDGET = 8 << 30
 NEW_TOKENS = 16
+
+
+def _high_water_mark() -> int:
+    """Peak RSS of this process image, bytes: VmHWM. (getrusage's ru_maxrss would not do: it survives exec,
+    so a child forked from a large parent reports the parent's size.)"""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def _child(spec: dict) -> dict:
@@ -48,7 +54,7 @@ def _child(spec: dict) -> dict:
     engine.run_until_done(handles)
     plan = engine.plan
     return {"start": start, "loaded": loaded, "end": proc.memory_info().rss,
-            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak": _high_water_mark(),
             "planned_loaded": plan.weight_bytes + plan.overhead_bytes, "planned_peak": plan.total_bytes(batch, context),
             "weight_bytes": plan.weight_bytes, "state_pool_bytes": engine.pool.nbytes,
             "overhead_bytes": plan.overhead_bytes, "prefill_working_bytes": plan.prefill_working_bytes}

@@ -10,6 +10,9 @@ spinning workers) competes with the other, and so that torch is never imported n
 - prefill: one forward over the prompt, `logits_to_keep=1` (what generate's first step computes).
 Before each measurement, `warmups` untimed calls of the same shape: the first calls in a fresh process run
 several times slower (measured here: 1.3, then 4, then 36 tokens/s at batch 1), two are enough.
+torch's OpenMP threads spin at barriers, so this reference slows down far more than ONNX Runtime when
+other processes compete for the two cores (seen here: prefill 20-60 tokens/s at a load average of 3.7,
+460-600 at 0.8); the 1-minute load average before and after each measurement is part of the result.
 transformers falls back to its PyTorch implementations of the Mamba kernels (mamba_ssm and causal_conv1d
 are CUDA-only); that is the reference as a CPU user gets it.
 """
@@ -17,6 +20,7 @@ are CUDA-only); that is the reference as a CPU user gets it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,7 +46,7 @@ def _main(spec: dict) -> dict:
     model = transformers.AutoModelForCausalLM.from_pretrained(spec["checkpoint"], dtype=torch.float32).eval()
     result: dict = {"load_s": time.perf_counter() - t0, "torch": torch.__version__,
                     "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-                    "decode": {}, "prefill": {}}
+                    "decode": {}, "prefill": {}, "load": {}}
     reps = spec["reps"]
     with torch.inference_mode():
         for d in spec.get("decode", []):
@@ -58,7 +62,9 @@ def _main(spec: dict) -> dict:
 
             for _ in range(spec["warmups"]):
                 gen(d["new_tokens"])
+            load = os.getloadavg()[0]
             result["decode"][str(len(d["prompts"]))] = [gen(d["new_tokens"]) for _ in range(reps)]
+            result["load"][f"decode b{len(d['prompts'])}"] = [round(load, 2), round(os.getloadavg()[0], 2)]
         for prompt in spec.get("prefill", []):
             ids = torch.tensor([prompt])
 
@@ -69,7 +75,9 @@ def _main(spec: dict) -> dict:
 
             for _ in range(spec["warmups"]):
                 forward()
+            load = os.getloadavg()[0]
             result["prefill"][str(len(prompt))] = [forward() for _ in range(reps)]
+            result["load"][f"prefill {len(prompt)}"] = [round(load, 2), round(os.getloadavg()[0], 2)]
     return result
 
 

@@ -19,7 +19,7 @@ class Settings:
     prompt_tokens: int = 16
     new_tokens: int = 128
     batch: int = 8
-    decode_variants: tuple[str, ...] = ("fp32", "fp32+k", "int8", "int8+k", "int4", "int4+k")
+    decode_variants: tuple[str, ...] = ("fp32", "fp32+k", "fp32+k+p", "int8", "int8+k", "int4", "int4+k")
     batch1_only_variants: tuple[str, ...] = ("int8-acc0", "int4-acc0")  # MatMulNBits accuracy level 0, for comparison
     # prefill
     prefill_lengths: tuple[int, ...] = (128, 512, 2048)
@@ -47,7 +47,8 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = replace(FULL, reps=1, ref_reps=1, warmups=1, new_tokens=32, memory_reps=1, prefill_lengths=(128, 512),
+QUICK = replace(FULL, reps=1, ref_reps=1, warmups=1, new_tokens=32, memory_reps=1,
+                decode_variants=("fp32", "fp32+k", "int8+k", "int4+k"), prefill_lengths=(128, 512),
                 prefill_variants=("fp32", "int4+k"), streams=(1, 4), budgets=(32, 128), answer_tokens=16,
                 memory_formats=("int4",), bandwidth_bytes=512 * MiB, profile_runs=(("int4", "decode", 1), ("int4", "prefill", 1)), profile_steps=8)
 # The smoke test: every case's machinery on the tiny preset, one repetition, seconds in all.

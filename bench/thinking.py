@@ -10,6 +10,11 @@ top-p 0.95) and the same seed, EOS ignored so that every run produces the same n
   if its text has no "</think>", ".\n</think>\n\n" is appended; call 2 re-reads prompt + reasoning as a
   new prompt (a fresh prefill) and generates A tokens.
 Time = wall time from submitting until the last Final. How the reasoning ended is recorded per run.
+
+The case is about enforcing a budget, so the seed is chosen for the budget to bind: the first seed from
+`seed` on whose sampled reasoning the random-weight model does not write </think> by itself within the
+largest budget (probed untimed with a single pass; the seeds tried and why each was passed over are
+reported). With the same seed both methods sample the same tokens up to the budget.
 """
 
 from __future__ import annotations
@@ -29,6 +34,22 @@ MESSAGES = [{"role": "system", "content": "You are a helpful assistant. /think"}
 TARGET = (256, "<= 0.7")  # single pass / two calls at this budget
 
 
+def _binding_seed(engine, chat: Chat, s: Settings, tries: int = 20) -> tuple[int, dict[int, str]]:
+    """The first seed from s.seed whose thinking runs into the largest budget; {seed: how thinking ended}."""
+    tried: dict[int, str] = {}
+    for seed in range(s.seed, s.seed + tries):
+        request, reasoning = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=max(s.budgets), max_answer_tokens=1,
+                                                      seed=seed))
+        request.ignore_eos = True
+        handle = engine.submit(request, reasoning=reasoning)
+        engine.run_until_done([handle])
+        f = handle.final
+        tried[seed] = f"{f.thinking_ended_by} after {f.usage.reasoning_tokens} reasoning tokens"
+        if f.thinking_ended_by == "token_budget":
+            return seed, tried
+    raise RuntimeError(f"no seed in {tries} lets the budget bind: {tried}")
+
+
 def thinking(env: Env, s: Settings) -> dict:
     case = Case("thinking", warmups=s.warmups)
     v = env.preferred(s.service_format)
@@ -37,11 +58,12 @@ def thinking(env: Env, s: Settings) -> dict:
     tok = engine.tokenizer
     prompt_text = chat.render(ChatRequest(MESSAGES))
     ended: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    seed, tried = _binding_seed(engine, chat, s)
 
     for budget in s.budgets:
         def single() -> float:
             request, reasoning = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=budget,
-                                                          max_answer_tokens=s.answer_tokens, seed=s.seed))
+                                                          max_answer_tokens=s.answer_tokens, seed=seed))
             request.ignore_eos = True
             t0 = time.perf_counter()
             handle = engine.submit(request, reasoning=reasoning)
@@ -53,7 +75,7 @@ def thinking(env: Env, s: Settings) -> dict:
             return seconds
 
         def two_calls() -> float:
-            request, _ = chat.prepare(ChatRequest(MESSAGES, seed=s.seed))
+            request, _ = chat.prepare(ChatRequest(MESSAGES, seed=seed))
             t0 = time.perf_counter()
             first = engine.generate(GenerationRequest(request.prompt_ids, request.sampling, max_tokens=budget,
                                                       ignore_eos=True))
@@ -71,7 +93,7 @@ def thinking(env: Env, s: Settings) -> dict:
         case.measure_interleaved({f"single pass {budget}": ("s", single), f"two calls {budget}": ("s", two_calls)}, s.reps)
         case.ratio(f"single / two calls {budget}", f"single pass {budget}", f"two calls {budget}",
                    TARGET[1] if budget == TARGET[0] else None)
-    case.details.update(variant=v.label, answer_tokens=s.answer_tokens, seed=s.seed, prompt=prompt_text,
+    case.details.update(variant=v.label, answer_tokens=s.answer_tokens, seed=seed, seeds_tried=tried, prompt=prompt_text,
                         prompt_tokens=len(tok.encode(prompt_text, add_special_tokens=False).ids),
                         thinking_ended={k: dict(c) for k, c in ended.items()})
     return case.finish()

@@ -1,7 +1,9 @@
 """What "ours" means in a row: a bundle format, with or without the native custom-op kernels.
 
 A variant is written `fp32`, `int4`, `int4-acc0` (stock ONNX Runtime: the custom ops run as their
-ONNX function bodies) or with `+k` (`int4+k`: kernels/build/libnemotron_edge_ops.so registered).
+ONNX function bodies) or with `+k` (`int4+k`: kernels/build/libnemotron_edge_ops.so registered), and
+`+p` to force ONNX Runtime's weight prepacking on (the runtime turns it off for float bundles so that the
+weights are resident once; `fp32+k+p` shows what that costs in speed).
 Every engine runs ONNX Runtime's CPU provider with `threads` intra-op threads, as transformers runs
 with torch.set_num_threads(threads).
 """
@@ -28,17 +30,18 @@ GREEDY = SamplingParams(greedy=True)
 class Variant:
     fmt: str
     kernels: bool = False
+    prepack: bool = False
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
-        fmt, _, suffix = text.partition("+")
-        if fmt not in artifacts.FORMATS or suffix not in ("", "k"):
-            raise ValueError(f"variant {text!r}: use FORMAT or FORMAT+k, FORMAT one of {', '.join(artifacts.FORMATS)}")
-        return cls(fmt, suffix == "k")
+        fmt, *flags = text.split("+")
+        if fmt not in artifacts.FORMATS or not set(flags) <= {"k", "p"}:
+            raise ValueError(f"variant {text!r}: use FORMAT[+k][+p], FORMAT one of {', '.join(artifacts.FORMATS)}")
+        return cls(fmt, "k" in flags, "p" in flags)
 
     @property
     def label(self) -> str:
-        return self.fmt + ("+k" if self.kernels else "")
+        return self.fmt + ("+k" if self.kernels else "") + ("+p" if self.prepack else "")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class Env:
         return [v for v in variants if not v.kernels or self.kernel_library]
 
     def providers(self, v: Variant) -> ProviderConfig:
-        return ProviderConfig(intra_op_threads=self.threads, custom_op_library=self.kernel_library if v.kernels else None)
+        return ProviderConfig(intra_op_threads=self.threads, custom_op_library=self.kernel_library if v.kernels else None,
+                              disable_prepacking=False if v.prepack else None)
 
     def engine(self, v: Variant, max_batch: int, scheduler: SchedulerConfig | None = None, **config) -> Engine:
         return Engine(self.bundle(v.fmt), EngineConfig(max_batch=max_batch, providers=self.providers(v),
