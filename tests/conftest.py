@@ -29,32 +29,35 @@ def hf_tokenizer(tokenizer_dir: Path):
     return transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _checkpoint(factory: pytest.TempPathFactory, preset: str) -> Path:
     from nemotron_export.synth import synth
 
-    return synth("tiny", tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+    return synth(preset, factory.mktemp("ckpt") / preset, seed=0)
+
+
+def _fp32_bundle(factory: pytest.TempPathFactory, checkpoint: Path, max_context: int) -> Path:
+    from nemotron_export.bundle import ExportOptions, export_bundle
+
+    return export_bundle(checkpoint, factory.mktemp("bundle") / checkpoint.name,
+                         ExportOptions(max_batch=8, max_context=max_context), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _checkpoint(tmp_path_factory, "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nemotron_export.bundle import ExportOptions, export_bundle
-
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny",
-                         ExportOptions(max_batch=8, max_context=512), progress=False)
+    return _fp32_bundle(tmp_path_factory, tiny_checkpoint, max_context=512)
 
 
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nemotron_export.synth import synth
-
-    return synth("small", tmp_path_factory.mktemp("ckpt") / "small", seed=0)
+    return _checkpoint(tmp_path_factory, "small")
 
 
 @pytest.fixture(scope="session")
 def small_bundle(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The `small` preset in fp32, the benchmark configuration."""
-    from nemotron_export.bundle import ExportOptions, export_bundle
-
-    return export_bundle(small_checkpoint, tmp_path_factory.mktemp("bundle") / "small-fp32",
-                         ExportOptions(max_batch=8, max_context=1024), progress=False)
+    return _fp32_bundle(tmp_path_factory, small_checkpoint, max_context=1024)
