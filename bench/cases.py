@@ -6,11 +6,13 @@ decode: greedy, `new_tokens` after a `prompt_tokens` prompt, at batch 1 and batc
 prefill: time to the first token of a `max_tokens=1` request (prefill plus one greedy pick), for each
   prompt length, with the whole prompt in one model call (prefill_chunk = max_step_tokens = the longest
   prompt) and with the engine's default chunking (SchedulerConfig(): chunks of 256, 512 tokens a step).
+Every engine of a case is loaded up front, and for each batch size (prompt length) all variants and
+transformers run in rounds, one run each per round: `warmups` rounds, then `reps` timed rounds.
 """
 
 from __future__ import annotations
 
-from bench import reference
+from bench.reference import Reference
 from bench.settings import Settings
 from bench.timing import Case, timed
 from bench.variants import GREEDY, Env, Variant, generate_batch, prompt_ids
@@ -27,21 +29,19 @@ def decode(env: Env, s: Settings) -> dict:
     prompts = [prompt_ids(i, s.prompt_tokens, env.vocab) for i in range(s.batch)]
     batches = {Variant.parse(v): (1, s.batch) for v in s.decode_variants}
     batches.update({Variant.parse(v): (1,) for v in s.batch1_only_variants})
-    for v in env.available(list(batches)):
-        engine = env.engine(v, max_batch=s.batch)
-        for b in batches[v]:
+    variants = env.available(list(batches))
+    engines = {v: env.engine(v, max_batch=s.batch) for v in variants}
+    with Reference(env.checkpoint, s.threads) as ref:
+        case.details["reference"] = ref.info
+        for b in (1, s.batch):
             p = prompts[:b]
-            case.measure(f"{v.label} b{b}", "tok/s", lambda: b * s.new_tokens / timed(lambda: generate_batch(engine, p, s.new_tokens)),
-                         s.reps)
-        del engine
-    ref = reference.run({"checkpoint": str(env.checkpoint), "threads": s.threads, "reps": s.ref_reps, "warmups": s.warmups,
-                         "decode": [{"prompts": prompts[:b], "new_tokens": s.new_tokens} for b in (1, s.batch)]})
-    for b in (1, s.batch):
-        case.record(f"transformers b{b}", "tok/s", ref["decode"][str(b)])
-    case.details["reference"] = {k: ref[k] for k in ("torch", "transformers", "threads", "load_s", "load")}
-    for v in env.available(list(batches)):
-        case.ratio(f"{v.label} b1 / transformers b1", f"{v.label} b1", "transformers b1",
-                   DECODE_TARGET.get(v.fmt))
+            fns = {f"{v.label} b{b}": ("tok/s", lambda e=e: b * s.new_tokens / timed(lambda: generate_batch(e, p, s.new_tokens)))
+                   for v, e in engines.items() if b in batches[v]}
+            fns[f"transformers b{b}"] = ("tok/s", lambda: ref.decode(p, s.new_tokens))
+            case.measure_interleaved(fns, s.reps)
+    del engines
+    for v in variants:
+        case.ratio(f"{v.label} b1 / transformers b1", f"{v.label} b1", "transformers b1", DECODE_TARGET.get(v.fmt))
         if s.batch in batches[v]:
             case.ratio(f"{v.label} b{s.batch} / transformers b{s.batch}", f"{v.label} b{s.batch}", f"transformers b{s.batch}")
             case.ratio(f"{v.label} b{s.batch} / b1", f"{v.label} b{s.batch}", f"{v.label} b1", BATCH_TARGET)
@@ -56,21 +56,17 @@ def prefill(env: Env, s: Settings) -> dict:
     modes = {"one call": SchedulerConfig(prefill_chunk=longest, max_step_tokens=longest), "chunked": SchedulerConfig()}
     case.details["modes"] = {m: {"prefill_chunk": c.prefill_chunk, "max_step_tokens": c.max_step_tokens} for m, c in modes.items()}
     variants = env.available([Variant.parse(v) for v in s.prefill_variants])
-    for v in variants:
-        for mode, scheduler in modes.items():
-            engine = env.engine(v, max_batch=1, scheduler=scheduler)
-            for n, p in prompts.items():
-                request = lambda: GenerationRequest(p, GREEDY, max_tokens=1, ignore_eos=True)
-                case.measure(f"{v.label} {mode} {n}", "tok/s", lambda: n / timed(lambda: engine.generate(request())), s.reps)
-            del engine
-    ref = reference.run({"checkpoint": str(env.checkpoint), "threads": s.threads, "reps": s.ref_reps, "warmups": s.warmups,
-                         "prefill": list(prompts.values())})
-    for n in prompts:
-        case.record(f"transformers {n}", "tok/s", ref["prefill"][str(n)])
-    case.details["reference"] = {k: ref[k] for k in ("torch", "transformers", "threads", "load_s", "load")}
-    for v in variants:
-        for mode in modes:
-            for n in prompts:
-                case.ratio(f"{v.label} {mode} {n} / transformers {n}", f"{v.label} {mode} {n}", f"transformers {n}",
-                           PREFILL_TARGET[1] if n == PREFILL_TARGET[0] else None)
+    engines = {f"{v.label} {mode}": env.engine(v, max_batch=1, scheduler=c) for v in variants for mode, c in modes.items()}
+    with Reference(env.checkpoint, s.threads) as ref:
+        case.details["reference"] = ref.info
+        for n, p in prompts.items():
+            request = lambda: GenerationRequest(p, GREEDY, max_tokens=1, ignore_eos=True)
+            fns = {f"{name} {n}": ("tok/s", lambda e=e: n / timed(lambda: e.generate(request()))) for name, e in engines.items()}
+            fns[f"transformers {n}"] = ("tok/s", lambda: ref.prefill(p))
+            case.measure_interleaved(fns, s.reps)
+    del engines
+    for name in [f"{v.label} {mode}" for v in variants for mode in modes]:
+        for n in prompts:
+            case.ratio(f"{name} {n} / transformers {n}", f"{name} {n}", f"transformers {n}",
+                       PREFILL_TARGET[1] if n == PREFILL_TARGET[0] else None)
     return case.finish()

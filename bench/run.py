@@ -82,15 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from: {', '.join(CASES)}")
     p.add_argument("--out", type=Path, default=Path("bench/results.json"))
     p.add_argument("--cache", type=Path, default=artifacts.DEFAULT_CACHE)
-    p.add_argument("--reps", type=int, help="timed runs of each of our measurements")
-    p.add_argument("--ref-reps", type=int, help="timed runs of each transformers measurement")
+    p.add_argument("--reps", type=int, help="timed runs of each measurement")
     args = p.parse_args(argv)
     s = QUICK if args.quick else FULL
     names = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     unknown = set(names) - set(CASES)
     if unknown:
         p.error(f"--cases: unknown {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
-    s = replace(s, cases=names, reps=args.reps or s.reps, ref_reps=args.ref_reps or s.ref_reps)
+    s = replace(s, cases=names, reps=args.reps or s.reps)
     command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
     results = run(s, args.cache, args.out, command.strip())
     from bench.report import render

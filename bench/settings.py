@@ -12,9 +12,8 @@ MiB = 1 << 20
 class Settings:
     preset: str = "small"
     threads: int = 2  # ONNX Runtime intra_op_num_threads and torch.set_num_threads
-    reps: int = 5  # timed runs of each of our measurements, after one warm-up
-    ref_reps: int = 5  # timed runs of each transformers measurement
-    warmups: int = 2  # untimed calls of the same shape before each measurement
+    reps: int = 5  # timed runs of each measurement (rounds, where runs are interleaved)
+    warmups: int = 2  # untimed runs (rounds) of the same shape before them
     # decode
     prompt_tokens: int = 16
     new_tokens: int = 128
@@ -47,7 +46,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = replace(FULL, reps=1, ref_reps=1, warmups=1, new_tokens=32, memory_reps=1,
+QUICK = replace(FULL, reps=1, warmups=1, new_tokens=32, memory_reps=1,
                 decode_variants=("fp32", "fp32+k", "int8+k", "int4+k"), prefill_lengths=(128, 512),
                 prefill_variants=("fp32", "int4+k"), streams=(1, 4), budgets=(32, 128), answer_tokens=16,
                 memory_formats=("int4",), bandwidth_bytes=512 * MiB, profile_runs=(("int4", "decode", 1), ("int4", "prefill", 1)), profile_steps=8)

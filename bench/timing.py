@@ -3,8 +3,8 @@
 A case runs each measurement `warmups` times as a warm-up (discarded; two by default: transformers needs
 two full calls before its speed settles, and every measurement gets the same), then `reps` times, and
 keeps every run and their median. Ratios are ratios of medians from the same run; a target is written as ">= 3.5" or "<= 0.7".
-Measurements that are compared closely (gRPC against in-process, one pass against two calls) are
-interleaved, run by run, so that a change in machine load hits both sides alike.
+Measurements that are compared are interleaved, run by run (ours and transformers, gRPC and in-process,
+one pass and two calls), so that a change in machine load during a case hits both sides alike.
 """
 
 from __future__ import annotations
