@@ -32,7 +32,8 @@ def run(engine: Engine, chat: Chat, request: ChatRequest):
     return handle, prefill_calls
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(budget=st.integers(0, 40), grace=st.integers(0, 12), answer=st.integers(1, 24),
        words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=12), seed=st.integers(0, 2**31 - 1))
 def test_budget_is_strict_and_the_answer_keeps_its_room(engine, chat, budget, grace, answer, words, seed):
