@@ -9,6 +9,7 @@ admission by free slot keeps the engine inside its budget by construction.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
@@ -403,11 +404,12 @@ class _Rate:
 
     def __init__(self, window_s: float = 10.0):
         self.window = window_s
-        self.samples: list[tuple[float, int]] = []
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
 
     def add(self, n: int, now: float) -> None:
         self.samples.append((now, n))
-        self.samples = [(t, k) for t, k in self.samples if now - t <= self.window]
+        while now - self.samples[0][0] > self.window:
+            self.samples.popleft()
 
     def rate(self, now: float) -> float:
         recent = [(t, k) for t, k in self.samples if now - t <= self.window]

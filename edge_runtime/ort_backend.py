@@ -120,6 +120,7 @@ class OrtModelRunner:
         # One logits buffer per graph: a step samples from decode logits after its prefill call ran.
         self._logits = {g: np.zeros(pool.max_rows * vocab, dtype=np.float32) for g in self.sessions}
         self.calls = {"prefill": 0, "decode": 0}
+        self._decode_bindings: dict[int, ort.IOBinding] = {}
 
     def _session(self, graph: str) -> ort.InferenceSession:
         so = ort.SessionOptions()
@@ -163,12 +164,18 @@ class OrtModelRunner:
         b = len(slots)
         outputs = self.pool.output_views(b, max(new))
         outputs["logits"] = self._logits[graph][: b * self.bundle.config.vocab_size].reshape(b, -1)
-        binding = session.io_binding()
+        binding = self._decode_bindings.get(b) if graph == "decode" else None
+        if binding is None:
+            binding = session.io_binding()
+            for name in self._output_names[graph]:
+                array = outputs[name]
+                binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+            if graph == "decode":
+                # A decode call of b rows always writes the same prefixes of the same output buffers,
+                # so its output bindings are made once; inputs (K/V grows each step) are rebound.
+                self._decode_bindings[b] = binding
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
-        for name in self._output_names[graph]:
-            array = outputs[name]
-            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         session.run_with_iobinding(binding)
         self.pool.scatter(slots, outputs, past, new)
         self.calls[graph] += 1

@@ -1,8 +1,10 @@
 """Fixed slots of per-sequence state, allocated once: conv and float32 SSM states, K/V up to the context limit.
 
-A slot is zeroed when it is handed out again, so no sequence ever sees another's state. Batched model
-calls read their slots into input staging buffers, ONNX Runtime writes their new states into output
-buffers (all allocated once, here), and the results are copied back into the slots.
+A slot is zeroed when it is handed out again, so no sequence ever sees another's state. A model call
+reads its slots' fixed-size states (conv, SSM) in place when the slots are consecutive (always so at
+batch 1) and through input staging buffers otherwise; K/V, cut to the call's past length, always goes
+through staging. ONNX Runtime writes the new states into output buffers (all allocated once, here), and
+the results are copied back into the slots: outputs never alias the inputs they are computed from.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class StatePool:
             self._staging[s.name] = np.zeros(max_rows * int(np.prod(shape)), dtype=dtype)
             self._out[s.output_name] = np.zeros(max_rows * int(np.prod(out_shape)), dtype=dtype)
         self._free = list(range(num_slots - 1, -1, -1))
+        self._decode_views: dict[int, dict[str, np.ndarray]] = {}
 
     @property
     def free_slots(self) -> int:
@@ -67,6 +70,7 @@ class StatePool:
         """The model's `past.*` inputs for these slots; K/V cut to the first `past_tokens` positions."""
         b = len(slots)
         idx = np.asarray(slots)
+        run = consecutive(slots)
         feeds: dict[str, np.ndarray] = {}
         for s in self.specs:
             pool = self.arrays[s.name]
@@ -74,6 +78,8 @@ class StatePool:
                 view = self._staging[s.name][: b * pool.shape[1] * past_tokens * pool.shape[3]]
                 view = view.reshape(b, pool.shape[1], past_tokens, pool.shape[3])
                 np.take(pool[:, :, :past_tokens], idx, axis=0, out=view)
+            elif run is not None:
+                view = pool[run]  # contiguous: the slots' own memory, no copy
             else:
                 view = self._staging[s.name][: b * int(np.prod(pool.shape[1:]))].reshape(b, *pool.shape[1:])
                 np.take(pool, idx, axis=0, out=view)
@@ -82,24 +88,35 @@ class StatePool:
 
     def output_views(self, batch: int, tokens: int) -> dict[str, np.ndarray]:
         """Preallocated buffers for a call's `present.*` outputs (K/V: `tokens` new positions per row)."""
+        if tokens == 1 and batch in self._decode_views:  # decode steps: built once per batch size
+            return dict(self._decode_views[batch])
         views = {}
         for s in self.specs:
             shape = [batch, *s.shape]
             if s.per_token:
                 shape[2] = tokens
             views[s.output_name] = self._out[s.output_name][: int(np.prod(shape))].reshape(shape)
-        return views
+        if tokens == 1:
+            self._decode_views[batch] = views
+        return dict(views)
 
     def scatter(self, slots: list[int], outputs: dict[str, np.ndarray], past_lengths: list[int],
                 new_lengths: list[int]) -> None:
         """Write a call's `present.*` outputs back: conv/SSM replace the slot's state; the new K/V rows of
         row i (its first new_lengths[i] tokens) land at positions past_lengths[i]...."""
-        idx = np.asarray(slots)
+        run = consecutive(slots)
+        rows = run if run is not None else np.asarray(slots)
         for s in self.specs:
             out = outputs[s.output_name]
             pool = self.arrays[s.name]
             if not s.per_token:
-                pool[idx] = out
+                pool[rows] = out
                 continue
             for row, (slot, start, n) in enumerate(zip(slots, past_lengths, new_lengths)):
                 pool[slot, :, start:start + n] = out[row, :, :n]
+
+
+def consecutive(slots: list[int]) -> slice | None:
+    """slots as a slice when they are ascending and consecutive (then their rows form one array view)."""
+    first = slots[0]
+    return slice(first, first + len(slots)) if slots == list(range(first, first + len(slots))) else None
