@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_runtime.bundle import Bundle
-from edge_runtime.state_pool import StatePool
+from edge_runtime.state_pool import StatePool, consecutive
 
 ONNX_TYPE_BFLOAT16 = 16
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
@@ -120,7 +120,7 @@ class OrtModelRunner:
         # One logits buffer per graph: a step samples from decode logits after its prefill call ran.
         self._logits = {g: np.zeros(pool.max_rows * vocab, dtype=np.float32) for g in self.sessions}
         self.calls = {"prefill": 0, "decode": 0}
-        self._decode_bindings: dict[int, ort.IOBinding] = {}
+        self._decode_bindings: dict[tuple[int, int | None], ort.IOBinding] = {}
 
     def _session(self, graph: str) -> ort.InferenceSession:
         so = ort.SessionOptions()
@@ -162,18 +162,20 @@ class OrtModelRunner:
         """Run with every input and output bound to preallocated buffers: no per-step allocations here."""
         session = self.sessions[graph]
         b = len(slots)
-        outputs = self.pool.output_views(b, max(new))
+        outputs = self.pool.output_views(slots, max(new))
         outputs["logits"] = self._logits[graph][: b * self.bundle.config.vocab_size].reshape(b, -1)
-        binding = self._decode_bindings.get(b) if graph == "decode" else None
+        # A decode call of the same slots always writes the same output buffers (its slots' rows, or the
+        # same staging prefixes), so its output bindings are made once; inputs (K/V grows) are rebound.
+        run = consecutive(slots)
+        key = (b, run.start if run is not None else None)
+        binding = self._decode_bindings.get(key) if graph == "decode" else None
         if binding is None:
             binding = session.io_binding()
             for name in self._output_names[graph]:
                 array = outputs[name]
                 binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
             if graph == "decode":
-                # A decode call of b rows always writes the same prefixes of the same output buffers,
-                # so its output bindings are made once; inputs (K/V grows each step) are rebound.
-                self._decode_bindings[b] = binding
+                self._decode_bindings[key] = binding
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
         session.run_with_iobinding(binding)

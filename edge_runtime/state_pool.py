@@ -1,10 +1,11 @@
 """Fixed slots of per-sequence state, allocated once: conv and float32 SSM states, K/V up to the context limit.
 
-A slot is zeroed when it is handed out again, so no sequence ever sees another's state. A model call
-reads its slots' fixed-size states (conv, SSM) in place when the slots are consecutive (always so at
-batch 1) and through input staging buffers otherwise; K/V, cut to the call's past length, always goes
-through staging. ONNX Runtime writes the new states into output buffers (all allocated once, here), and
-the results are copied back into the slots: outputs never alias the inputs they are computed from.
+A slot is zeroed when it is handed out again, so no sequence ever sees another's state. When a model
+call's slots are consecutive (always so at batch 1) the fixed-size states (conv, SSM) are updated in
+place: the slots' own rows are bound as both the `past.*` input and the `present.*` output, which the
+custom ops allow (each reads a state element before it writes it). Otherwise they go through staging
+buffers and are copied back. K/V, cut to the call's past length, is always staged, and the call's new
+K/V rows are copied into the slots. Every buffer is allocated once, here.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class StatePool:
             self._staging[s.name] = np.zeros(max_rows * int(np.prod(shape)), dtype=dtype)
             self._out[s.output_name] = np.zeros(max_rows * int(np.prod(out_shape)), dtype=dtype)
         self._free = list(range(num_slots - 1, -1, -1))
-        self._decode_views: dict[int, dict[str, np.ndarray]] = {}
 
     @property
     def free_slots(self) -> int:
@@ -86,31 +86,35 @@ class StatePool:
             feeds[s.name] = view
         return feeds
 
-    def output_views(self, batch: int, tokens: int) -> dict[str, np.ndarray]:
-        """Preallocated buffers for a call's `present.*` outputs (K/V: `tokens` new positions per row)."""
-        if tokens == 1 and batch in self._decode_views:  # decode steps: built once per batch size
-            return dict(self._decode_views[batch])
+    def output_views(self, slots: list[int], tokens: int) -> dict[str, np.ndarray]:
+        """Buffers for a call's `present.*` outputs (K/V: `tokens` new positions per row): the slots' own
+        rows for conv/SSM when `slots` are consecutive (in place, as `gather` bound them), else staging."""
+        b = len(slots)
+        run = consecutive(slots)
         views = {}
         for s in self.specs:
-            shape = [batch, *s.shape]
+            if run is not None and not s.per_token:
+                views[s.output_name] = self.arrays[s.name][run]
+                continue
+            shape = [b, *s.shape]
             if s.per_token:
                 shape[2] = tokens
             views[s.output_name] = self._out[s.output_name][: int(np.prod(shape))].reshape(shape)
-        if tokens == 1:
-            self._decode_views[batch] = views
-        return dict(views)
+        return views
 
     def scatter(self, slots: list[int], outputs: dict[str, np.ndarray], past_lengths: list[int],
                 new_lengths: list[int]) -> None:
-        """Write a call's `present.*` outputs back: conv/SSM replace the slot's state; the new K/V rows of
-        row i (its first new_lengths[i] tokens) land at positions past_lengths[i]...."""
-        run = consecutive(slots)
-        rows = run if run is not None else np.asarray(slots)
+        """Write a call's `present.*` outputs back: conv/SSM replace the slot's state (unless it was updated
+        in place); the new K/V rows of row i (its first new_lengths[i] tokens) land at positions
+        past_lengths[i]...."""
+        in_place = consecutive(slots) is not None
+        idx = np.asarray(slots)
         for s in self.specs:
             out = outputs[s.output_name]
             pool = self.arrays[s.name]
             if not s.per_token:
-                pool[rows] = out
+                if not in_place:
+                    pool[idx] = out
                 continue
             for row, (slot, start, n) in enumerate(zip(slots, past_lengths, new_lengths)):
                 pool[slot, :, start:start + n] = out[row, :, :n]
