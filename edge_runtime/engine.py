@@ -231,8 +231,12 @@ class Engine:
         to_sample = [(t, row) for t, row in fresh if t.controller is None or t.controller.forced_token() is None]
         sampled: dict[int, tuple[int, object]] = {}
         if to_sample:
+            logits = np.stack([row for _, row in to_sample])
+            for k, (t, _) in enumerate(to_sample):
+                if t.controller is not None:
+                    logits[k, list(t.controller.suppressed_tokens())] = -np.inf
             try:
-                result = sample(np.stack([row for _, row in to_sample]), [t.sampler for t, _ in to_sample])
+                result = sample(logits, [t.sampler for t, _ in to_sample])
             except Exception as e:  # a bad row fails its batch's sampling, never the engine
                 for t, _ in to_sample:
                     self._finish(t, "error", error=f"sampling failed: {type(e).__name__}: {e}")

@@ -14,7 +14,8 @@ own state with no second prefill. States and transitions:
 
 Counting: `reasoning_tokens` are the model's own tokens while THINKING (its `</think>` included), so
 `reasoning_tokens <= B + G` always; forced tokens are counted in `forced_tokens` and reported with
-channel FORCED; `max_tokens` caps all three together.
+channel FORCED; `max_tokens` caps all three together. In ANSWER, `suppressed_tokens()` names the think
+tags, which the engine masks out of sampling: an answer never holds a second `</think>` or a new `<think>`.
 
 A newline is a token whose text contains "\\n". When the budget hits, the close sequence is completed
 rather than restarted if the model already wrote its beginning: the longest token-boundary prefix of the
@@ -107,6 +108,9 @@ class ThinkingController:
         self._close_prefix_texts = [
             tokenizer.decode(self._close_ids[:k], skip_special_tokens=False) for k in range(len(self._close_ids))
         ]
+        # Once the answer has begun, a sampled <think> or a second </think> would put reasoning tags into
+        # the answer, so the sampler is told to skip them.
+        self._tag_ids = tuple(i for i in (tokenizer.token_to_id(THINK_OPEN), self._close_id) if i is not None)
         self._tokenizer = tokenizer
         self._token_text: dict[int, str] = {}
         self._reasoning_tail = ""
@@ -133,6 +137,10 @@ class ThinkingController:
         if self.state is State.CLOSING:
             return self._close_ids[self._close_pos]
         return None
+
+    def suppressed_tokens(self) -> tuple[int, ...]:
+        """Ids the sampler must not pick this step: the think tags, once in the answer."""
+        return self._tag_ids if self.state is State.ANSWER else ()
 
     def observe(self, token_id: int, forced: bool = False) -> Channel:
         """Record a committed token; returns the channel it belongs to."""

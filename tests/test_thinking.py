@@ -124,6 +124,23 @@ def test_model_closes_itself_nothing_forced() -> None:
     assert run.tokens.count(tid("</think>")) == 1
 
 
+def test_think_tags_are_suppressed_only_in_the_answer() -> None:
+    """While thinking the model may close by itself; once the answer began, neither tag may be sampled."""
+    tags = {tid("<think>"), tid("</think>")}
+    ctrl = controller(max_thinking_tokens=2)
+    assert ctrl.suppressed_tokens() == ()
+    for token in ids("word word word"):
+        if ctrl.state is not State.THINKING:
+            break
+        ctrl.observe(token)
+    while ctrl.forced_token() is not None:
+        assert ctrl.suppressed_tokens() == ()  # forced tokens are fed, not sampled
+        ctrl.observe(ctrl.forced_token(), forced=True)
+    assert ctrl.state is State.ANSWER
+    assert set(ctrl.suppressed_tokens()) == tags
+    assert set(controller(reasoning_enabled=False).suppressed_tokens()) == tags
+
+
 def test_model_started_close_is_completed_not_repeated() -> None:
     close_text = "\nTime is up, answering now.\n</think>\n\n"
     close_ids = ids(close_text)
