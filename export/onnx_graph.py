@@ -174,41 +174,67 @@ class GraphBuilder:
         y = self.one("Mul", [self.one("Div", [xf, denom]), self.param(weight, "f32")])
         return self.one("Cast", [y], to=self.act)
 
-    def mamba(self, i: int, u: str, valid: str | None, lengths: str, decode: bool) -> str:
+    def mamba(self, i: int, u: str, valid: str | None, decode: bool) -> str:
+        """One Mamba-2 mixer. Decode runs everything between in_proj and out_proj as one MambaDecodeStep
+        node (one kernel instead of ~25 small nodes); prefill spells it out around SsdChunkScan."""
         c, p = self.cfg, f"backbone.layers.{i}.mixer."
-        h, hd, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
-        proj = self.linear(u, p + "in_proj.weight", p + "in_proj.bias" if c.mamba_proj_bias else None)
-        z, xbc, dt_raw = self.node("Split", [proj, self.ints(c.mamba_inner, c.conv_dim, h)], 3, axis=-1)
+        proj = self.linear(u, p + "in_proj.weight", p + "in_proj.bias" if c.mamba_proj_bias else None)  # z | xBC | dt_raw
         conv_w = self.table.add(p + "conv1d.weight", self._conv_weight(p))
         conv_b = self.table.add(p + "conv1d.bias", self._conv_bias(p))
-        xbc, conv_state = self.node("CausalConv1d", [xbc, f"past.{i}.conv", conv_w, conv_b, lengths], 2,
-                                    domain=ops.DOMAIN, channels=c.conv_dim)
-        self._rename(conv_state, f"present.{i}.conv")
-        x, B, C = self.node("Split", [xbc, self.ints(c.mamba_inner, g * n, g * n)], 3, axis=-1)
-        dt = self.one("Softplus", [self.one("Add", [self.one("Cast", [dt_raw], to=TensorProto.FLOAT),
-                                                  self.param(p + "dt_bias", "f32")])])
-        lo, hi = c.time_step_limit
-        if lo > 0 or np.isfinite(hi):
-            dt = self.one("Clip", [dt, self.const(f"f32_{lo}", np.array(lo, np.float32)),
-                                   self.const(f"f32_{hi}", np.array(min(hi, 3.0e38), np.float32))])
+        dt_bias = self.param(p + "dt_bias", "f32")
         A = self.table.add(p + "A", -np.exp(self.source[p + "A_log"].astype(np.float32)))  # folded at export
         D = self.param(p + "D")
         if decode:
-            y, ssm = self.node("SsmStep", [
-                self.one("Reshape", [x, self.ints(0, h, hd)]),  # [b, h, p]
-                self.one("Squeeze", [dt, self.ints(1)]),  # [b, h]
-                A, self.one("Reshape", [B, self.ints(0, g, n)]), self.one("Reshape", [C, self.ints(0, g, n)]),
-                D, f"past.{i}.ssm"], 2, domain=ops.DOMAIN)
+            y = self.mamba_decode_step(i, proj, conv_w, conv_b, dt_bias, A, D, self.param(p + "norm.weight", "f32"))
         else:
-            dt = self.one("Mul", [dt, valid])  # padding: dt = 0 keeps the state unchanged
-            y, ssm = self.node("SsdChunkScan", [
-                self.one("Reshape", [x, self.ints(0, 0, h, hd)]), dt, A,
-                self.one("Reshape", [B, self.ints(0, 0, g, n)]), self.one("Reshape", [C, self.ints(0, 0, g, n)]),
-                D, f"past.{i}.ssm"], 2, domain=ops.DOMAIN, chunk_size=c.chunk_size)
+            y = self.mamba_prefill(i, proj, conv_w, conv_b, dt_bias, A, D, valid, p + "norm.weight")
+        return self.linear(y, p + "out_proj.weight", p + "out_proj.bias" if c.mamba_proj_bias else None)
+
+    def dt_clamp(self) -> tuple[float, float] | None:
+        """time_step_limit as float32-safe Clip bounds; None when it clamps nothing (softplus is >= 0)."""
+        lo, hi = self.cfg.time_step_limit
+        if lo > 0 or np.isfinite(hi):
+            return lo, min(hi, 3.0e38)
+        return None
+
+    def mamba_decode_step(self, i: int, proj: str, conv_w: str, conv_b: str, dt_bias: str, A: str, D: str,
+                          norm_w: str) -> str:
+        """proj [b, 1, inner + conv_dim + h] -> [b, 1, inner] in the activation dtype (out_proj's input)."""
+        c = self.cfg
+        attrs: dict[str, int | float] = dict(channels=c.conv_dim, n_groups=c.n_groups, epsilon=c.layer_norm_epsilon)
+        clamp = self.dt_clamp()
+        if clamp is not None:
+            attrs.update(dt_min=clamp[0], dt_max=clamp[1])
+        y, conv_state, ssm = self.node("MambaDecodeStep", [proj, f"past.{i}.conv", conv_w, conv_b, dt_bias, A, D,
+                                                           norm_w, f"past.{i}.ssm"], 3, domain=ops.DOMAIN, **attrs)
+        self._rename(conv_state, f"present.{i}.conv")
+        self._rename(ssm, f"present.{i}.ssm")
+        return y
+
+    def mamba_prefill(self, i: int, proj: str, conv_w: str, conv_b: str, dt_bias: str, A: str, D: str,
+                      valid: str, norm_weight: str) -> str:
+        """proj [b, t, inner + conv_dim + h] -> [b, t, inner] in the activation dtype (out_proj's input)."""
+        c = self.cfg
+        h, hd, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
+        z, xbc, dt_raw = self.node("Split", [proj, self.ints(c.mamba_inner, c.conv_dim, h)], 3, axis=-1)
+        xbc, conv_state = self.node("CausalConv1d", [xbc, f"past.{i}.conv", conv_w, conv_b, "lengths"], 2,
+                                    domain=ops.DOMAIN, channels=c.conv_dim)
+        self._rename(conv_state, f"present.{i}.conv")
+        x, B, C = self.node("Split", [xbc, self.ints(c.mamba_inner, g * n, g * n)], 3, axis=-1)
+        dt = self.one("Softplus", [self.one("Add", [self.one("Cast", [dt_raw], to=TensorProto.FLOAT), dt_bias])])
+        clamp = self.dt_clamp()
+        if clamp is not None:
+            lo, hi = clamp
+            dt = self.one("Clip", [dt, self.const(f"f32_{lo}", np.array(lo, np.float32)),
+                                   self.const(f"f32_{hi}", np.array(hi, np.float32))])
+        dt = self.one("Mul", [dt, valid])  # padding: dt = 0 keeps the state unchanged
+        y, ssm = self.node("SsdChunkScan", [
+            self.one("Reshape", [x, self.ints(0, 0, h, hd)]), dt, A,
+            self.one("Reshape", [B, self.ints(0, 0, g, n)]), self.one("Reshape", [C, self.ints(0, 0, g, n)]),
+            D, f"past.{i}.ssm"], 2, domain=ops.DOMAIN, chunk_size=c.chunk_size)
         self._rename(ssm, f"present.{i}.ssm")
         y = self.one("Reshape", [y, self.ints(0, -1, c.mamba_inner)])  # [b, t, inner] float32
-        y = self.gated_group_norm(y, z, p + "norm.weight")
-        return self.linear(y, p + "out_proj.weight", p + "out_proj.bias" if c.mamba_proj_bias else None)
+        return self.gated_group_norm(y, z, norm_weight)
 
     def _conv_weight(self, p: str) -> np.ndarray:
         w = self.source[p + "conv1d.weight"][:, 0, :]  # [c, 1, k] -> [c, k]
@@ -326,19 +352,13 @@ class GraphBuilder:
         c = self.cfg
         emb_name = "backbone.embeddings.weight"
         x = self.embed(emb_name)  # [b, t, d]
-        lengths = "lengths"
-        valid = None
-        if decode:
-            lengths = self.one("Expand", [self.const("i64_one_1", np.array([1], np.int64)),
-                                          self.one("Shape", ["input_ids"], start=0, end=1)])
-        else:
-            valid = self.valid_mask()
+        valid = None if decode else self.valid_mask()
         attn = c.layers_of(ATTENTION)
         attn_bias = self.attention_bias(attn[0]) if attn else None
         for i, kind in enumerate(c.pattern):
             u = self.rms_norm(x, f"backbone.layers.{i}.norm.weight")
             if kind == MAMBA:
-                out = self.mamba(i, u, valid, lengths, decode)
+                out = self.mamba(i, u, valid, decode)
             elif kind == ATTENTION:
                 out = self.attention(i, u, attn_bias)
             else:

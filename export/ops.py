@@ -1,10 +1,11 @@
 """The custom ONNX ops of nemotron-edge: one place per op for its schema, its reference body and its docs.
 
 All ops live in the ONNX domain `nemotron_edge` (DOMAIN, VERSION). Every bundle ships each op as a
-model-local ONNX function whose body uses standard ops only, so stock ONNX Runtime (any execution
-provider) runs any bundle. A runtime that registers a kernel of the same domain/name (ONNX Runtime
-prefers a registered kernel to the function body), or a TensorRT plugin of the same name, replaces
-the op without re-export. The bodies follow nemotron_export.ssm line by line.
+model-local ONNX function whose body uses standard ops only, or calls the functions of our other ops
+(which ONNX Runtime inlines in turn), so stock ONNX Runtime (any execution provider) runs any bundle.
+A runtime that registers a kernel of the same domain/name (ONNX Runtime prefers a registered kernel to
+the function body), or a TensorRT plugin of the same name, replaces the op without re-export. The
+bodies follow nemotron_export.ssm line by line, MambaDecodeStep the mixer in nemotron_export.model.
 
 Ops (shapes: b batch, t tokens, c channels, k conv kernel, h heads, p head dim, g groups, n state size):
 
@@ -25,6 +26,19 @@ SsdChunkScan(x, dt, A, B, C, D, initial_state) -> (y, final_state); attribute `c
 SsmStep(x, dt, A, B, C, D, state) -> (y, new_state)
     One token of the same recurrence, for decode: x [b, h, p] T, dt [b, h] float32, A [h] float32,
     B, C [b, g, n] T, D [h] T, state [b, h, p, n] float32 -> y [b, h, p] float32, new_state float32.
+
+MambaDecodeStep(zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A, D, norm_weight, ssm_state)
+        -> (y, new_conv_state, new_ssm_state)
+    A whole Mamba-2 mixer between in_proj and out_proj for one token (decode graph only; i = inner =
+    h*p, c = i + 2*g*n): zxbcdt [b, 1, i + c + h] T is in_proj's output z | xBC | dt_raw,
+    conv_state [b, c, k-1] T, conv_weight [c, k] T, conv_bias [c] T, dt_bias [h] float32,
+    A [h] float32 (= -exp(A_log)), D [h] T, norm_weight [i] float32, ssm_state [b, h, p, n] float32.
+    xBC, new_conv_state = CausalConv1d(xBC, conv_state, ...); x | B | C = xBC;
+    dt = clip(softplus(dt_raw + dt_bias), dt_min, dt_max); s, new_ssm_state = SsmStep(x, dt, A, B, C, D, ...);
+    y = RMSNorm over n_groups slices of (s * silu(z)), times norm_weight, in float32, returned as T
+    [b, 1, i]; new_ssm_state is float32. Attributes: channels (= c, for CausalConv1d), n_groups, epsilon
+    (float), dt_min and dt_max (float, default 0 and inf: softplus is >= 0, so no clamp). The body calls
+    CausalConv1d and SsmStep, so a runtime with kernels for those two but not this op still uses them.
 """
 
 from __future__ import annotations
@@ -44,7 +58,9 @@ ne = Opset(DOMAIN, VERSION)
 FLOAT = onnx.TensorProto.FLOAT
 BOOL = onnx.TensorProto.BOOL
 NEG_INF = float("-inf")
+INF = float("inf")
 ONE = onnx.helper.make_tensor("one", FLOAT, [1], [1.0])
+ONE_I64 = onnx.helper.make_tensor("one", onnx.TensorProto.INT64, [1], [1])
 
 
 @script(ne, default_opset=op)
@@ -149,6 +165,51 @@ def SsmStep(x, dt, A, B, C, D, state):
     return y, new_state
 
 
+@script(ne, default_opset=op)
+def MambaDecodeStep(zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A, D, norm_weight, ssm_state,
+                    channels: int, n_groups: int, epsilon: float, dt_min: float = 0.0, dt_max: float = INF):
+    zero = op.Constant(value_ints=[0])
+    rest = op.Constant(value_ints=[-1])
+    inner = op.Shape(norm_weight)  # [1]: h * p
+    c = op.Shape(conv_weight, start=0, end=1)  # [1]: inner + 2 g n
+    h = op.Shape(dt_bias)
+    g = op.Unsqueeze(op.Constant(value_int=n_groups), [0])
+    gn = op.Div(op.Sub(c, inner), op.Constant(value_ints=[2]))
+    z, xbc, dt_raw = op.Split(zxbcdt, op.Concat(inner, c, h, axis=0), axis=-1)
+    lengths = op.ConstantOfShape(op.Shape(zxbcdt, start=0, end=1), value=ONE_I64)  # [b]: one token each
+    xbc, new_conv_state = CausalConv1d(xbc, conv_state, conv_weight, conv_bias, lengths, channels=channels)
+    x, B, C = op.Split(xbc, op.Concat(inner, gn, gn, axis=0), axis=-1)
+    dt = op.Softplus(op.Add(op.Cast(dt_raw, to=FLOAT), dt_bias))  # [b, 1, h]
+    dt = op.Clip(dt, op.Constant(value_float=dt_min), op.Constant(value_float=dt_max))
+    shape_gn = op.Concat(zero, g, rest, axis=0)  # [b, g, n]
+    y, new_ssm_state = SsmStep(op.Reshape(x, op.Concat(zero, h, rest, axis=0)), op.Squeeze(dt, [1]), A,
+                               op.Reshape(B, shape_gn), op.Reshape(C, shape_gn), D, ssm_state)  # y [b, h, p]
+    y = op.Reshape(y, op.Concat(zero, rest, inner, axis=0))  # [b, 1, inner] float32
+    zf = op.Cast(z, to=FLOAT)
+    gated = op.Mul(y, op.Mul(zf, op.Sigmoid(zf)))
+    grouped = op.Reshape(gated, op.Concat(zero, zero, g, rest, axis=0))  # [b, 1, g, inner / g]
+    var = op.ReduceMean(op.Pow(grouped, op.Constant(value_float=2.0)), op.Constant(value_ints=[-1]))
+    normed = op.Div(grouped, op.Sqrt(op.Add(var, op.Constant(value_float=epsilon))))
+    normed = op.Reshape(normed, op.Concat(zero, zero, inner, axis=0))  # [b, 1, inner]
+    y = op.CastLike(op.Mul(normed, norm_weight), zxbcdt)
+    return y, new_conv_state, new_ssm_state
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An attribute of a custom op, int or float; required unless it has a default."""
+
+    name: str
+    kind: type = int
+    default: float | None = None
+
+    def schema(self) -> OpSchema.Attribute:
+        if self.default is not None:
+            return OpSchema.Attribute(self.name, onnx.helper.make_attribute(self.name, self.default), "")
+        kind = OpSchema.AttrType.INT if self.kind is int else OpSchema.AttrType.FLOAT
+        return OpSchema.Attribute(self.name, kind, "")
+
+
 @dataclass(frozen=True)
 class CustomOp:
     """One custom op: its schema (inputs, outputs, attributes) and its reference function body."""
@@ -156,7 +217,7 @@ class CustomOp:
     name: str
     inputs: tuple[tuple[str, str], ...]  # (name, type constraint)
     outputs: tuple[tuple[str, str], ...]
-    attributes: tuple[str, ...]
+    attributes: tuple[Attr, ...]
     body: object  # onnxscript function
 
     def schema(self) -> OpSchema:
@@ -168,19 +229,26 @@ class CustomOp:
             inputs=[OpSchema.FormalParameter(n, t) for n, t in self.inputs],
             outputs=[OpSchema.FormalParameter(n, t) for n, t in self.outputs],
             type_constraints=[(t, types[t], "") for t in used],
-            attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT, "") for a in self.attributes],
+            attributes=[a.schema() for a in self.attributes],
         )
 
 
 CUSTOM_OPS: dict[str, CustomOp] = {
     op_.name: op_ for op_ in (
         CustomOp("CausalConv1d", (("x", "T"), ("conv_state", "T"), ("weight", "T"), ("bias", "T"), ("lengths", "I")),
-                 (("y", "T"), ("new_state", "T")), ("channels",), CausalConv1d),
+                 (("y", "T"), ("new_state", "T")), (Attr("channels"),), CausalConv1d),
         CustomOp("SsdChunkScan", (("x", "T"), ("dt", "F"), ("A", "F"), ("B", "T"), ("C", "T"), ("D", "T"),
-                                  ("initial_state", "F")), (("y", "F"), ("final_state", "F")), ("chunk_size",),
+                                  ("initial_state", "F")), (("y", "F"), ("final_state", "F")), (Attr("chunk_size"),),
                  SsdChunkScan),
         CustomOp("SsmStep", (("x", "T"), ("dt", "F"), ("A", "F"), ("B", "T"), ("C", "T"), ("D", "T"), ("state", "F")),
                  (("y", "F"), ("new_state", "F")), (), SsmStep),
+        CustomOp("MambaDecodeStep",
+                 (("zxbcdt", "T"), ("conv_state", "T"), ("conv_weight", "T"), ("conv_bias", "T"), ("dt_bias", "F"),
+                  ("A", "F"), ("D", "T"), ("norm_weight", "F"), ("ssm_state", "F")),
+                 (("y", "T"), ("new_conv_state", "T"), ("new_ssm_state", "F")),
+                 (Attr("channels"), Attr("n_groups"), Attr("epsilon", float), Attr("dt_min", float, 0.0),
+                  Attr("dt_max", float, INF)),
+                 MambaDecodeStep),
     )
 }
 # Functions the bodies call; shipped alongside but not ops a kernel is expected to replace.

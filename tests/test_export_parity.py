@@ -300,8 +300,8 @@ def test_nano_slice_parity(nano_setup: Setup):
 def _graph_checks(bundle_dir: Path, cfg: ModelConfig) -> list[str]:
     problems: list[str] = []
     mamba = cfg.layers_of(MAMBA)
-    want = {"prefill": {"CausalConv1d": len(mamba), "SsdChunkScan": len(mamba), "SsmStep": 0},
-            "decode": {"CausalConv1d": len(mamba), "SsdChunkScan": 0, "SsmStep": len(mamba)}}
+    want = {"prefill": {"CausalConv1d": len(mamba), "SsdChunkScan": len(mamba), "SsmStep": 0, "MambaDecodeStep": 0},
+            "decode": {"CausalConv1d": 0, "SsdChunkScan": 0, "SsmStep": 0, "MambaDecodeStep": len(mamba)}}
     for graph, counts in want.items():
         model = onnx.load(str(bundle_dir / f"{graph}.onnx"), load_external_data=False)
         custom = [n for n in model.graph.node if n.op_type in ops.CUSTOM_OPS or n.domain == ops.DOMAIN]
@@ -314,6 +314,9 @@ def _graph_checks(bundle_dir: Path, cfg: ModelConfig) -> list[str]:
                 problems.append(f"{graph}: {got} {op_type} nodes, want {count} (one per Mamba layer {mamba})")
         # one node per layer: each Mamba layer's state names appear on exactly one custom node
         for i in mamba:
+            if graph == "decode":
+                problems += _decode_step_checks(custom, i, cfg)
+                continue
             conv = [n for n in custom if n.op_type == "CausalConv1d" and f"past.{i}.conv" in n.input]
             scan = [n for n in custom if n.op_type in ("SsdChunkScan", "SsmStep") and f"past.{i}.ssm" in n.input]
             if len(conv) != 1 or len(scan) != 1:
@@ -322,10 +325,9 @@ def _graph_checks(bundle_dir: Path, cfg: ModelConfig) -> list[str]:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv[0].attribute}
             if attrs.get("channels") != cfg.conv_dim:
                 problems.append(f"{graph}: layer {i}: CausalConv1d channels {attrs.get('channels')} != {cfg.conv_dim}")
-            if graph == "prefill":
-                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in scan[0].attribute}
-                if attrs.get("chunk_size") != cfg.chunk_size:
-                    problems.append(f"{graph}: layer {i}: chunk_size {attrs.get('chunk_size')} != {cfg.chunk_size}")
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in scan[0].attribute}
+            if attrs.get("chunk_size") != cfg.chunk_size:
+                problems.append(f"{graph}: layer {i}: chunk_size {attrs.get('chunk_size')} != {cfg.chunk_size}")
         imports = {o.domain: o.version for o in model.opset_import}
         if imports.get(ops.DOMAIN) != ops.VERSION:
             problems.append(f"{graph}: opset_import {ops.DOMAIN} = {imports.get(ops.DOMAIN)}, want {ops.VERSION}")
@@ -340,6 +342,23 @@ def _graph_checks(bundle_dir: Path, cfg: ModelConfig) -> list[str]:
                 if n.domain not in ("", "ai.onnx") and (n.domain, n.op_type) not in functions:
                     problems.append(f"{graph}: {name} body uses {n.domain}.{n.op_type}, which nothing defines")
     return problems
+
+
+def _decode_step_checks(custom: list[onnx.NodeProto], i: int, cfg: ModelConfig) -> list[str]:
+    """Layer i of the decode graph: one MambaDecodeStep carrying both of its states and its static shapes."""
+    step = [n for n in custom if n.op_type == "MambaDecodeStep"
+            and f"past.{i}.conv" in n.input and f"past.{i}.ssm" in n.input]
+    if len(step) != 1:
+        return [f"decode: layer {i}: {len(step)} MambaDecodeStep nodes"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in step[0].attribute}
+    lo, hi = cfg.time_step_limit
+    clamps = lo > 0 or np.isfinite(hi)
+    want = {"channels": cfg.conv_dim, "n_groups": cfg.n_groups,
+            "epsilon": float(np.float32(cfg.layer_norm_epsilon)),
+            **({"dt_min": float(np.float32(lo)), "dt_max": float(np.float32(min(hi, 3.0e38)))} if clamps else {})}
+    if attrs != want:
+        return [f"decode: layer {i}: MambaDecodeStep attributes {attrs}, want {want}"]
+    return []
 
 
 def test_custom_ops_one_node_per_mamba_layer_with_bodies(tiny_bundle, odd_bundle, odd_checkpoint, tiny_checkpoint):
