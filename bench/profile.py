@@ -30,7 +30,7 @@ from edge_runtime.request import GenerationRequest
 from edge_runtime.scheduler import SchedulerConfig
 
 TOP = 12
-KERNEL_OPS = {"SsmStep", "CausalConv1d", "SsdChunkScan"}
+KERNEL_OPS = {"SsmStep", "CausalConv1d", "SsdChunkScan", "MambaDecodeStep"}
 
 
 def profile_events(path: str, last: int) -> tuple[list[float], dict[str, list[float]], int]:

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -67,6 +68,24 @@ inline Ort::Status invalid(const std::string& op, const std::string& msg) {
 
 inline bool rank_is(const std::vector<int64_t>& shape, size_t rank) { return shape.size() == rank; }
 
+// The node's attribute `name`, or `absent` when the node does not have it.
+inline int64_t attribute_or(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t absent) {
+  int64_t v = absent;
+  if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, &v)) {
+    api->ReleaseStatus(st);
+    return absent;
+  }
+  return v;
+}
+inline float attribute_or(const OrtApi* api, const OrtKernelInfo* info, const char* name, float absent) {
+  float v = absent;
+  if (OrtStatus* st = api->KernelInfoGetAttribute_float(info, name, &v)) {
+    api->ReleaseStatus(st);
+    return absent;
+  }
+  return v;
+}
+
 // Runs fn(i) for i in [0, total) on the session's intra-op thread pool (inline when it has one thread),
 // or inline when the whole job touches fewer than `min_work` floats: waking pool threads costs more
 // than, e.g., one decode step of a small model (b*h*p*n = 82k).
@@ -81,7 +100,7 @@ void parallel_for(OrtKernelContext* ctx, size_t total, size_t work, Fn& fn) {
   Ort::KernelContext(ctx).ParallelFor(trampoline, total, 0, &fn);
 }
 
-// Shape inference shared by all three ops: output 0 has the shape of input 0 (element type TY),
+// Shape inference shared by CausalConv1d, SsmStep and SsdChunkScan: output 0 has the shape of input 0 (element type TY),
 // output 1 the shape of the state input `state_index` (element type TS). A shape with an unknown rank
 // or an unnamed unknown dimension is left to ONNX Runtime (ORT would read -1 as a real size).
 inline bool fully_known(const Ort::ShapeInferContext::Shape& shape) {
@@ -176,14 +195,9 @@ HOT void fma_row(float* __restrict acc, const float* __restrict w, const float* 
 
 template <typename T>
 struct CausalConv1d {
-  CausalConv1d(const OrtApi* api, const OrtKernelInfo* info) {
-    int64_t v = 0;
-    if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, "channels", &v))
-      api->ReleaseStatus(st);  // no attribute: nothing to check
-    else
-      channels_ = v;
-  }
-  int64_t channels_ = -1;  // the node's `channels`, -1 if absent
+  CausalConv1d(const OrtApi* api, const OrtKernelInfo* info)
+      : channels_(attribute_or(api, info, "channels", int64_t{-1})) {}
+  int64_t channels_;  // the node's `channels`, -1 if absent (nothing to check)
 
   Ort::Status Compute(const Tensor<T>& x_in, const Tensor<T>& state_in, const Tensor<T>& weight_in,
                       const Tensor<T>& bias_in, const Tensor<int64_t>& lengths_in, Tensor<T>& y_out,
@@ -373,6 +387,172 @@ struct SsdChunkScan {
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return infer_like_inputs<kF32, kF32, 6>(ctx); }
 };
 
+// ---- MambaDecodeStep --------------------------------------------------------------------------------
+//
+// The whole Mamba-2 mixer between in_proj and out_proj for one token (i = inner = h*p, c = i + 2*g*n):
+// zxbcdt [b, 1, i + c + h] T (z | xBC | dt_raw), conv_state [b, c, k-1] T, conv_weight [c, k] T,
+// conv_bias [c] T, dt_bias [h] f32, A [h] f32, D [h] T, norm_weight [i] f32, ssm_state [b, h, p, n] f32
+//   -> y [b, 1, i] T, new_conv_state [b, c, k-1] T, new_ssm_state [b, h, p, n] f32.
+// xBC goes through CausalConv1d's code (rounded to T, as the function body's CausalConv1d output is),
+// dt = clamp(softplus(dt_raw + dt_bias), dt_min, dt_max), the heads through ssm_token, and then
+// y = RMSNorm over n_groups slices of (ssm output * silu(z)), times norm_weight.
+
+// The gated RMSNorm of one group of q channels of one token:
+//   out[i] = (s[i] * silu(z[i])) / sqrt(mean_q((s * silu(z))^2) + eps) * w[i].
+// z arrives in `gated` [q], which is overwritten; e [q] is scratch.
+HOT void gated_rms_norm(const float* __restrict s, float* __restrict gated, float* __restrict e,
+                        const float* __restrict w, float* __restrict out, int64_t q, float eps) {
+  silu_inplace(gated, e, q);
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < q; ++i) {
+    gated[i] *= s[i];
+    sum += gated[i] * gated[i];
+  }
+  const float denom = std::sqrt(sum / static_cast<float>(q) + eps);
+  for (int64_t i = 0; i < q; ++i) out[i] = gated[i] / denom * w[i];
+}
+
+// softplus(v) = log(1 + exp(v)), without overflow for large v.
+inline float softplus(float v) { return v > 0.0f ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)); }
+
+template <typename T>
+struct MambaDecodeStep {
+  MambaDecodeStep(const OrtApi* api, const OrtKernelInfo* info) {
+    channels_ = attribute_or(api, info, "channels", int64_t{-1});
+    n_groups_ = attribute_or(api, info, "n_groups", int64_t{-1});
+    epsilon_ = attribute_or(api, info, "epsilon", -1.0f);
+    dt_min_ = attribute_or(api, info, "dt_min", 0.0f);
+    dt_max_ = attribute_or(api, info, "dt_max", std::numeric_limits<float>::infinity());
+  }
+  int64_t channels_, n_groups_;  // -1 if absent
+  float epsilon_, dt_min_, dt_max_;  // epsilon -1 if absent
+
+  struct Dims { int64_t b, i, c, k, h, p, g, n; };
+
+  // Checks every input's shape against the others; the message names the first input that does not fit.
+  Ort::Status dims(const std::vector<int64_t>& zs, const std::vector<int64_t>& css, const std::vector<int64_t>& ws,
+                   const std::vector<int64_t>& bs, const std::vector<int64_t>& dtbs, const std::vector<int64_t>& as,
+                   const std::vector<int64_t>& ds, const std::vector<int64_t>& nws, const std::vector<int64_t>& sss,
+                   Dims& d) const {
+    auto bad = [](const std::string& msg) { return invalid("MambaDecodeStep", msg); };
+    if (n_groups_ <= 0) return bad("attribute n_groups missing or not positive");
+    if (epsilon_ < 0.0f) return bad("attribute epsilon missing or negative");
+    if (!rank_is(nws, 1)) return bad("norm_weight must be [inner]");
+    if (!rank_is(dtbs, 1)) return bad("dt_bias must be [h]");
+    if (!rank_is(ws, 2)) return bad("conv_weight must be [c, k]");
+    d.i = nws[0];
+    d.h = dtbs[0];
+    d.c = ws[0];
+    d.k = ws[1];
+    d.g = n_groups_;
+    if (channels_ >= 0 && channels_ != d.c) return bad("attribute channels differs from conv_weight's channels");
+    if (d.h <= 0 || d.i % d.h != 0 || d.h % d.g != 0 || d.i % d.g != 0 || d.c <= d.i || (d.c - d.i) % (2 * d.g) != 0)
+      return bad("norm_weight [inner], dt_bias [h] and conv_weight [inner + 2*g*n, k] do not fit n_groups g");
+    d.p = d.i / d.h;
+    d.n = (d.c - d.i) / (2 * d.g);
+    if (!rank_is(zs, 3) || zs[1] != 1 || zs[2] != d.i + d.c + d.h)
+      return bad("zxbcdt must be [b, 1, inner + c + h] (one token of z | xBC | dt_raw)");
+    d.b = zs[0];
+    if (!rank_is(css, 3) || css[0] != d.b || css[1] != d.c || css[2] != d.k - 1)
+      return bad("conv_state must be [b, c, k-1]");
+    if (!rank_is(bs, 1) || bs[0] != d.c) return bad("conv_bias must be [c]");
+    if (!rank_is(as, 1) || as[0] != d.h) return bad("A must be [h]");
+    if (!rank_is(ds, 1) || ds[0] != d.h) return bad("D must be [h]");
+    if (!rank_is(sss, 4) || sss[0] != d.b || sss[1] != d.h || sss[2] != d.p || sss[3] != d.n)
+      return bad("ssm_state must be [b, h, inner/h, (c-inner)/(2*n_groups)]");
+    return Ort::Status{nullptr};
+  }
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& zxbcdt_in, const Tensor<T>& conv_state_in,
+                      const Tensor<T>& weight_in, const Tensor<T>& bias_in, const Tensor<float>& dt_bias_in,
+                      const Tensor<float>& A_in, const Tensor<T>& D_in, const Tensor<float>& norm_weight_in,
+                      const Tensor<float>& ssm_state_in, Tensor<T>& y_out, Tensor<T>& conv_state_out,
+                      Tensor<float>& ssm_state_out) {
+    Dims d;
+    Ort::Status st = dims(zxbcdt_in.Shape(), conv_state_in.Shape(), weight_in.Shape(), bias_in.Shape(),
+                          dt_bias_in.Shape(), A_in.Shape(), D_in.Shape(), norm_weight_in.Shape(),
+                          ssm_state_in.Shape(), d);
+    if (!st.IsOK()) return st;
+    std::vector<float> sz, scs, sw, sb, sD;
+    const float* zx = as_f32(zxbcdt_in, sz);        // [b, i + c + h]
+    const float* cs = as_f32(conv_state_in, scs);   // [b, c, k-1]
+    const float* w = as_f32(weight_in, sw);         // [c, k]
+    const float* bias = as_f32(bias_in, sb);        // [c]
+    const float* D = as_f32(D_in, sD);              // [h]
+    const float* dt_bias = dt_bias_in.Data();       // [h]
+    const float* A = A_in.Data();                   // [h]
+    const float* norm_w = norm_weight_in.Data();    // [i]
+    const float* s_in = ssm_state_in.Data();        // [b, h, p, n]
+    T* y = y_out.Allocate({d.b, 1, d.i});
+    T* ncs = conv_state_out.Allocate({d.b, d.c, d.k - 1});
+    float* s = ssm_state_out.Allocate({d.b, d.h, d.p, d.n});
+    const int64_t row = d.i + d.c + d.h;  // one row of zxbcdt
+
+    // Per row: the conv (into xbc [b, c], rounded to T like CausalConv1d's output) and dt [b, h].
+    std::vector<float> xbc(d.b * d.c), dt(d.b * d.h);
+    std::vector<T> conv_y(d.c);
+    const int64_t one = 1;
+    for (int64_t r = 0; r < d.b; ++r) {
+      const float* zr = zx + r * row;
+      CausalConv1d<T>::run(zr + d.i, cs + r * d.c * (d.k - 1), w, bias, &one, conv_y.data(),
+                           ncs + r * d.c * (d.k - 1), 1, 1, d.c, d.k);
+      for (int64_t ch = 0; ch < d.c; ++ch) xbc[r * d.c + ch] = to_f32(conv_y[ch]);
+      for (int64_t hd = 0; hd < d.h; ++hd) {
+        const float v = softplus(zr[d.i + d.c + hd] + dt_bias[hd]);
+        dt[r * d.h + hd] = v < dt_min_ ? dt_min_ : (v > dt_max_ ? dt_max_ : v);
+      }
+    }
+
+    // The heads: x = xBC[hd*p : (hd+1)*p], B and C of the head's group, into ssm_y [b, i].
+    std::vector<float> ssm_y(d.b * d.i);
+    const int64_t heads_per_group = d.h / d.g;
+    auto head = [&](size_t bh) {  // one (row, head): bh = row * h + head
+      const int64_t r = bh / d.h, hd = bh % d.h, grp = hd / heads_per_group;
+      const float* xr = &xbc[r * d.c];
+      const int64_t state = bh * d.p * d.n;
+      ssm_token(s_in + state, s + state, xr + hd * d.p, dt[bh], A[hd], xr + d.i + grp * d.n,
+                xr + d.i + (d.g + grp) * d.n, D[hd], &ssm_y[bh * d.p], d.p, d.n);
+    };
+    parallel_for(ctx, static_cast<size_t>(d.b * d.h), static_cast<size_t>(d.b * d.h * d.p * d.n), head);
+
+    // Gated RMSNorm per (row, group) of q = i / g channels.
+    const int64_t q = d.i / d.g;
+    std::vector<float> gated(q), e(q), out(q);
+    for (int64_t r = 0; r < d.b; ++r) {
+      for (int64_t grp = 0; grp < d.g; ++grp) {
+        const int64_t at = grp * q;
+        std::memcpy(gated.data(), zx + r * row + at, sizeof(float) * q);  // z
+        gated_rms_norm(&ssm_y[r * d.i + at], gated.data(), e.data(), norm_w + at, out.data(), q, epsilon_);
+        for (int64_t j = 0; j < q; ++j) y[r * d.i + at + j] = from_f32<T>(out[j]);
+      }
+    }
+    return Ort::Status{nullptr};
+  }
+
+  // y [b, 1, inner] T (inner from norm_weight), new_conv_state like conv_state, new_ssm_state like ssm_state.
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    if (ctx.GetInputCount() < 9) return Ort::Status{nullptr};
+    auto y = ctx.GetInputShape(0);
+    const auto& nw = ctx.GetInputShape(7);
+    if (y.size() == 3 && nw.size() == 1) {
+      y[2] = nw[0];
+      if (fully_known(y)) {
+        Ort::Status st = ctx.SetOutputShape(0, y, onnx_type<T>());
+        if (!st.IsOK()) return st;
+      }
+    }
+    const auto& cs = ctx.GetInputShape(1);
+    if (fully_known(cs)) {
+      Ort::Status st = ctx.SetOutputShape(1, cs, onnx_type<T>());
+      if (!st.IsOK()) return st;
+    }
+    const auto& ss = ctx.GetInputShape(8);
+    if (fully_known(ss)) return ctx.SetOutputShape(2, ss, kF32);
+    return Ort::Status{nullptr};
+  }
+};
+
 // ---- registration -----------------------------------------------------------------------------------
 
 constexpr const char* kDomain = "nemotron_edge";
@@ -416,6 +596,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
       reg->add<CausalConv1d>("CausalConv1d");
       reg->add<SsmStep>("SsmStep");
       reg->add<SsdChunkScan>("SsdChunkScan");
+      reg->add<MambaDecodeStep>("MambaDecodeStep");
       registry = std::move(reg);
     }
     return api->AddCustomOpDomain(options, registry->domain);

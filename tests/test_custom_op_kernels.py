@@ -8,6 +8,7 @@ each op executing as a single node when the library is registered.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -250,11 +251,157 @@ def test_ssm_ops_on_the_thread_pool(kernel_lib, op):
     assert_close(ref[1], got[1], 1e-5, "state")
 
 
-@pytest.mark.parametrize("op", ["CausalConv1d", "SsmStep", "SsdChunkScan"])
+# ---- MambaDecodeStep ---------------------------------------------------------------------------------
+
+def decode_step_inputs(rng, dtype, b, h, p, g, n, k, **attrs):
+    """A one-node MambaDecodeStep model and its inputs: one token of in_proj output z | xBC | dt_raw."""
+    ot = ONNX_OF[dtype]
+    inner = h * p
+    c = inner + 2 * g * n
+    model = one_node_model(
+        "MambaDecodeStep",
+        [("zxbcdt", ot, ["b", 1, inner + c + h]), ("conv_state", ot, ["b", c, k - 1]), ("conv_weight", ot, [c, k]),
+         ("conv_bias", ot, [c]), ("dt_bias", F32, [h]), ("A", F32, [h]), ("D", ot, [h]), ("norm_weight", F32, [inner]),
+         ("ssm_state", F32, ["b", h, p, n])],
+        [("y", ot), ("new_conv_state", ot), ("new_ssm_state", F32)],
+        channels=c, n_groups=g, epsilon=1e-5, **attrs)
+    feeds = {"zxbcdt": rng.standard_normal((b, 1, inner + c + h)).astype(dtype),
+             "conv_state": rng.standard_normal((b, c, k - 1)).astype(dtype),
+             "conv_weight": (0.5 * rng.standard_normal((c, k))).astype(dtype),
+             "conv_bias": rng.standard_normal(c).astype(dtype),
+             "dt_bias": rng.standard_normal(h).astype(np.float32),
+             "A": -np.exp(rng.standard_normal(h)).astype(np.float32),
+             "D": rng.standard_normal(h).astype(dtype),
+             "norm_weight": (1 + 0.1 * rng.standard_normal(inner)).astype(np.float32),
+             "ssm_state": rng.standard_normal((b, h, p, n)).astype(np.float32)}
+    return model, feeds
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("clamp", [{}, {"dt_min": 0.3, "dt_max": 0.9}], ids=["no-clamp", "clamp"])
+def test_mamba_decode_step_matches_function_body(kernel_lib, dtype, b, clamp):
+    h, p, g, n = 6, 8, 3, 16  # two heads per group
+    model, feeds = decode_step_inputs(np.random.default_rng(b), dtype, b, h, p, g, n, k=4, **clamp)
+    ref, got = both(model, feeds, kernel_lib)
+    assert_close(ref[0], got[0], tol(dtype), "y")
+    np.testing.assert_array_equal(ref[1], got[1], "new_conv_state is a copy of inputs: exact")
+    assert_close(ref[2], got[2], tol(dtype), "new_ssm_state")
+
+
+def test_mamba_decode_step_clamp_is_active(kernel_lib):
+    """The clamp bounds change the result (else the test above would not check them)."""
+    rng = np.random.default_rng(0)
+    plain, feeds = decode_step_inputs(rng, np.float32, 2, 4, 8, 2, 16, k=4)
+    clamped, _ = decode_step_inputs(rng, np.float32, 2, 4, 8, 2, 16, k=4, dt_min=0.3, dt_max=0.9)
+    a, b = session(plain, kernel_lib).run(None, feeds), session(clamped, kernel_lib).run(None, feeds)
+    assert np.abs(a[2] - b[2]).max() > 1e-2
+
+
+def test_mamba_decode_step_equals_its_parts(kernel_lib):
+    """The fused kernel computes what CausalConv1d and SsmStep compute, with the gated RMSNorm after them."""
+    h, p, g, n, k, eps = 4, 8, 2, 16, 4, 1e-5
+    inner, b = h * p, 2
+    c = inner + 2 * g * n
+    model, f = decode_step_inputs(np.random.default_rng(3), np.float32, b, h, p, g, n, k)
+    y, conv_state, ssm_state = session(model, kernel_lib).run(None, f)
+
+    z, xbc, dt_raw = np.split(f["zxbcdt"][:, 0], [inner, inner + c], axis=-1)
+    conv, _ = conv_inputs(np.random.default_rng(0), np.float32, b=b, t=1, c=c, k=k, lengths=[1] * b)  # its model only
+    xbc, new_conv = session(conv, kernel_lib).run(None, {
+        "x": xbc[:, None], "conv_state": f["conv_state"], "weight": f["conv_weight"], "bias": f["conv_bias"],
+        "lengths": np.ones(b, np.int64)})
+    x, B, C = np.split(xbc[:, 0], [inner, inner + g * n], axis=-1)
+    dt = np.log1p(np.exp(dt_raw + f["dt_bias"])).astype(np.float32)
+    s, new_ssm = session(step_model(np.float32, h, p, g, n), kernel_lib).run(None, {
+        "x": x.reshape(b, h, p), "dt": dt, "A": f["A"], "B": B.reshape(b, g, n), "C": C.reshape(b, g, n),
+        "D": f["D"], "state": f["ssm_state"]})
+    gated = (s.reshape(b, inner) * z / (1 + np.exp(-z))).reshape(b, g, -1)
+    normed = gated / np.sqrt((gated ** 2).mean(-1, keepdims=True) + eps)
+    np.testing.assert_array_equal(conv_state, new_conv)
+    assert_close(new_ssm, ssm_state, 1e-5, "new_ssm_state")
+    assert_close((normed.reshape(b, inner) * f["norm_weight"])[:, None], y, 1e-5, "y")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda f: f.update(zxbcdt=np.concatenate([f["zxbcdt"]] * 2, axis=1)), "zxbcdt"),
+    (lambda f: f.update(zxbcdt=f["zxbcdt"][..., :-1]), "zxbcdt"),
+    (lambda f: f.update(ssm_state=f["ssm_state"][:, :, :, :-1]), "ssm_state"),
+    (lambda f: f.update(conv_state=f["conv_state"][:, :, :-1]), "conv_state"),
+    (lambda f: f.update(D=f["D"][:-1]), "D must"),
+], ids=["two-tokens", "zxbcdt-width", "ssm-state", "conv-state", "D"])
+def test_mamba_decode_step_names_the_bad_input(kernel_lib, edit, match):
+    model, feeds = decode_step_inputs(np.random.default_rng(4), np.float32, 2, 4, 8, 2, 16, k=4)
+    edit(feeds)
+    proto = onnx.load_from_string(model)
+    for value in proto.graph.input:  # drop the declared shapes: the kernel, not ORT's input check, must catch it
+        value.type.tensor_type.ClearField("shape")
+    with pytest.raises(Exception, match=match):
+        session(proto.SerializeToString(), kernel_lib).run(None, feeds)
+
+
+def test_mamba_decode_step_checks_groups_attribute(kernel_lib):
+    model, feeds = decode_step_inputs(np.random.default_rng(5), np.float32, 1, 4, 8, 2, 16, k=4)
+    wrong = onnx.load_from_string(model)
+    next(a for a in wrong.graph.node[0].attribute if a.name == "n_groups").i = 3
+    with pytest.raises(Exception, match="n_groups"):
+        session(wrong.SerializeToString(), kernel_lib).run(None, feeds)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_mamba_decode_step_updates_states_in_place(kernel_lib, dtype):
+    """The runtime binds each slot's conv and SSM state as both input and output (edge_runtime.state_pool):
+    with the buffers aliased the kernel gives what it gives into fresh outputs."""
+    model, feeds = decode_step_inputs(np.random.default_rng(7), dtype, 3, 4, 8, 2, 16, k=4)
+    sess = session(model, kernel_lib)
+    want = sess.run(None, feeds)
+    conv, ssm = feeds["conv_state"].copy(), feeds["ssm_state"].copy()
+    binding = sess.io_binding()
+    for name, value in {**feeds, "conv_state": conv, "ssm_state": ssm}.items():
+        binding.bind_cpu_input(name, value)
+    binding.bind_output("y")
+    binding.bind_output("new_conv_state", "cpu", 0, conv.dtype, list(conv.shape), conv.ctypes.data)
+    binding.bind_output("new_ssm_state", "cpu", 0, ssm.dtype, list(ssm.shape), ssm.ctypes.data)
+    sess.run_with_iobinding(binding)
+    np.testing.assert_array_equal(binding.copy_outputs_to_cpu()[0], want[0])
+    np.testing.assert_array_equal(conv, want[1])
+    np.testing.assert_array_equal(ssm, want[2])
+
+
+def only_inner_kernels(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with MambaDecodeStep renamed, function and nodes alike: to a library that knows no kernel
+    for it, as one built before the op existed. ORT inlines its body and finds CausalConv1d/SsmStep kernels."""
+    out = copy.deepcopy(model)
+    for f in out.functions:
+        if f.name == "MambaDecodeStep":
+            f.name = "MambaDecodeStepUnknown"
+    for node in out.graph.node:
+        if node.op_type == "MambaDecodeStep":
+            node.op_type = "MambaDecodeStepUnknown"
+    return out
+
+
+def test_mamba_decode_step_body_uses_inner_kernels(kernel_lib, tmp_path):
+    """Nested model-local functions: ORT inlines the fused body and still runs the CausalConv1d and SsmStep
+    kernels inside it; the result equals the fused kernel's to rounding."""
+    model, feeds = decode_step_inputs(np.random.default_rng(6), np.float32, 3, 4, 8, 2, 16, k=4)
+    fused = session(model, kernel_lib, tmp_path)
+    nested = session(only_inner_kernels(onnx.load_from_string(model)).SerializeToString(), kernel_lib, tmp_path)
+    want, got = fused.run(None, feeds), nested.run(None, feeds)
+    executed = executed_ops(nested)
+    assert executed.count("CausalConv1d") == 1 and executed.count("SsmStep") == 1, executed
+    assert executed_ops(fused) == ["MambaDecodeStep"]
+    for name, a, b in zip(("y", "new_conv_state", "new_ssm_state"), want, got):
+        assert_close(b, a, 1e-5, name)
+
+
+@pytest.mark.parametrize("op", ["CausalConv1d", "SsmStep", "SsdChunkScan", "MambaDecodeStep"])
 def test_registered_kernel_runs_as_one_node(kernel_lib, op, tmp_path):
     rng = np.random.default_rng(0)
     if op == "CausalConv1d":
         model, feeds = conv_inputs(rng, np.float32, b=1, t=3, c=8, k=4, lengths=[3])
+    elif op == "MambaDecodeStep":
+        model, feeds = decode_step_inputs(rng, np.float32, b=1, h=2, p=4, g=1, n=8, k=4)
     else:
         feeds = ssm_inputs(rng, np.float32, 1, 3, 2, 4, 1, 8, valid=None)
         if op == "SsmStep":
@@ -316,41 +463,69 @@ def test_bundle_runs_unchanged_with_kernel_library(kernel_lib, tiny_bundle, tmp_
     assert got.token_ids == ref.token_ids
 
 
+def bundle_feeds(bundle_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs of one call of each graph: a 9-token prefill, a decode step after 4 tokens."""
+    engine = make_engine(bundle_dir, None)
+    slot = engine.pool.allocate()
+    return {"decode": {**engine.pool.gather([slot], 4), "input_ids": np.array([[5]]), "past_lengths": np.array([4])},
+            "prefill": {**engine.pool.gather([slot], 0), "input_ids": np.arange(3, 12)[None],
+                        "lengths": np.array([9]), "past_lengths": np.array([0])}}
+
+
+def profiled_ops(model: str | bytes, weights, lib: str | None, feeds: dict[str, np.ndarray], tmp_path: Path) -> list[str]:
+    """The op types ORT executes for one run of a bundle graph, with the runner's optimisation level."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_profiling, so.profile_file_prefix = True, str(tmp_path / "ort")
+    if lib:
+        so.register_custom_ops_library(lib)
+    for name, value in weights.values.items():
+        so.add_initializer(name, value)
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    sess.run(None, feeds)
+    return executed_ops(sess)
+
+
 def test_bundle_executes_kernels_not_bodies(kernel_lib, tiny_bundle, tmp_path):
-    """In the bundle's own graphs the custom ops run as single nodes, and the node count drops."""
+    """In the bundle's own graphs the custom ops run as single nodes, and the node count drops: decode runs
+    one MambaDecodeStep per Mamba layer, prefill CausalConv1d and SsdChunkScan."""
     from edge_runtime.bundle import open_bundle
     from edge_runtime.ort_backend import WeightMap
 
     bundle = open_bundle(tiny_bundle)
     weights = WeightMap(bundle)
-    engine = make_engine(tiny_bundle, None)
-    feeds_by_graph = {}
-    slot = engine.pool.allocate()
-    feeds_by_graph["decode"] = {**engine.pool.gather([slot], 4), "input_ids": np.array([[5]]),
-                                "past_lengths": np.array([4])}
-    feeds_by_graph["prefill"] = {**engine.pool.gather([slot], 0), "input_ids": np.arange(3, 12)[None],
-                                 "lengths": np.array([9]), "past_lengths": np.array([0])}
-    counts = {}
-    for graph, feeds in feeds_by_graph.items():
-        for lib in (None, kernel_lib):
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.enable_profiling, so.profile_file_prefix = True, str(tmp_path / "ort")
-            if lib:
-                so.register_custom_ops_library(lib)
-            for name, value in weights.values.items():
-                so.add_initializer(name, value)
-            sess = ort.InferenceSession(str(bundle.graph_path(graph)), so, providers=["CPUExecutionProvider"])
-            sess.run(None, feeds)
-            counts[graph, lib is not None] = executed_ops(sess)
+    mamba = len(bundle.config.layers_of("M"))
+    assert mamba > 0
+    want = {"decode": {"MambaDecodeStep": mamba}, "prefill": {"CausalConv1d": mamba, "SsdChunkScan": mamba}}
+    for graph, feeds in bundle_feeds(tiny_bundle).items():
+        path = str(bundle.graph_path(graph))
+        native = profiled_ops(path, weights, kernel_lib, feeds, tmp_path)
+        bodies = profiled_ops(path, weights, None, feeds, tmp_path)
+        assert {op: native.count(op) for op in ops.CUSTOM_OPS if native.count(op)} == want[graph]
+        assert not set(ops.CUSTOM_OPS) & set(bodies)
+        assert len(native) < len(bodies) * 0.75, (len(native), len(bodies))
 
-        mamba = len(bundle.config.layers_of("M"))
-        assert mamba > 0
-        scan = "SsmStep" if graph == "decode" else "SsdChunkScan"
-        native = counts[graph, True]
-        assert native.count("CausalConv1d") == mamba and native.count(scan) == mamba
-        assert not {"CausalConv1d", "SsmStep", "SsdChunkScan"} & set(counts[graph, False])
-        assert len(native) < len(counts[graph, False]) * 0.75, (len(native), len(counts[graph, False]))
+
+def test_fused_decode_step_runs_fewer_kernels(kernel_lib, tiny_bundle, tmp_path):
+    """With the library, decode runs at least 15 fewer nodes per Mamba layer than with kernels for
+    CausalConv1d and SsmStep only (a library built before MambaDecodeStep)."""
+    from edge_runtime.bundle import open_bundle
+    from edge_runtime.ort_backend import WeightMap
+
+    bundle = open_bundle(tiny_bundle)
+    weights = WeightMap(bundle)
+    feeds = bundle_feeds(tiny_bundle)["decode"]
+    model = onnx.load(str(bundle.graph_path("decode")), load_external_data=False)
+    renamed = tmp_path / "decode.onnx"  # beside the weights file its initializers name
+    onnx.save(only_inner_kernels(model), renamed)
+    shutil.copyfile(bundle.path / bundle.weights["file"], tmp_path / bundle.weights["file"])  # ORT refuses links out
+    fused = profiled_ops(str(bundle.graph_path("decode")), weights, kernel_lib, feeds, tmp_path)
+    inner = profiled_ops(str(renamed), weights, kernel_lib, feeds, tmp_path)
+    mamba = len(bundle.config.layers_of("M"))
+    assert inner.count("SsmStep") == inner.count("CausalConv1d") == mamba
+    print(f"decode nodes per step, tiny bundle: {len(inner)} with CausalConv1d/SsmStep kernels, "
+          f"{len(fused)} with MambaDecodeStep")
+    assert len(fused) <= len(inner) - 15 * mamba, (len(fused), len(inner))
 
 
 # ---- float16 bundle ----------------------------------------------------------------------------------
