@@ -80,8 +80,8 @@ def profile(env: Env, s: Settings) -> dict:
             options.profile_file_prefix = os.path.join(tmp, graph)
             if v.kernels:
                 options.register_custom_ops_library(env.kernel_library)
-            engine.runner.sessions[graph] = ort.InferenceSession(str(engine.bundle.graph_path(graph)), options,
-                                                                 providers=old.get_providers())
+            engine.runner.replace_session(graph, ort.InferenceSession(str(engine.bundle.graph_path(graph)), options,
+                                                                      providers=old.get_providers()))
             _wall(engine, graph, requests())  # the new session's warm-up
             profiled = _wall(engine, graph, requests())
             model_runs, by_op, kernels_per_call = profile_events(engine.runner.sessions[graph].end_profiling(), steps)

@@ -138,6 +138,12 @@ class OrtModelRunner:
         return ort.InferenceSession(str(self.bundle.graph_path(graph)), so,
                                     providers=self.providers.ort_providers(self.bundle, graph))
 
+    def replace_session(self, graph: str, session: ort.InferenceSession) -> None:
+        """Run `graph` on another session of the same model (the benchmark's profiling session)."""
+        self.sessions[graph] = session
+        if graph == "decode":
+            self._decode_bindings.clear()  # an IOBinding belongs to the session that made it
+
     @property
     def active_providers(self) -> list[str]:
         return self.sessions["decode"].get_providers()
