@@ -39,16 +39,14 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from edge_runtime.bundle import open_bundle
 from edge_runtime.model_config import ATTENTION, MAMBA
-from edge_runtime.ort_backend import OrtModelRunner
 from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.checkpoint import load_checkpoint
 from nemotron_export.model import NemotronH
 from nemotron_export.quantize import quantize
 from nemotron_export.synth import synth
 from nemotron_export.tokenizer_synth import corpus_text
-from tests.test_export_quantized import MAX_CONTEXT, NEW_TOKENS, PROMPTS, make_pool, padded
+from tests.test_export_quantized import MAX_CONTEXT, NEW_TOKENS, PROMPTS, greedy_continuation, padded
 
 GROUP = 32
 CLIP_RATIOS = np.linspace(0.6, 1.0, 21)  # clipping ratios searched per block by the `mse-*` variants
@@ -312,22 +310,6 @@ class Harness:
         return self._sensitivity[source]
 
 
-def fp32_continuation(bundle_dir: Path, prompts: list[list[int]]) -> np.ndarray:
-    """The fp32 bundle's free-running greedy continuation, as the test's `fp32_continuation`."""
-    bundle = open_bundle(bundle_dir, verify=False)
-    pool = make_pool(bundle, len(prompts))
-    runner = OrtModelRunner(bundle, pool)
-    slots = [pool.allocate() for _ in prompts]
-    logits = runner.prefill(slots, prompts, [0] * len(prompts))
-    past = [len(p) for p in prompts]
-    picked = [logits.argmax(-1)]
-    for _ in range(NEW_TOKENS - 1):
-        logits = runner.decode(slots, picked[-1].tolist(), past)
-        past = [p + 1 for p in past]
-        picked.append(logits.argmax(-1))
-    return np.stack(picked, axis=1)
-
-
 def teacher_forced_logits(model: NemotronH, prompts: list[list[int]], continuation: np.ndarray) -> np.ndarray:
     """[PROMPTS, NEW_TOKENS, vocab]: the logits the test's `teacher_forced_argmax` takes the argmax of."""
     ids, _ = padded([p + c.tolist() for p, c in zip(prompts, continuation)])
@@ -346,7 +328,7 @@ def harness(cache: Path) -> Harness:
     rng = np.random.default_rng(2024)  # the test's `prompts` fixture
     prompts = [rng.integers(0, 4096, int(rng.integers(16, 33))).tolist() for _ in range(PROMPTS)]
     model = load_checkpoint(checkpoint, progress=False)
-    continuation = fp32_continuation(bundle, prompts)
+    continuation = greedy_continuation(bundle, prompts)
     return Harness(checkpoint, model, prompts, continuation, teacher_forced_logits(model, prompts, continuation))
 
 

@@ -242,7 +242,12 @@ def test_accuracy_level_4_stays_close(references, bundles, prompts):
 @pytest.fixture(scope="module")
 def fp32_continuation(bundles, prompts) -> np.ndarray:
     """The fp32 bundle's free-running greedy continuation [prompts, NEW_TOKENS], on ONNX Runtime."""
-    bundle = open_bundle(bundles(WeightFormat()), verify=False)
+    return greedy_continuation(bundles(WeightFormat()), prompts)
+
+
+def greedy_continuation(bundle_dir: Path, prompts: list[list[int]]) -> np.ndarray:
+    """[prompts, NEW_TOKENS]: each prompt continued greedily by the bundle (batched, right-padded)."""
+    bundle = open_bundle(bundle_dir, verify=False)
     pool = make_pool(bundle, len(prompts))
     runner = OrtModelRunner(bundle, pool)
     slots = [pool.allocate() for _ in prompts]
