@@ -9,6 +9,7 @@ their hashes, naming the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -65,8 +66,8 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
 
-    @property
-    def config(self) -> ModelConfig:
+    @functools.cached_property
+    def config(self) -> ModelConfig:  # parsed once: the runner reads it on every model call
         return ModelConfig.from_hf_dict(self.manifest["config"])
 
     @property
