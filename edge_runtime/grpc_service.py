@@ -1,7 +1,9 @@
 """The EdgeLM gRPC servicer: Chat, Generate, CountTokens, GetModelInfo, GetStatus over one `Engine`.
 
 Streams: the engine delivers events on its own thread through `on_event`; each RPC bridges them into its
-asyncio queue with `loop.call_soon_threadsafe` and yields them as ChatEvent protos. When the call ends
+asyncio queue with `loop.call_soon_threadsafe` and yields them as ChatEvent protos; deltas of one channel
+that queued up while the stream was behind go out as one message (`next_event`), so a slow reader costs
+the server fewer messages, never tokens. When the call ends
 early (the client cancels, its deadline passes, the connection drops) grpc.aio cancels the handler
 coroutine, and its `finally` cancels the engine request: the engine frees the slot at the start of its
 next step, i.e. within one decode step.
@@ -27,6 +29,7 @@ Status codes (messages name the field):
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import json
 import logging
@@ -45,7 +48,8 @@ from edge_runtime.engine import Engine
 from edge_runtime.grpc_convert import (apply_sampling, event_to_proto, messages_from_proto, output_limits,
                                        priority_from_proto, request_id_from_proto, sampling_overrides, tools_from_proto)
 from edge_runtime.metrics import EngineGauges, ServiceMetrics
-from edge_runtime.request import (EngineUnavailableError, Final, GenerationRequest, QueueFullError, RequestError)
+from edge_runtime.request import (Delta, EngineUnavailableError, Final, GenerationRequest, QueueFullError,
+                                  RequestError)
 from edge_runtime.sampler import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,19 @@ _SPECIAL_TEXTS = ("<think>", "</think>", "<TOOLCALL>", "</TOOLCALL>", "<TOOL_RES
 # A time_remaining beyond this is "no deadline" (some gRPC versions report a huge number, not None).
 _NO_DEADLINE_S = 1e8
 
+
+async def next_event(queue: asyncio.Queue, lookahead: collections.deque):
+    """The stream's next event; a Delta absorbs the deltas of the same channel already queued behind it.
+    An event it cannot absorb waits in `lookahead` and comes next."""
+    event = lookahead.popleft() if lookahead else await queue.get()
+    while isinstance(event, Delta) and not lookahead and not queue.empty():
+        following = queue.get_nowait()
+        if not (isinstance(following, Delta) and following.channel == event.channel):
+            lookahead.append(following)
+            break
+        event = Delta(event.text + following.text, event.channel, event.token_ids + following.token_ids,
+                      event.logprobs + following.logprobs)
+    return event
 
 class ServingState(enum.Enum):
     LOADING = "loading"
@@ -222,9 +239,10 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         except ValueError as e:  # RequestError, or a value the thinking controller cannot use
             await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
+        lookahead: collections.deque = collections.deque()
         try:
             while True:
-                event = await queue.get()
+                event = await next_event(queue, lookahead)
                 if isinstance(event, Final):
                     if _deadline_passed(event):
                         await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
