@@ -68,18 +68,17 @@ inline Ort::Status invalid(const std::string& op, const std::string& msg) {
 
 inline bool rank_is(const std::vector<int64_t>& shape, size_t rank) { return shape.size() == rank; }
 
-// The node's attribute `name`, or `absent` when the node does not have it.
-inline int64_t attribute_or(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t absent) {
-  int64_t v = absent;
-  if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, &v)) {
-    api->ReleaseStatus(st);
-    return absent;
-  }
-  return v;
-}
-inline float attribute_or(const OrtApi* api, const OrtKernelInfo* info, const char* name, float absent) {
-  float v = absent;
-  if (OrtStatus* st = api->KernelInfoGetAttribute_float(info, name, &v)) {
+// The node's attribute `name` (int64 or float), or `absent` when the node does not have it.
+template <typename V>
+V attribute_or(const OrtApi* api, const OrtKernelInfo* info, const char* name, V absent) {
+  static_assert(std::is_same_v<V, int64_t> || std::is_same_v<V, float>, "int64 and float attributes only");
+  V v = absent;
+  OrtStatus* st = nullptr;
+  if constexpr (std::is_same_v<V, float>)
+    st = api->KernelInfoGetAttribute_float(info, name, &v);
+  else
+    st = api->KernelInfoGetAttribute_int64(info, name, &v);
+  if (st) {
     api->ReleaseStatus(st);
     return absent;
   }
