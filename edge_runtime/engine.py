@@ -234,7 +234,7 @@ class Engine:
             logits = np.stack([row for _, row in to_sample])
             for k, (t, _) in enumerate(to_sample):
                 if t.controller is not None:
-                    logits[k, list(t.controller.suppressed_tokens())] = -np.inf
+                    logits[k, list(t.controller.suppressed_tokens(t.stop_ids))] = -np.inf
             try:
                 result = sample(logits, [t.sampler for t, _ in to_sample])
             except Exception as e:  # a bad row fails its batch's sampling, never the engine

@@ -14,8 +14,9 @@ own state with no second prefill. States and transitions:
 
 Counting: `reasoning_tokens` are the model's own tokens while THINKING (its `</think>` included), so
 `reasoning_tokens <= B + G` always; forced tokens are counted in `forced_tokens` and reported with
-channel FORCED; `max_tokens` caps all three together. In ANSWER, `suppressed_tokens()` names the think
-tags, which the engine masks out of sampling: an answer never holds a second `</think>` or a new `<think>`.
+channel FORCED; `max_tokens` caps all three together. `suppressed_tokens()` names what the engine masks
+out of sampling: in THINKING the request's stop tokens (a reply never ends inside its reasoning, so the
+answer keeps its room), in ANSWER the think tags (no second `</think>`, no new `<think>`).
 
 A newline is a token whose text contains "\\n". When the budget hits, the close sequence is completed
 rather than restarted if the model already wrote its beginning: the longest token-boundary prefix of the
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -138,8 +139,12 @@ class ThinkingController:
             return self._close_ids[self._close_pos]
         return None
 
-    def suppressed_tokens(self) -> tuple[int, ...]:
-        """Ids the sampler must not pick this step: the think tags, once in the answer."""
+    def suppressed_tokens(self, stop_ids: Iterable[int]) -> tuple[int, ...]:
+        """Ids the sampler must not pick this step. While thinking: the request's stop tokens, since a reply
+        that ends inside its reasoning has no answer (the budget forces the close instead). In the answer:
+        the think tags."""
+        if self.state is State.THINKING:
+            return tuple(stop_ids)
         return self._tag_ids if self.state is State.ANSWER else ()
 
     def observe(self, token_id: int, forced: bool = False) -> Channel:

@@ -124,21 +124,22 @@ def test_model_closes_itself_nothing_forced() -> None:
     assert run.tokens.count(tid("</think>")) == 1
 
 
-def test_think_tags_are_suppressed_only_in_the_answer() -> None:
-    """While thinking the model may close by itself; once the answer began, neither tag may be sampled."""
-    tags = {tid("<think>"), tid("</think>")}
+def test_stop_tokens_are_suppressed_while_thinking_and_think_tags_in_the_answer() -> None:
+    """While thinking the model may close by itself but not end the reply; once the answer began, neither
+    tag may be sampled."""
+    tags, stops = {tid("<think>"), tid("</think>")}, {7, 11}
     ctrl = controller(max_thinking_tokens=2)
-    assert ctrl.suppressed_tokens() == ()
+    assert set(ctrl.suppressed_tokens(stops)) == stops
     for token in ids("word word word"):
         if ctrl.state is not State.THINKING:
             break
         ctrl.observe(token)
     while ctrl.forced_token() is not None:
-        assert ctrl.suppressed_tokens() == ()  # forced tokens are fed, not sampled
+        assert ctrl.suppressed_tokens(stops) == ()  # forced tokens are fed, not sampled
         ctrl.observe(ctrl.forced_token(), forced=True)
     assert ctrl.state is State.ANSWER
-    assert set(ctrl.suppressed_tokens()) == tags
-    assert set(controller(reasoning_enabled=False).suppressed_tokens()) == tags
+    assert set(ctrl.suppressed_tokens(stops)) == tags
+    assert set(controller(reasoning_enabled=False).suppressed_tokens(stops)) == tags
 
 
 def test_model_started_close_is_completed_not_repeated() -> None:
