@@ -158,7 +158,7 @@ class Engine:
         with self._wake:
             if not self._accepting:
                 raise EngineUnavailableError("the engine is draining and accepts no new requests")
-            self.scheduler.enqueue(tracked, request)
+            self.scheduler.enqueue(tracked, request, free_slots=self.pool.free_slots)
             self._tracked.append(tracked)
             self._wake.notify()
         return handle
