@@ -75,6 +75,7 @@ async def next_event(queue: asyncio.Queue, lookahead: collections.deque):
                       event.logprobs + following.logprobs)
     return event
 
+
 class ServingState(enum.Enum):
     LOADING = "loading"
     SERVING = "serving"

@@ -67,8 +67,8 @@ class Scheduler:
     def enqueue(self, item: object, request: GenerationRequest, free_slots: int = 0) -> None:
         """Queue a request. `max_queue` bounds the requests that will still wait once the `free_slots` are
         taken, so a burst that fits the free slots plus the queue is accepted however soon the engine admits."""
-        if len(self._waiting) - free_slots >= self.config.max_queue:
-            waiting = len(self._waiting) - free_slots
+        waiting = len(self._waiting) - free_slots
+        if waiting >= self.config.max_queue:
             raise QueueFullError(f"queue: {waiting} requests waiting for a slot, the limit is {self.config.max_queue}")
         deadline = request.deadline if request.deadline is not None else math.inf
         heapq.heappush(self._waiting, (int(request.priority), deadline, next(self._order), item))
