@@ -55,8 +55,8 @@ def _child(spec: dict) -> dict:
     plan = engine.plan
     return {"start": start, "loaded": loaded, "end": proc.memory_info().rss,
             "peak": _high_water_mark(),
-            "planned_loaded": plan.weight_bytes + plan.overhead_bytes, "planned_peak": plan.total_bytes(batch, context),
-            "weight_bytes": plan.weight_bytes, "state_pool_bytes": engine.pool.nbytes,
+            "planned_loaded": plan.resident_weight_bytes + plan.overhead_bytes, "planned_peak": plan.total_bytes(batch, context),
+            "weight_bytes": plan.weight_bytes, "prepacked_bytes": plan.prepacked_bytes, "state_pool_bytes": engine.pool.nbytes,
             "overhead_bytes": plan.overhead_bytes, "prefill_working_bytes": plan.prefill_working_bytes}
 
 

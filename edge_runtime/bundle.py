@@ -24,6 +24,9 @@ SCHEMA_VERSION = 1
 SUPPORTED_CUSTOM_OPS = {"nemotron_edge": {1}}
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.bin"
+# Name suffixes of the tensors that feed MatMul (a float weight, stored transposed) or MatMulNBits (block
+# codes and scales). ONNX Runtime's CPU provider pre-packs exactly these, a copy per session.
+MATMUL_WEIGHT_SUFFIXES = (".T", ".qweight", ".scales")
 
 
 class BundleError(ValueError):
@@ -77,6 +80,11 @@ class Bundle:
     @property
     def weights(self) -> dict[str, Any]:
         return self.manifest["weights"]
+
+    @functools.cached_property
+    def matmul_weight_bytes(self) -> int:
+        """Bytes of weights.bin that feed MatMul or MatMulNBits nodes: what a pre-packing session copies."""
+        return sum(t["nbytes"] for t in self.weights["tensors"] if t["name"].endswith(MATMUL_WEIGHT_SUFFIXES))
 
     @property
     def limits(self) -> dict[str, int]:

@@ -111,7 +111,8 @@ class Engine:
         self.plan: MemoryPlan | None = None
         if self.config.memory_budget is not None:
             self.plan = plan_for_bundle(self.bundle, self.config.memory_budget, self.max_context, self.max_rows,
-                                        prefill_chunk=self.config.scheduler.max_step_tokens)
+                                        prefill_chunk=self.config.scheduler.max_step_tokens,
+                                        prepacked_copies=self.config.providers.prepacked_copies(self.bundle.weights["format"]))
             slots = min(self.plan.max_sequences, slots)
             if slots < 1:
                 raise RequestError("memory_budget", f"no sequence of {self.max_context} tokens fits the budget")

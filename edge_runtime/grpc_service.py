@@ -344,7 +344,7 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             state_bytes_in_use=per_slot * e.slots_busy,
             used_bytes=_held_bytes(e),
             process_rss_bytes=psutil.Process().memory_info().rss,
-            weight_bytes=plan.weight_bytes if plan else e.runner.weights.nbytes,
+            weight_bytes=plan.resident_weight_bytes if plan else e.runner.weights.nbytes,
         )
         if plan is not None:
             memory.budget_bytes = plan.budget_bytes
@@ -418,7 +418,7 @@ def _held_bytes(e: Engine) -> int:
     """What the server holds by its own accounting: weights, working memory and overhead from the plan (or
     the weights file alone without one), plus the preallocated state pool."""
     plan = e.plan
-    base = plan.weight_bytes + plan.working_bytes + plan.overhead_bytes if plan else e.runner.weights.nbytes
+    base = plan.resident_weight_bytes + plan.working_bytes + plan.overhead_bytes if plan else e.runner.weights.nbytes
     return base + e.pool.nbytes
 
 

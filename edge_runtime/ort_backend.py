@@ -21,6 +21,7 @@ from edge_runtime.state_pool import StatePool, consecutive
 
 ONNX_TYPE_BFLOAT16 = 16
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
+GRAPHS = ("prefill", "decode")
 
 
 @dataclass
@@ -38,10 +39,16 @@ class ProviderConfig:
     # layout to be fast, so quantized bundles keep it (None = decide by the bundle's weight format).
     disable_prepacking: bool | None = None
 
-    def prepacking_disabled(self, bundle: Bundle) -> bool:
+    def prepacking_disabled(self, weight_format: str) -> bool:
         if self.disable_prepacking is not None:
             return self.disable_prepacking
-        return bundle.weights["format"] in FLOAT_FORMATS
+        return weight_format in FLOAT_FORMATS
+
+    def prepacked_copies(self, weight_format: str) -> int:
+        """Copies of the matmul weights the sessions pre-pack beside weights.bin, for the memory plan: one per
+        graph on the CPU provider with pre-packing on. The GPU providers copy every weight to device memory
+        instead, which the plan counts as the weights themselves (not measured on a GPU)."""
+        return 0 if self.providers != ["cpu"] or self.prepacking_disabled(weight_format) else len(GRAPHS)
 
     def ort_providers(self, bundle: Bundle, graph: str) -> list:
         out: list = []
@@ -114,7 +121,7 @@ class OrtModelRunner:
         self.bundle, self.pool = bundle, pool
         self.providers = providers or ProviderConfig()
         self.weights = WeightMap(bundle)
-        self.sessions = {g: self._session(g) for g in ("prefill", "decode")}
+        self.sessions = {g: self._session(g) for g in GRAPHS}
         self._output_names = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
         vocab = bundle.config.vocab_size
         # One logits buffer per graph: a step samples from decode logits after its prefill call ran.
@@ -127,7 +134,7 @@ class OrtModelRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.providers.intra_op_threads:
             so.intra_op_num_threads = self.providers.intra_op_threads
-        if self.providers.prepacking_disabled(self.bundle):
+        if self.providers.prepacking_disabled(self.bundle.weights["format"]):
             so.add_session_config_entry("session.disable_prepacking", "1")
         # The native kernels are CPU kernels: in a GPU session they would pull our ops onto the CPU, so
         # there the function bodies run on the GPU instead.

@@ -161,7 +161,7 @@ def _check_address(address: str) -> None:
             raise ValueError(f"address {address!r} has a bad IPv6 host") from None
 
 
-def _providers(value: Any) -> tuple[str, ...]:
+def parse_providers(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
     if not value:
@@ -215,7 +215,7 @@ FIELDS: tuple[Field, ...] = (
     Field("server.tls", "key_file", "tls_key_file", _path, "--tls-key", "TLS private key (PEM)"),
     Field("server.tls", "client_ca_file", "tls_client_ca_file", _path, "--tls-client-ca",
           "require client certificates signed by this CA (PEM)"),
-    Field("providers", "order", "providers", _providers, "--providers",
+    Field("providers", "order", "providers", parse_providers, "--providers",
           "execution providers in priority order, comma-separated: tensorrt,cuda,cpu", {"type": _comma_list}),
     Field("providers", "custom_op_library", "custom_op_library", _path, "--custom-op-library",
           "native kernels for the nemotron_edge ops (kernels/build/libnemotron_edge_ops.so); CPU-only sessions"),

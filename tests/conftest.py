@@ -35,11 +35,15 @@ def _checkpoint(factory: pytest.TempPathFactory, preset: str) -> Path:
     return synth(preset, factory.mktemp("ckpt") / preset, seed=0)
 
 
-def _fp32_bundle(factory: pytest.TempPathFactory, checkpoint: Path, max_context: int) -> Path:
+def _bundle(factory: pytest.TempPathFactory, checkpoint: Path, max_context: int, weights: str = "fp32") -> Path:
+    """`checkpoint` exported as `nemotron-edge export --weights WEIGHTS` exports it by default."""
     from nemotron_export.bundle import ExportOptions, export_bundle
+    from nemotron_export.commands import DEFAULT_GROUP_SIZE
+    from nemotron_export.onnx_graph import WeightFormat
 
-    return export_bundle(checkpoint, factory.mktemp("bundle") / checkpoint.name,
-                         ExportOptions(max_batch=8, max_context=max_context), progress=False)
+    fmt = WeightFormat(weights, group_size=DEFAULT_GROUP_SIZE.get(weights, 32))
+    return export_bundle(checkpoint, factory.mktemp("bundle") / f"{checkpoint.name}-{weights}",
+                         ExportOptions(fmt, max_batch=8, max_context=max_context), progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +53,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _fp32_bundle(tmp_path_factory, tiny_checkpoint, max_context=512)
+    return _bundle(tmp_path_factory, tiny_checkpoint, max_context=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_int4_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _bundle(tmp_path_factory, tiny_checkpoint, max_context=512, weights="int4")
 
 
 @pytest.fixture(scope="session")
@@ -60,4 +69,9 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_bundle(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The `small` preset in fp32, the benchmark configuration."""
-    return _fp32_bundle(tmp_path_factory, small_checkpoint, max_context=1024)
+    return _bundle(tmp_path_factory, small_checkpoint, max_context=1024)
+
+
+@pytest.fixture(scope="session")
+def small_int4_bundle(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _bundle(tmp_path_factory, small_checkpoint, max_context=1024, weights="int4")

@@ -202,16 +202,19 @@ RSS_SCRIPT = textwrap.dedent("""
     engine.run_until_done()
     after = proc.memory_info().rss
     plan = engine.plan
-    print(json.dumps({"before": before, "loaded": loaded, "after": after, "weights": plan.weight_bytes,
+    print(json.dumps({"before": before, "loaded": loaded, "after": after, "weights": plan.resident_weight_bytes,
                       "state": engine.pool.nbytes, "overhead": plan.overhead_bytes,
                       "planned_total": plan.total_bytes(8, 1024)}))
 """)
 
 
-def test_resident_memory_matches_the_plan(small_bundle):
-    """Fresh process: resident memory after load is the weights once plus the state the planner reports, and
-    with every slot running at full context it is what the planner says, within 10%."""
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(small_bundle)], capture_output=True, text=True, check=True)
+@pytest.mark.parametrize("bundle", ["small_bundle", "small_int4_bundle"])
+def test_resident_memory_matches_the_plan(bundle, request):
+    """Fresh process: resident memory after load is the weights as the planner counts them (weights.bin, plus
+    the CPU sessions' pre-packed copies for int4) plus the state it reports, and with every slot running at
+    full context it is what the planner says, within 10%."""
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(request.getfixturevalue(bundle))],
+                         capture_output=True, text=True, check=True)
     m = json.loads(out.stdout.strip().splitlines()[-1])
     loaded, after = m["loaded"] - m["before"], m["after"] - m["before"]
     limit = 1.15 * m["weights"] + m["state"] + m["overhead"]

@@ -20,6 +20,7 @@ from edge_runtime.memory_plan import (
     plan_memory,
 )
 from edge_runtime.model_config import ModelConfig
+from edge_runtime.ort_backend import ProviderConfig
 from edge_runtime.state_layout import state_layout
 
 REAL_CONFIG = Path("/work/shared/reference/nemotron-nano-9b-v2.config.json")
@@ -146,6 +147,64 @@ def test_budget_too_small_for_the_weights_says_by_how_much(real):
         plan_memory(real, "fp16", 8 * GiB, 8192)
 
 
+def test_cpu_sessions_prepack_quantized_weights_only():
+    """Quantized bundles on the CPU provider keep pre-packing (prefill and decode: two copies); float bundles
+    turn it off unless forced; the GPU providers pre-pack nothing on the host."""
+    cpu = ProviderConfig()
+    assert cpu.prepacked_copies("int4") == cpu.prepacked_copies("int8") == 2
+    assert cpu.prepacked_copies("fp32") == cpu.prepacked_copies("bf16") == 0
+    assert ProviderConfig(disable_prepacking=False).prepacked_copies("fp32") == 2
+    assert ProviderConfig(providers=["cuda", "cpu"]).prepacked_copies("int4") == 0
+
+
+def test_prepacked_copies_count_before_any_sequence(real):
+    plain = plan_memory(real, "int4", 64 * GiB, 8192)
+    packed = plan_memory(real, "int4", 64 * GiB, 8192, prepacked_copies=2)
+    assert plain.prepacked_bytes == 0
+    # Every projection and lm_head is a MatMulNBits weight; the fp16 embedding table and the norms are not.
+    table = real.vocab_size * real.hidden_size * 2
+    assert 0.99 * 2 * (plain.weight_bytes - table) < packed.prepacked_bytes < 2 * (plain.weight_bytes - table)
+    assert packed.base_bytes - plain.base_bytes == packed.prepacked_bytes
+    assert packed.max_sequences < plain.max_sequences
+
+
+def _matmul_weight_bytes_in_graphs(bundle: Path) -> int:
+    """Bytes of the stored tensors that the graphs feed to MatMul (B) or MatMulNBits (B, scales), read from
+    the ONNX graphs themselves: what a pre-packing session copies."""
+    import onnx
+
+    from edge_runtime.bundle import open_bundle
+
+    b = open_bundle(bundle)
+    stored = {t["name"]: t["nbytes"] for t in b.weights["tensors"]}
+    fed = {name for graph in ("prefill", "decode")
+           for node in onnx.load(b.graph_path(graph), load_external_data=False).graph.node
+           if node.op_type in ("MatMul", "MatMulNBits") for name in node.input[1:3] if name in stored}
+    assert fed
+    return sum(stored[n] for n in fed)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bundle", "tiny_int4_bundle"])
+def test_bundle_plan_counts_the_matmul_weights_of_its_graphs(fixture, request):
+    from edge_runtime.bundle import open_bundle
+    from edge_runtime.memory_plan import plan_for_bundle
+
+    path = request.getfixturevalue(fixture)
+    plan = plan_for_bundle(open_bundle(path), GiB, 512, max_batch=8, prepacked_copies=2)
+    assert plan.prepacked_bytes == 2 * _matmul_weight_bytes_in_graphs(path)
+    assert plan.resident_weight_bytes == (path / "weights.bin").stat().st_size + plan.prepacked_bytes
+
+
+def test_plan_command_counts_the_providers_prepacking(tiny_int4_bundle, capsys):
+    base = ["plan", "--bundle", str(tiny_int4_bundle), "--budget", "1GiB", "--context", "512", "--json"]
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out)["prepacked_bytes"] == 2 * _matmul_weight_bytes_in_graphs(tiny_int4_bundle)
+    assert main(base + ["--providers", "cuda,cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["prepacked_bytes"] == 0
+    assert main(base + ["--providers", "gpu"]) == 2
+    assert "--providers: unknown provider 'gpu'" in capsys.readouterr().err
+
+
 def test_prefill_working_memory_grows_with_context_and_step_tokens(real):
     """Our graphs materialise attention scores over the context for each prompt token of a step."""
     small_ctx = plan_memory(real, "int4", 110 * GiB, 2048, prefill_chunk=256)
@@ -182,11 +241,12 @@ def test_plan_command_prints_the_table(capsys):
 
 
 def test_plan_command_json_matches_the_library(real, capsys):
-    assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "24GiB", "--weights", "int8", "--json"]) == 0
+    assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "48GiB", "--weights", "int8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    plan = plan_memory(real, "int8", 24 * GiB, 8192, max_batch=8)  # the command's default batch
+    # the command's defaults: batch 8, the CPU provider (two sessions pre-pack int8 weights)
+    plan = plan_memory(real, "int8", 48 * GiB, 8192, max_batch=8, prepacked_copies=2)
     assert out["max_sequences"] == plan.max_sequences
-    assert out["weight_bytes"] == plan.weight_bytes
+    assert out["weight_bytes"] == plan.weight_bytes and out["prepacked_bytes"] == plan.prepacked_bytes
     assert out["grid"]["131072"] == plan.max_sequences_at(131072)
 
 

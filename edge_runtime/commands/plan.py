@@ -19,6 +19,8 @@ from edge_runtime.memory_plan import (
 )
 from edge_runtime.bundle import BundleError, open_bundle
 from edge_runtime.model_config import ConfigError, ModelConfig
+from edge_runtime.ort_backend import ProviderConfig
+from edge_runtime.service_config import parse_providers
 from edge_runtime.units import SizeError, format_bytes, parse_bytes
 
 GRID_CONTEXTS = (2048, 8192, 32768, 131072)
@@ -44,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sequences in one model call, each with its staging row (default 8, the exporter's); "
                         "more sequences take turns and cost only their state")
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, help="prefill chunk in tokens")
+    p.add_argument("--providers", default="cpu",
+                   help="execution providers as the service runs them, comma-separated (default cpu): on the CPU "
+                        "provider alone, quantized weights are pre-packed, a copy per graph")
     p.add_argument("--overhead", default=str(RUNTIME_OVERHEAD_BYTES), help="runtime overhead (default 150MiB)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
@@ -67,19 +72,25 @@ def run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> MemoryPlan:
     budget = _size("--budget", args.budget)
     overhead = _size("--overhead", args.overhead)
+    try:
+        providers = ProviderConfig(providers=list(parse_providers(args.providers.split(","))))
+    except ValueError as e:
+        raise MemoryPlanError(f"--providers: {e}") from None
     common = dict(
         budget_bytes=budget, context=args.context, max_batch=args.max_batch,
         prefill_chunk=args.prefill_chunk, overhead_bytes=overhead,
     )
     if args.config is not None:
+        weights = args.weights or DEFAULT_WEIGHTS
         return plan_memory(
-            ModelConfig.from_file(args.config), args.weights or DEFAULT_WEIGHTS,
-            group_size=args.group_size or DEFAULT_GROUP_SIZE, **common,
+            ModelConfig.from_file(args.config), weights, group_size=args.group_size or DEFAULT_GROUP_SIZE,
+            prepacked_copies=providers.prepacked_copies(weights), **common,
         )
     bundle = open_bundle(args.bundle, verify=False)
-    if args.weights is not None and args.weights != bundle.weights["format"]:
-        raise BundleError(f"--weights: the bundle holds {bundle.weights['format']} weights, not {args.weights}")
-    return plan_for_bundle(bundle, budget, args.context, args.max_batch, args.prefill_chunk, overhead)
+    weights = bundle.weights["format"]
+    if args.weights is not None and args.weights != weights:
+        raise BundleError(f"--weights: the bundle holds {weights} weights, not {args.weights}")
+    return plan_for_bundle(bundle, prepacked_copies=providers.prepacked_copies(weights), **common)
 
 
 def _size(flag: str, text: str) -> int:
@@ -98,6 +109,7 @@ def render(plan: MemoryPlan, source: str) -> str:
     quant = f", group {plan.group_size}" if plan.weights_format in ("int8", "int4") else ""
     rows: list[tuple[str, str, str]] = [
         (f"weights ({plan.parameter_count:,} parameters)", *_b(plan.weight_bytes)),
+        ("pre-packed copies of the matmul weights", *_b(plan.prepacked_bytes)),
         ("per-sequence fixed state (conv + SSM)", *_b(plan.fixed_state_bytes_per_sequence)),
         ("K/V per token", *_b(plan.kv_bytes_per_token)),
         (f"per sequence at {plan.context} tokens", *_b(plan.sequence_bytes(plan.context))),
