@@ -127,6 +127,7 @@ class OrtModelRunner:
         # One logits buffer per graph: a step samples from decode logits after its prefill call ran.
         self._logits = {g: np.zeros(pool.max_rows * vocab, dtype=np.float32) for g in self.sessions}
         self.calls = {"prefill": 0, "decode": 0}
+        self.staged_calls = {"prefill": 0, "decode": 0}  # calls whose slots were not consecutive: state copied
         self._decode_bindings: dict[tuple[int, int | None], ort.IOBinding] = {}
 
     def _session(self, graph: str) -> ort.InferenceSession:
@@ -194,4 +195,5 @@ class OrtModelRunner:
         session.run_with_iobinding(binding)
         self.pool.scatter(slots, outputs, past, new)
         self.calls[graph] += 1
+        self.staged_calls[graph] += run is None
         return outputs["logits"]

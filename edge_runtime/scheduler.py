@@ -91,11 +91,12 @@ class Scheduler:
         return [e[3] for e in self._waiting]
 
     def plan(self) -> StepPlan:
-        """Decode every running sequence that has a token to feed; fill the rest of the budget with prompt
-        chunks, most urgent first."""
+        """Decode every running sequence that has a token to feed, in slot order; fill the rest of the budget
+        with prompt chunks, most urgent first. Slot order, because a model call over consecutive slots
+        updates their state in place, while any other order copies every row's state in and out (StatePool)."""
         plan = StepPlan()
         budget = self.config.max_step_tokens
-        for seq in self.running:
+        for seq in sorted(self.running, key=lambda s: s.slot):
             if not seq.prefilling and seq.next_token is not None:
                 plan.decode.append(seq)
                 budget -= 1

@@ -10,6 +10,8 @@ K/V rows are copied into the slots. Every buffer is allocated once, here.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from edge_runtime.state_layout import StateSpec
@@ -42,7 +44,7 @@ class StatePool:
             # Staging buffers are flat: each call views a contiguous prefix of the shape it needs.
             self._staging[s.name] = np.zeros(max_rows * int(np.prod(shape)), dtype=dtype)
             self._out[s.output_name] = np.zeros(max_rows * int(np.prod(out_shape)), dtype=dtype)
-        self._free = list(range(num_slots - 1, -1, -1))
+        self._free = list(range(num_slots))  # a min-heap: the lowest free slot goes first, keeping busy slots dense
 
     @property
     def free_slots(self) -> int:
@@ -56,7 +58,7 @@ class StatePool:
     def allocate(self) -> int:
         if not self._free:
             raise PoolFullError("no free state slot")
-        slot = self._free.pop()
+        slot = heapq.heappop(self._free)
         for a in self.arrays.values():
             a[slot] = 0
         return slot
@@ -64,7 +66,7 @@ class StatePool:
     def release(self, slot: int) -> None:
         if slot in self._free or not 0 <= slot < self.num_slots:
             raise ValueError(f"slot {slot} is not allocated")
-        self._free.append(slot)
+        heapq.heappush(self._free, slot)
 
     def gather(self, slots: list[int], past_tokens: int) -> dict[str, np.ndarray]:
         """The model's `past.*` inputs for these slots; K/V cut to the first `past_tokens` positions."""
