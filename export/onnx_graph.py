@@ -176,7 +176,8 @@ class GraphBuilder:
 
     def mamba(self, i: int, u: str, valid: str | None, decode: bool) -> str:
         """One Mamba-2 mixer. Decode runs everything between in_proj and out_proj as one MambaDecodeStep
-        node (one kernel instead of ~25 small nodes); prefill spells it out around SsdChunkScan."""
+        node (one kernel instead of ~25 small nodes); prefill runs the same pieces its body calls
+        (CausalConv1d, TimeStep, GatedGroupNorm) around SsdChunkScan instead of SsmStep."""
         c, p = self.cfg, f"backbone.layers.{i}.mixer."
         proj = self.linear(u, p + "in_proj.weight", p + "in_proj.bias" if c.mamba_proj_bias else None)  # z | xBC | dt_raw
         conv_w = self.table.add(p + "conv1d.weight", self._conv_weight(p))
@@ -184,35 +185,35 @@ class GraphBuilder:
         dt_bias = self.param(p + "dt_bias", "f32")
         A = self.table.add(p + "A", -np.exp(self.source[p + "A_log"].astype(np.float32)))  # folded at export
         D = self.param(p + "D")
+        norm_w = self.param(p + "norm.weight", "f32")
         if decode:
-            y = self.mamba_decode_step(i, proj, conv_w, conv_b, dt_bias, A, D, self.param(p + "norm.weight", "f32"))
+            y = self.mamba_decode_step(i, proj, conv_w, conv_b, dt_bias, A, D, norm_w)
         else:
-            y = self.mamba_prefill(i, proj, conv_w, conv_b, dt_bias, A, D, valid, p + "norm.weight")
+            y = self.mamba_prefill(i, proj, conv_w, conv_b, dt_bias, A, D, valid, norm_w)
         return self.linear(y, p + "out_proj.weight", p + "out_proj.bias" if c.mamba_proj_bias else None)
 
-    def dt_clamp(self) -> tuple[float, float] | None:
-        """time_step_limit as float32-safe Clip bounds; None when it clamps nothing (softplus is >= 0)."""
+    def dt_clamp(self) -> dict[str, float]:
+        """time_step_limit as the float32-safe dt_min/dt_max attributes of TimeStep and MambaDecodeStep;
+        none when it clamps nothing (softplus is >= 0: the attributes' defaults)."""
         lo, hi = self.cfg.time_step_limit
         if lo > 0 or np.isfinite(hi):
-            return lo, min(hi, 3.0e38)
-        return None
+            return dict(dt_min=lo, dt_max=min(hi, 3.0e38))
+        return {}
 
     def mamba_decode_step(self, i: int, proj: str, conv_w: str, conv_b: str, dt_bias: str, A: str, D: str,
                           norm_w: str) -> str:
         """proj [b, 1, inner + conv_dim + h] -> [b, 1, inner] in the activation dtype (out_proj's input)."""
         c = self.cfg
-        attrs: dict[str, int | float] = dict(channels=c.conv_dim, n_groups=c.n_groups, epsilon=c.layer_norm_epsilon)
-        clamp = self.dt_clamp()
-        if clamp is not None:
-            attrs.update(dt_min=clamp[0], dt_max=clamp[1])
         y, conv_state, ssm = self.node("MambaDecodeStep", [proj, f"past.{i}.conv", conv_w, conv_b, dt_bias, A, D,
-                                                           norm_w, f"past.{i}.ssm"], 3, domain=ops.DOMAIN, **attrs)
+                                                           norm_w, f"past.{i}.ssm"], 3, domain=ops.DOMAIN,
+                                       channels=c.conv_dim, n_groups=c.n_groups, epsilon=c.layer_norm_epsilon,
+                                       **self.dt_clamp())
         self._rename(conv_state, f"present.{i}.conv")
         self._rename(ssm, f"present.{i}.ssm")
         return y
 
     def mamba_prefill(self, i: int, proj: str, conv_w: str, conv_b: str, dt_bias: str, A: str, D: str,
-                      valid: str, norm_weight: str) -> str:
+                      valid: str, norm_w: str) -> str:
         """proj [b, t, inner + conv_dim + h] -> [b, t, inner] in the activation dtype (out_proj's input)."""
         c = self.cfg
         h, hd, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
@@ -221,12 +222,7 @@ class GraphBuilder:
                                     domain=ops.DOMAIN, channels=c.conv_dim)
         self._rename(conv_state, f"present.{i}.conv")
         x, B, C = self.node("Split", [xbc, self.ints(c.mamba_inner, g * n, g * n)], 3, axis=-1)
-        dt = self.one("Softplus", [self.one("Add", [self.one("Cast", [dt_raw], to=TensorProto.FLOAT), dt_bias])])
-        clamp = self.dt_clamp()
-        if clamp is not None:
-            lo, hi = clamp
-            dt = self.one("Clip", [dt, self.const(f"f32_{lo}", np.array(lo, np.float32)),
-                                   self.const(f"f32_{hi}", np.array(hi, np.float32))])
+        dt = self.one("TimeStep", [dt_raw, dt_bias], domain=ops.DOMAIN, **self.dt_clamp())
         dt = self.one("Mul", [dt, valid])  # padding: dt = 0 keeps the state unchanged
         y, ssm = self.node("SsdChunkScan", [
             self.one("Reshape", [x, self.ints(0, 0, h, hd)]), dt, A,
@@ -234,7 +230,9 @@ class GraphBuilder:
             D, f"past.{i}.ssm"], 2, domain=ops.DOMAIN, chunk_size=c.chunk_size)
         self._rename(ssm, f"present.{i}.ssm")
         y = self.one("Reshape", [y, self.ints(0, -1, c.mamba_inner)])  # [b, t, inner] float32
-        return self.gated_group_norm(y, z, norm_weight)
+        normed = self.one("GatedGroupNorm", [y, z, norm_w], domain=ops.DOMAIN,
+                          n_groups=c.n_groups, epsilon=c.layer_norm_epsilon)
+        return self.one("Cast", [normed], to=self.act)
 
     def _conv_weight(self, p: str) -> np.ndarray:
         w = self.source[p + "conv1d.weight"][:, 0, :]  # [c, 1, k] -> [c, k]
@@ -243,18 +241,6 @@ class GraphBuilder:
     def _conv_bias(self, p: str) -> np.ndarray:
         b = self.source.get(p + "conv1d.bias", np.zeros(self.cfg.conv_dim, np.float32))
         return b.astype(np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
-
-    def gated_group_norm(self, y: str, z: str, weight: str) -> str:
-        """RMSNorm over n_groups slices of y * silu(z), in float32; returns the activation dtype."""
-        c = self.cfg
-        zf = self.one("Cast", [z], to=TensorProto.FLOAT)
-        gated = self.one("Mul", [y, self.one("Mul", [zf, self.one("Sigmoid", [zf])])])
-        grouped = self.one("Reshape", [gated, self.ints(0, 0, c.n_groups, c.mamba_inner // c.n_groups)])
-        var = self.one("ReduceMean", [self.one("Pow", [grouped, self.const("f32_two", np.array(2.0, np.float32))]),
-                                      self.ints(-1)])
-        denom = self.one("Sqrt", [self.one("Add", [var, self.const("f32_eps", np.array(c.layer_norm_epsilon, np.float32))])])
-        normed = self.one("Reshape", [self.one("Div", [grouped, denom]), self.ints(0, 0, c.mamba_inner)])
-        return self.one("Cast", [self.one("Mul", [normed, self.param(weight, "f32")])], to=self.act)
 
     def attention(self, i: int, u: str, attn_bias: str) -> str:
         c, p = self.cfg, f"backbone.layers.{i}.self_attn." if False else f"backbone.layers.{i}.mixer."

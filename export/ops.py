@@ -44,6 +44,12 @@ MambaDecodeStep(zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A, D, norm_
     [b, 1, i]; new_ssm_state is float32. Attributes: channels (= c, for CausalConv1d), n_groups, epsilon
     (float), dt_min and dt_max (float, default 0 and inf: softplus is >= 0, so no clamp). The body calls
     CausalConv1d and SsmStep, so a runtime with kernels for those two but not this op still uses them.
+
+Helper functions (model-local functions in the same domain, no schema and no kernel expected; the bodies
+and the prefill graph call them, so the mixer's arithmetic is written once):
+    Segsum(a) -> [..., L, L]: segment sums for the chunk scan.
+    TimeStep(dt_raw, dt_bias) -> dt: clip(softplus(dt_raw + dt_bias), dt_min, dt_max) in float32.
+    GatedGroupNorm(y, z, weight) -> RMSNorm over n_groups slices of y * silu(z), times weight, float32.
 """
 
 from __future__ import annotations
@@ -78,6 +84,27 @@ def Segsum(a):
     summed = op.CumSum(op.Where(below, rep, op.CastLike(0.0, a)), op.Constant(value_int=-2))
     causal = op.Cast(op.Trilu(ones, upper=0), to=BOOL)
     return op.Where(causal, summed, op.CastLike(NEG_INF, a))
+
+
+@script(ne, default_opset=op)
+def TimeStep(dt_raw, dt_bias, dt_min: float = 0.0, dt_max: float = INF):
+    """dt_raw [..., h] T -> clip(softplus(dt_raw + dt_bias), dt_min, dt_max) [..., h] float32."""
+    dt = op.Softplus(op.Add(op.Cast(dt_raw, to=FLOAT), dt_bias))
+    return op.Clip(dt, op.Constant(value_float=dt_min), op.Constant(value_float=dt_max))
+
+
+@script(ne, default_opset=op)
+def GatedGroupNorm(y, z, weight, n_groups: int, epsilon: float):
+    """y [b, t, i] float32, z [b, t, i] T, weight [i] float32 -> RMSNorm over n_groups slices of
+    y * silu(z), times weight: [b, t, i] float32."""
+    zero = op.Constant(value_ints=[0])
+    g = op.Unsqueeze(op.Constant(value_int=n_groups), [0])
+    zf = op.Cast(z, to=FLOAT)
+    gated = op.Mul(y, op.Mul(zf, op.Sigmoid(zf)))
+    grouped = op.Reshape(gated, op.Concat(zero, zero, g, op.Constant(value_ints=[-1]), axis=0))  # [b, t, g, i / g]
+    var = op.ReduceMean(op.Pow(grouped, op.Constant(value_float=2.0)), op.Constant(value_ints=[-1]))
+    normed = op.Div(grouped, op.Sqrt(op.Add(var, op.Constant(value_float=epsilon))))
+    return op.Mul(op.Reshape(normed, op.Concat(zero, zero, op.Shape(weight), axis=0)), weight)
 
 
 @script(ne, default_opset=op)
@@ -184,19 +211,12 @@ def MambaDecodeStep(zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A, D, n
     lengths = op.ConstantOfShape(op.Shape(zxbcdt, start=0, end=1), value=ONE_I64)  # [b]: one token each
     xbc, new_conv_state = CausalConv1d(xbc, conv_state, conv_weight, conv_bias, lengths, channels=channels)
     x, B, C = op.Split(xbc, op.Concat(inner, gn, gn, axis=0), axis=-1)
-    dt = op.Softplus(op.Add(op.Cast(dt_raw, to=FLOAT), dt_bias))  # [b, 1, h]
-    dt = op.Clip(dt, op.Constant(value_float=dt_min), op.Constant(value_float=dt_max))
+    dt = TimeStep(dt_raw, dt_bias, dt_min=dt_min, dt_max=dt_max)  # [b, 1, h]
     shape_gn = op.Concat(zero, g, rest, axis=0)  # [b, g, n]
     y, new_ssm_state = SsmStep(op.Reshape(x, op.Concat(zero, h, rest, axis=0)), op.Squeeze(dt, [1]), A,
                                op.Reshape(B, shape_gn), op.Reshape(C, shape_gn), D, ssm_state)  # y [b, h, p]
     y = op.Reshape(y, op.Concat(zero, rest, inner, axis=0))  # [b, 1, inner] float32
-    zf = op.Cast(z, to=FLOAT)
-    gated = op.Mul(y, op.Mul(zf, op.Sigmoid(zf)))
-    grouped = op.Reshape(gated, op.Concat(zero, zero, g, rest, axis=0))  # [b, 1, g, inner / g]
-    var = op.ReduceMean(op.Pow(grouped, op.Constant(value_float=2.0)), op.Constant(value_ints=[-1]))
-    normed = op.Div(grouped, op.Sqrt(op.Add(var, op.Constant(value_float=epsilon))))
-    normed = op.Reshape(normed, op.Concat(zero, zero, inner, axis=0))  # [b, 1, inner]
-    y = op.CastLike(op.Mul(normed, norm_weight), zxbcdt)
+    y = op.CastLike(GatedGroupNorm(y, z, norm_weight, n_groups=n_groups, epsilon=epsilon), zxbcdt)
     return y, new_conv_state, new_ssm_state
 
 
@@ -256,8 +276,8 @@ CUSTOM_OPS: dict[str, CustomOp] = {
                  MambaDecodeStep),
     )
 }
-# Functions the bodies call; shipped alongside but not ops a kernel is expected to replace.
-HELPER_FUNCTIONS = (Segsum,)
+# Functions the bodies and the prefill graph call; shipped alongside, not ops a kernel is expected to replace.
+HELPER_FUNCTIONS = (Segsum, TimeStep, GatedGroupNorm)
 
 
 def register_schemas() -> None:
