@@ -227,6 +227,7 @@ def engine_config(config: ServiceConfig) -> EngineConfig:
         scheduler=SchedulerConfig(max_queue=config.max_queue),
         providers=ProviderConfig(providers=list(config.providers),
                                  custom_op_library=str(config.custom_op_library) if config.custom_op_library else None,
+                                 spinning=config.spinning,
                                  cuda=options.get("CUDAExecutionProvider", {}),
                                  tensorrt=options.get("TensorrtExecutionProvider", {})),
     )

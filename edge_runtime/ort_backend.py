@@ -22,6 +22,7 @@ from edge_runtime.state_pool import StatePool, consecutive
 ONNX_TYPE_BFLOAT16 = 16
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
 GRAPHS = ("prefill", "decode")
+SPINNING = ("always", "in_run", "never")
 
 
 @dataclass
@@ -38,6 +39,17 @@ class ProviderConfig:
     # resident with it, 1.0x without, at the same decode speed). MatMulNBits needs its pre-packed
     # layout to be fast, so quantized bundles keep it (None = decide by the bundle's weight format).
     disable_prepacking: bool | None = None
+    # When ONNX Runtime's idle worker threads spin (SPINNING): "always" is its default, spinning on after a
+    # Run returns; each session has its own pool, so after a prefill call its threads take cores from the
+    # decode session and from every other process on the robot. "in_run" spins only between the kernels
+    # of a Run; "never" (ours) blocks at once. `python -m bench.spinning` (BENCHMARKS.md): with one core
+    # busy elsewhere, never decodes 1.9x (batch 1) and 1.5x (batch 8) faster than always; on an idle
+    # machine 0.86x at batch 1 and 1.12x at batch 8. A robot's CPU is rarely idle.
+    spinning: str = "never"
+
+    def __post_init__(self) -> None:
+        if self.spinning not in SPINNING:
+            raise ValueError(f"spinning: {self.spinning!r} is not one of {', '.join(SPINNING)}")
 
     def prepacking_disabled(self, weight_format: str) -> bool:
         if self.disable_prepacking is not None:
@@ -135,6 +147,8 @@ class OrtModelRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.providers.intra_op_threads:
             so.intra_op_num_threads = self.providers.intra_op_threads
+        so.add_session_config_entry("session.force_spinning_stop", "0" if self.providers.spinning == "always" else "1")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0" if self.providers.spinning == "never" else "1")
         if self.providers.prepacking_disabled(self.bundle.weights["format"]):
             so.add_session_config_entry("session.disable_prepacking", "1")
         # The native kernels are CPU kernels: in a GPU session they would pull our ops onto the CPU, so

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.ort_backend import SPINNING
 from edge_runtime.units import SizeError, parse_bytes
 
 DEFAULT_CONFIG_PATH = Path("/etc/nemotron-edge/config.toml")
@@ -50,6 +51,7 @@ class ServiceConfig:
     log_level: str = "info"
     providers: tuple[str, ...] = ("cpu",)
     custom_op_library: Path | None = None  # native kernels for our ops (kernels/), CPU-only sessions
+    spinning: str = "never"  # ProviderConfig.spinning
     cuda_device_id: int = 0
     cuda_gpu_mem_limit: int | None = None
     trt_device_id: int = 0
@@ -129,10 +131,12 @@ def _size(value: Any) -> int:
         raise ValueError(str(e)) from None
 
 
-def _log_level(value: Any) -> str:
-    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
-    return value.lower()
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def read(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return value.lower()
+    return read
 
 
 def _listen(value: Any) -> tuple[str, ...]:
@@ -210,7 +214,7 @@ FIELDS: tuple[Field, ...] = (
     Field("server", "max_sequences", "max_sequences", _int(1), "--max-sequences",
           "sequences running at once, beyond the rows of one model call if the budget holds them "
           "(default: the bundle's max batch)", {"type": int}),
-    Field("server", "log_level", "log_level", _log_level, "--log-level", f"one of {', '.join(LOG_LEVELS)}"),
+    Field("server", "log_level", "log_level", _one_of(LOG_LEVELS), "--log-level", f"one of {', '.join(LOG_LEVELS)}"),
     Field("server.tls", "cert_file", "tls_cert_file", _path, "--tls-cert", "TLS certificate (PEM) for TCP listeners"),
     Field("server.tls", "key_file", "tls_key_file", _path, "--tls-key", "TLS private key (PEM)"),
     Field("server.tls", "client_ca_file", "tls_client_ca_file", _path, "--tls-client-ca",
@@ -219,6 +223,9 @@ FIELDS: tuple[Field, ...] = (
           "execution providers in priority order, comma-separated: tensorrt,cuda,cpu", {"type": _comma_list}),
     Field("providers", "custom_op_library", "custom_op_library", _path, "--custom-op-library",
           "native kernels for the nemotron_edge ops (kernels/build/libnemotron_edge_ops.so); CPU-only sessions"),
+    Field("providers", "spinning", "spinning", _one_of(SPINNING), "--spinning",
+          "when ONNX Runtime's idle worker threads spin: never (default: the robot's other processes keep their "
+          "cores), in_run (between the kernels of a model call), always (ONNX Runtime's own default)"),
     Field("providers.cuda", "device_id", "cuda_device_id", _int(0), "--cuda-device-id", "CUDA device", {"type": int}),
     Field("providers.cuda", "gpu_mem_limit", "cuda_gpu_mem_limit", _size, "--cuda-gpu-mem-limit",
           "cap on the CUDA provider's memory arena, e.g. 20GiB"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from edge_runtime.engine import Engine, EngineConfig
+from edge_runtime.ort_backend import ProviderConfig
 from edge_runtime.request import Delta, GenerationRequest, Priority, QueueFullError, RequestError
 from edge_runtime.sampler import SamplingParams
 from edge_runtime.scheduler import SchedulerConfig
@@ -188,6 +189,7 @@ def test_sixteen_requests_under_a_budget_for_four(tiny_bundle):
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys, psutil
     from edge_runtime.engine import Engine, EngineConfig
+from edge_runtime.ort_backend import ProviderConfig
     from edge_runtime.request import GenerationRequest
     from edge_runtime.sampler import SamplingParams
     proc = psutil.Process()
@@ -243,6 +245,20 @@ def test_a_slot_reused_by_a_later_request_keeps_decode_in_place(tiny_bundle):
     engine.run_until_done()
     assert {k: h.final.token_ids for k, h in handles.items()} == alone
     assert engine.runner.staged_calls["decode"] == staged_before
+
+
+@pytest.mark.parametrize("spinning, stop, allow", [("in_run", "1", "1"), ("always", "0", "1"), ("never", "1", "0")])
+def test_sessions_spin_as_configured(tiny_bundle, spinning, stop, allow):
+    """Both sessions get ONNX Runtime's two spinning switches from ProviderConfig.spinning; a bad value is
+    refused by name."""
+    engine = Engine(tiny_bundle, EngineConfig(max_batch=1, providers=ProviderConfig(spinning=spinning)))
+    for session in engine.runner.sessions.values():
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == stop
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
+    with pytest.raises(ValueError, match="spinning: 'sometimes' is not one of always, in_run, never"):
+        ProviderConfig(spinning="sometimes")
+    assert ProviderConfig().spinning == "never"
 
 
 def test_more_sequences_than_rows_take_turns(tiny_bundle):

@@ -145,6 +145,7 @@ def test_every_field_has_a_file_key_and_a_flag() -> None:
     ("[model]\nbundle = 3\n", "[model] bundle: expected a non-empty path string"),
     ("[providers]\norder = [\"rocm\"]\n", "[providers] order: unknown provider 'rocm'"),
     ("[providers]\norder = [\"cpu\", \"CPU\"]\n", "[providers] order: provider listed twice"),
+    ("[providers]\nspinning = \"often\"\n", "[providers] spinning: expected one of always, in_run, never"),
     ("[providers.tensorrt]\nfp16 = \"yes\"\n", "[providers.tensorrt] fp16: expected true or false"),
     ("[providers.openvino]\ndevice = 1\n", "unknown section [providers.openvino]"),
     ("[gpu]\nx = 1\n", "unknown section [gpu]"),
@@ -177,7 +178,7 @@ def test_every_setting_is_overridable_on_the_command_line(tmp_path: Path) -> Non
         "--tls-cert", "/c", "--tls-key", "/k", "--tls-client-ca", "/ca", "--cuda-device-id", "1",
         "--cuda-gpu-mem-limit", "2GiB", "--trt-device-id", "1", "--trt-engine-cache-dir", "/e",
         "--trt-timing-cache-dir", "/tc", "--no-trt-fp16", "--trt-max-workspace-size", "1GiB",
-        "--custom-op-library", "/lib.so", "--max-sequences", "32",
+        "--custom-op-library", "/lib.so", "--max-sequences", "32", "--spinning", "always",
     ])
     config = config_from_args(args)
     defaults = ServiceConfig()
