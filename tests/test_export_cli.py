@@ -1,6 +1,7 @@
 """`nemotron-edge synth` and `nemotron-edge export` as a user runs them: subprocesses, exit codes, output.
 
-- export with --weights int4 --group-size 64 works and shows progress (tqdm, on stderr);
+- export with --weights int4 --group-size 64 works, calibrates on the corpus (the checkpoint has a
+  tokenizer) and shows progress (tqdm, on stderr);
 - a checkpoint without tokenizer files exports, and the manifest says "tokenizer": null;
 - synth is deterministic for a seed (same file hashes twice), and its tiny output loads in transformers
   (AutoModelForCausalLM) and in our loader with the same logits (max rel err <= 1e-4);
@@ -92,12 +93,15 @@ def test_export_int4_group_64_with_progress(synth_twice, tmp_path):
     run = cli("export", str(synth_twice[0]), "--out", str(out), "--weights", "int4", "--group-size", "64")
     assert run.returncode == 0, run.stderr
     assert f"wrote bundle to {out}" in run.stdout
-    # tqdm bars on stderr (the loader's per tensor, the graph builder's per layer), each run to 100%
+    # tqdm bars on stderr (the loader's per tensor, int4 calibration's and the graph builder's per layer),
+    # each run to 100%
     bars = re.findall(r"([a-z][a-z ,]+): +100%\|", run.stderr.replace("\r", "\n"))
-    assert "loading weights" in bars and len(set(bars)) >= 2, run.stderr
+    assert {"loading weights", "measuring sensitivity", "quantizing layers"} <= set(bars), run.stderr
+    assert len(set(bars)) >= 4, run.stderr
     bundle = open_bundle(out)
     w = bundle.weights
     assert (w["format"], w["group_size"], w["activation_dtype"]) == ("int4", 64, "float32")
+    assert (w["calibration"]["source"], w["calibration"]["method"]) == ("corpus", "gptq")  # it has a tokenizer
     assert any(t["name"].endswith(".qweight") for t in w["tensors"])
     assert bundle.manifest["tokenizer"]["files"][0] == "tokenizer.json"
     assert bundle.has_tokenizer
@@ -151,7 +155,7 @@ def test_export_errors_exit_2_without_traceback(synth_twice, tmp_path):
 def test_export_error_is_not_glued_to_a_progress_bar(synth_twice, tmp_path):
     """The error starts its own line, also when it is raised while a progress bar is open (the graph
     builder's, here): the bar must be closed first."""
-    args = [str(synth_twice[0]), "--out", str(tmp_path / "o"), "--weights", "int4", "--group-size", "48"]
+    args = [str(synth_twice[0]), "--out", str(tmp_path / "o"), "--weights", "int8", "--group-size", "48"]
     code, text = _export_in_process(args)
     lines = text.replace("\r", "\n").splitlines()
     assert code == 2
