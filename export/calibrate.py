@@ -163,7 +163,10 @@ def layer_hessians(model: NemotronH, i: int, xs: list[torch.Tensor]) -> tuple[di
         if last[0] is not x:
             flat = x.reshape(-1, x.shape[-1])
             last[0], last[1] = x, (flat.T @ flat).double()  # float32 products, summed in float64
-        sums[name] = sums[name] + last[1] if name in sums else last[1].clone()
+        if name in sums:
+            sums[name].add_(last[1])  # in place: on the 9B model one down_proj Hessian is 2 GB
+        else:
+            sums[name] = last[1].clone()
 
     hooks = [m.register_forward_hook(lambda _m, inp, _out, name=name: accumulate(name, inp[0]))
              for name, m in linears.items()]
@@ -174,7 +177,7 @@ def layer_hessians(model: NemotronH, i: int, xs: list[torch.Tensor]) -> tuple[di
         for h in hooks:
             h.remove()
     tokens = sum(x.shape[0] * x.shape[1] for x in xs)
-    return {name: (s / tokens).numpy() for name, s in sums.items()}, after
+    return {name: s.div_(tokens).numpy() for name, s in sums.items()}, after
 
 
 def quantize_layers(model: NemotronH, plan: dict[str, BlockFormat], ids: torch.Tensor, use_gptq: bool,

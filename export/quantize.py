@@ -68,7 +68,7 @@ def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, block_size: int,
     n, k = w.shape
     pad = (-k) % block_size
     W = np.pad(w.astype(np.float64), ((0, 0), (0, pad)))
-    H = np.pad(hessian.astype(np.float64), ((0, pad), (0, pad)))
+    H = np.pad(hessian.astype(np.float64, copy=False), ((0, pad), (0, pad)))  # a copy: the caller's stays
     dead = np.diag(H) == 0  # inputs never seen (and the padding): nothing to fit, quantized as zero
     H[dead, dead] = 1.0
     W[:, dead] = 0.0

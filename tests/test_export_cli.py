@@ -2,7 +2,8 @@
 
 - export with --weights int4 --group-size 64 works, calibrates on the corpus (the checkpoint has a
   tokenizer) and shows progress (tqdm, on stderr);
-- a checkpoint without tokenizer files exports, and the manifest says "tokenizer": null;
+- a checkpoint without tokenizer files exports, and the manifest says "tokenizer": null; int4 then
+  calibrates on random tokens, and refuses --calibration corpus by name;
 - synth is deterministic for a seed (same file hashes twice), and its tiny output loads in transformers
   (AutoModelForCausalLM) and in our loader with the same logits (max rel err <= 1e-4);
 - export errors are one line on stderr and exit code 2, not a traceback.
@@ -18,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,8 +110,9 @@ def test_export_int4_group_64_with_progress(synth_twice, tmp_path):
 
 
 def test_export_without_tokenizer_files(tmp_path):
-    """synth --no-tokenizer through the CLI; the export in-process (the CLI export is tested above)."""
-    from nemotron_export.bundle import export_bundle
+    """synth --no-tokenizer through the CLI; the exports in-process (the CLI export is tested above)."""
+    from nemotron_export.bundle import ExportOptions, export_bundle
+    from nemotron_export.onnx_graph import WeightFormat
 
     ckpt = tmp_path / "ckpt"
     run = cli("synth", "--preset", "tiny", "--out", str(ckpt), "--no-tokenizer")
@@ -121,6 +124,12 @@ def test_export_without_tokenizer_files(tmp_path):
     assert '"tokenizer": null' in (out / "manifest.json").read_text()
     assert not open_bundle(out).has_tokenizer
     assert sorted(p.name for p in out.iterdir()) == ["decode.onnx", "manifest.json", "prefill.onnx", "weights.bin"]
+    # int4 calibrates on random tokens without a tokenizer, and refuses the corpus by name
+    int4 = ExportOptions(weights=WeightFormat("int4"), gptq=False)
+    out = export_bundle(ckpt, tmp_path / "int4", int4, progress=False)
+    assert open_bundle(out).weights["calibration"]["source"] == "random"
+    with pytest.raises(ValueError, match="--calibration corpus: the checkpoint has no tokenizer.json"):
+        export_bundle(ckpt, tmp_path / "int4-corpus", replace(int4, calibration="corpus"), progress=False)
 
 
 def _export_in_process(args: list[str]) -> tuple[int, str]:
