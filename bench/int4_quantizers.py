@@ -1,7 +1,7 @@
 """`python -m bench.int4_quantizers [--variants NAME,...] [--cache DIR]`: int4 weight quantizers on `small`.
 
-The exporter's int4 bundle misses the issue's agreement bar (70% teacher-forced top-1 agreement with fp32
-over 8 prompts x 64 positions). This measures candidate quantizers the way tests/test_export_quantized.py
+The issue's agreement bar for int4 is 70% teacher-forced top-1 agreement with fp32 over 8 prompts x 64
+positions. This measures candidate quantizers the way tests/test_export_quantized.py
 measures the bundle: same checkpoint (synth('small', seed=0)), same prompts, the fp32 bundle's greedy
 continuation, one teacher-forced forward pass of the reference model with its projection weights replaced
 by the candidate's dequantized values (lm_head int8 group 32, embeddings int8 rows, as the int4 bundle
@@ -10,11 +10,13 @@ the 8x64 logits (Frobenius norms), weights.bin as a share of fp32 computed from 
 (MatMulNBits: packed codes, one float32 scale per block, zero points half a byte per block), and the time
 the quantizer took here.
 
-Calibrated variants take their statistics from token rows that are not the test's prompts: uniformly random
-tokens (seed 7) or the shipped corpus through the checkpoint's tokenizer. `mixed-*` variants spend the
-bytes of uniform int4 at group 32 (5 bits per weight) per matrix: int4 at group 32, 64 or 128 or int8 at
-group 128, chosen by a knapsack over each matrix's estimated contribution to the error (see `allocate`). The time
-column includes collecting the calibration statistics for the first variant that uses them.
+Calibrated variants run the exporter's own code (nemotron_export.calibrate) on token rows that are not
+the test's prompts: uniformly random tokens (seed 7) or the shipped corpus through the checkpoint's
+tokenizer. `gptq-mse-sym-g32` is its GPTQ layer walk with every projection int4 g32; `mixed-*` are the
+exporter's int4 as it is (`quantize_int4`), spending the bytes of uniform int4 at group 32 (5 bits per
+weight) per matrix: int4 at group 32, 64 or 128 or int8 at group 128, chosen by a knapsack over each
+matrix's estimated contribution to the error (nemotron_export.allocation), with GPTQ or (`mixed-mse-sym`)
+round to nearest with the clip search. The time column includes collecting the calibration statistics.
 
 What it found (2 shared cores; the table is in the commit that added this file): scale search, all 16
 levels, zero points and HQQ take agreement from 39% to 42-45%, GPTQ to 49-50%. On this random checkpoint
@@ -24,6 +26,8 @@ error down shows 0.5x -> 64%, 0.25x -> 79%). The error is uneven across depth in
 ~60% of the logit error energy, since their outputs are a large share of a still-small residual stream.
 Only spending the same bytes unevenly crosses 70%: `mixed-gptq-*` (about a sixth of the projection weights
 at 8 bits, the rest int4 at group 32-128, GPTQ) reaches 73% calibrated on random tokens, 70% on the corpus.
+The exporter took that scheme over (commit "int4 is the calibrated mixed plan"); the GPTQ variant with
+zero points (49.6%) was dropped then, since the exporter's GPTQ is symmetric.
 """
 
 from __future__ import annotations
@@ -31,28 +35,23 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 
-from edge_runtime.model_config import ATTENTION, MAMBA
+from nemotron_export.allocation import BlockFormat
 from nemotron_export.bundle import ExportOptions, export_bundle
+from nemotron_export.calibrate import Calibration, calibration_rows, projections, quantize_int4, quantize_layers
 from nemotron_export.checkpoint import load_checkpoint
 from nemotron_export.model import NemotronH
-from nemotron_export.quantize import quantize
+from nemotron_export.quantize import CLIP_RATIOS, quantize
 from nemotron_export.synth import synth
-from nemotron_export.tokenizer_synth import corpus_text
 from tests.test_export_quantized import MAX_CONTEXT, NEW_TOKENS, PROMPTS, greedy_continuation, padded
 
 GROUP = 32
-CLIP_RATIOS = np.linspace(0.6, 1.0, 21)  # clipping ratios searched per block by the `mse-*` variants
-CALIBRATION_ROWS, CALIBRATION_LEN = 64, 128  # 8192 tokens: more than any projection's input width
-SENSITIVITY_ROWS, SENSITIVITY_LEN = 8, 96
-GPTQ_DAMP, GPTQ_BLOCK = 0.01, 128
 
 Params = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray]]  # blocks, ratio -> scale, zero
 Quantizer = Callable[[str, np.ndarray], np.ndarray]  # matrix name, weight [N, K] -> dequantized weight
@@ -72,7 +71,6 @@ class Format:
 
 
 INT4 = Format(4, GROUP)
-MIXED_FORMATS = (Format(4, 32), Format(4, 64), Format(4, 128), Format(8, 128))
 
 
 # ---- block quantization ---------------------------------------------------------------------------------
@@ -81,12 +79,6 @@ MIXED_FORMATS = (Format(4, 32), Format(4, 64), Format(4, 128), Format(8, 128))
 def blocks(w: np.ndarray, group: int) -> np.ndarray:
     n, k = w.shape
     return w.astype(np.float64).reshape(n, k // group, group)
-
-
-def symmetric(wb: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """The exporter's scale (max|w| / 7) times `ratio`; implicit zero point 8."""
-    amax = np.abs(wb).max(-1, keepdims=True) * ratio
-    return np.where(amax == 0, 1.0, amax / 7), np.full_like(amax, 8.0)
 
 
 def signed_extreme(wb: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +114,6 @@ def choose(wb: np.ndarray, params: Params, ratios: np.ndarray, bits: int) -> tup
 
 
 def round_to_nearest(w: np.ndarray, fmt: Format, params: Params, ratios: np.ndarray) -> np.ndarray:
-    if fmt.bits == 8:  # int8 blocks are the exporter's
-        return quantize(w, 8, fmt.group).dequantize()
     wb = blocks(w, fmt.group)
     scale, zero = choose(wb, params, ratios, fmt.bits)
     return dequantize(wb, scale, zero, fmt.bits).reshape(w.shape).astype(np.float32)
@@ -148,138 +138,6 @@ def hqq(w: np.ndarray, group: int, iters: int = 20, p: float = 0.7, beta: float 
     return dequantize(wb, scale, zero, 4).reshape(w.shape).astype(np.float32)
 
 
-def gptq(w: np.ndarray, hessian: np.ndarray, fmt: Format, params: Params, ratios: np.ndarray) -> np.ndarray:
-    """GPTQ (Frantar et al., 2022): quantize one input column at a time and spread its error over the
-    columns not yet quantized, weighted by the inverse Hessian of the layer's squared output error
-    (H = X^T X over calibration inputs). Each block's scale is chosen when the column loop reaches it, from
-    the weights as updated by then."""
-    if fmt.bits == 8:
-        return quantize(w, 8, fmt.group).dequantize()
-    W = w.astype(np.float64).copy()
-    H = hessian.copy()
-    dead = np.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H[np.diag_indices_from(H)] += GPTQ_DAMP * np.mean(np.diag(H))
-    U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H^-1
-    k = W.shape[1]
-    for start in range(0, k, GPTQ_BLOCK):
-        end = min(start + GPTQ_BLOCK, k)
-        errors = np.zeros((W.shape[0], end - start))
-        for i in range(start, end):
-            if i % fmt.group == 0:
-                scale, zero = choose(W[:, None, i:i + fmt.group], params, ratios, fmt.bits)
-                scale, zero = scale[:, 0], zero[:, 0]
-            column = W[:, i:i + 1]
-            q = dequantize(column, scale, zero, fmt.bits)
-            err = (column - q) / U[i, i]
-            W[:, i:end] -= err * U[i, i:end]
-            W[:, i:i + 1] = q
-            errors[:, i - start] = err[:, 0]
-        W[:, end:] -= errors @ U[start:end, end:]
-    return W.astype(np.float32)
-
-
-# ---- calibration --------------------------------------------------------------------------------------------
-
-
-def random_rows(rows: int, length: int, vocab: int, seed: int = 7) -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng(seed).integers(0, vocab, (rows, length)))
-
-
-def corpus_rows(checkpoint: Path, rows: int, length: int) -> torch.Tensor:
-    """The shipped corpus through the checkpoint's tokenizer, cut into rows."""
-    ids = Tokenizer.from_file(str(checkpoint / "tokenizer.json")).encode(corpus_text()).ids
-    if len(ids) < rows * length:
-        raise ValueError(f"corpus: {len(ids)} tokens, {rows} x {length} asked")
-    return torch.tensor(ids[: rows * length]).reshape(rows, length)
-
-
-def projections(model: NemotronH) -> dict[str, torch.nn.Linear]:
-    """The Linear layers the int4 format quantizes to 4 bits (all but lm_head)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
-
-
-def hessians(model: NemotronH, ids: torch.Tensor) -> dict[str, np.ndarray]:
-    """X^T X / tokens of every projection's input over `ids`, 16 rows per forward pass."""
-    sums: dict[str, torch.Tensor] = {}
-
-    def accumulate(name: str, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        sums[name] = sums.get(name, 0) + x.T @ x
-
-    hooks = [m.register_forward_hook(lambda _m, inp, _out, name=name: accumulate(name, inp[0]))
-             for name, m in projections(model).items()]
-    with torch.no_grad():
-        for rows in ids.split(16):
-            model(rows, model.empty_states(len(rows)))
-    for h in hooks:
-        h.remove()
-    return {name: (s / ids.numel()).numpy() for name, s in sums.items()}
-
-
-def run_mixer(model: NemotronH, i: int, u: torch.Tensor) -> torch.Tensor:
-    """Layer i's mixer on full rows `u` [b, t, d] from empty states."""
-    cfg, block = model.cfg, model.backbone.layers[i]
-    b, t, _ = u.shape
-    if block.kind == MAMBA:
-        conv = torch.zeros(b, cfg.conv_dim, cfg.conv_kernel - 1)
-        ssm = torch.zeros(b, cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.ssm_state_size)
-        return block.mixer(u, conv, ssm, torch.full((b,), t), False)[0]
-    if block.kind == ATTENTION:
-        empty = torch.zeros(b, cfg.num_key_value_heads, 0, cfg.head_dim)
-        return block.mixer(u, empty, empty, torch.zeros(b, dtype=torch.long))[0]
-    return block.mixer(u)
-
-
-def sensitivities(model: NemotronH, ids: torch.Tensor) -> dict[str, float]:
-    """Per projection, the squared change of its layer's output when that matrix alone is int4 (group 32),
-    relative to the squared residual stream after the layer. Layer-local, so one pass over the model instead
-    of one per matrix: the full-network effect (quantize one matrix, measure the logits) ranks the matrices
-    the same way (log correlation 0.99 on `small`) and is 2-3x larger in the first layers; fed to `allocate`
-    either gives the same plan but for one or two matrices, and the same agreement."""
-    out: dict[str, float] = {}
-    with torch.no_grad():
-        x = model.backbone.embeddings(ids)
-        for i, block in enumerate(model.backbone.layers):
-            u = block.norm(x)
-            y = run_mixer(model, i, u)
-            x = x + y
-            for name, linear in block.mixer.named_modules():
-                if isinstance(linear, torch.nn.Linear):
-                    w = linear.weight.detach().clone()
-                    linear.weight.copy_(torch.from_numpy(round_to_nearest(w.numpy(), INT4, symmetric, np.ones(1))))
-                    change = run_mixer(model, i, u) - y
-                    out[f"backbone.layers.{i}.mixer.{name}"] = float((change**2).sum() / (x**2).sum())
-                    linear.weight.copy_(w)
-    return out
-
-
-def allocate(model: NemotronH, sensitivity: dict[str, float], budget_bits: float = 5.0) -> dict[str, Format]:
-    """Per projection the MIXED_FORMATS entry that minimises the summed error estimate within
-    `budget_bits` per weight on average (uniform int4 at group 32 is 5). A matrix's error in format f is
-    estimated as its int4-group-32 sensitivity scaled by f's squared weight error over group 32's; the
-    knapsack is solved by bisection on the price of a byte (Lagrangian relaxation)."""
-    mats = projections(model)
-    weights = {n: m.weight.detach().numpy() for n, m in mats.items()}
-    sq = {n: {f: float(((round_to_nearest(w, f, symmetric, np.ones(1)) - w) ** 2).sum()) for f in MIXED_FORMATS}
-          for n, w in weights.items()}
-    cost = {(n, f): sensitivity[n] * sq[n][f] / sq[n][INT4] for n in mats for f in MIXED_FORMATS}
-    budget = budget_bits / 8 * sum(w.size for w in weights.values())
-
-    def plan(price: float) -> dict[str, Format]:
-        return {n: min(MIXED_FORMATS, key=lambda f: cost[n, f] + price * f.bytes(*weights[n].shape)) for n in mats}
-
-    def size(p: dict[str, Format]) -> float:
-        return sum(f.bytes(*weights[n].shape) for n, f in p.items())
-
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if size(plan(mid)) > budget else (lo, mid)
-    return plan(hi)
-
-
 # ---- the harness -------------------------------------------------------------------------------------------
 
 
@@ -290,24 +148,6 @@ class Harness:
     prompts: list[list[int]]
     continuation: np.ndarray  # the fp32 bundle's greedy tokens [PROMPTS, NEW_TOKENS]
     reference: np.ndarray  # fp32 teacher-forced logits [PROMPTS, NEW_TOKENS, vocab]
-    _hessians: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # by calibration source
-    _sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def calibration(self, source: str, rows: int, length: int) -> torch.Tensor:
-        if source == "random":
-            return random_rows(rows, length, self.model.cfg.vocab_size)
-        return corpus_rows(self.checkpoint, rows, length)
-
-    def hessians(self, source: str) -> dict[str, np.ndarray]:
-        if source not in self._hessians:
-            self._hessians[source] = hessians(self.model, self.calibration(source, CALIBRATION_ROWS, CALIBRATION_LEN))
-        return self._hessians[source]
-
-    def sensitivity(self, source: str) -> dict[str, float]:
-        if source not in self._sensitivity:
-            ids = self.calibration(source, SENSITIVITY_ROWS, SENSITIVITY_LEN)
-            self._sensitivity[source] = sensitivities(self.model, ids)
-        return self._sensitivity[source]
 
 
 def teacher_forced_logits(model: NemotronH, prompts: list[list[int]], continuation: np.ndarray) -> np.ndarray:
@@ -377,21 +217,21 @@ def uniform(fmt: Format, quantizer: Callable[[np.ndarray], np.ndarray]) -> Calla
     return lambda h: (lambda _n, w: quantizer(w), {n: fmt for n in projections(h.model)})
 
 
-def uniform_gptq(fmt: Format, params: Params, source: str) -> Callable[[Harness], tuple]:
+def uniform_gptq(fmt: Format) -> Callable[[Harness], tuple]:
+    """The exporter's GPTQ layer walk (calibrated on random tokens) with every projection in `fmt`."""
     def build(h: Harness) -> tuple[Quantizer, dict[str, Format]]:
-        hs = h.hessians(source)
-        return (lambda n, w: gptq(w, hs[n], fmt, params, CLIP_RATIOS)), {n: fmt for n in projections(h.model)}
+        plan = {n: BlockFormat(fmt.bits, fmt.group) for n in projections(h.model)}
+        ids = calibration_rows("random", h.model.cfg.vocab_size, None)
+        q = quantize_layers(h.model, plan, ids, use_gptq=True)
+        return (lambda n, _w: q[n].dequantize()), {n: fmt for n in q}
     return build
 
 
-def mixed(source: str, calibrated: bool) -> Callable[[Harness], tuple]:
-    """`allocate`'s plan from `source`'s sensitivities; GPTQ on `source`'s Hessians or MSE-clipped RTN."""
+def exporter(calibration: Calibration) -> Callable[[Harness], tuple]:
+    """The exporter's int4 as it is: the mixed plan within uniform int4 g32's bytes, GPTQ or clipped RTN."""
     def build(h: Harness) -> tuple[Quantizer, dict[str, Format]]:
-        plan = allocate(h.model, h.sensitivity(source))
-        if calibrated:
-            hs = h.hessians(source)
-            return (lambda n, w: gptq(w, hs[n], plan[n], symmetric, CLIP_RATIOS)), plan
-        return (lambda n, w: round_to_nearest(w, plan[n], symmetric, CLIP_RATIOS)), plan
+        q = quantize_int4(h.model, GROUP, calibration, h.checkpoint / "tokenizer.json")
+        return (lambda n, _w: q[n].dequantize()), {n: Format(v.bits, v.block_size) for n, v in q.items()}
     return build
 
 
@@ -399,19 +239,18 @@ ONE = np.ones(1)
 ASYM = Format(4, GROUP, zero_points=True)
 ASYM64 = Format(4, 64, zero_points=True)
 VARIANTS = [
-    Variant("rtn-sym-g32", uniform(INT4, lambda w: round_to_nearest(w, INT4, symmetric, ONE))),
+    Variant("rtn-sym-g32", uniform(INT4, lambda w: quantize(w, 4, GROUP).dequantize())),
     Variant("rtn-16level-g32", uniform(INT4, lambda w: round_to_nearest(w, INT4, signed_extreme, ONE))),
-    Variant("mse-sym-g32", uniform(INT4, lambda w: round_to_nearest(w, INT4, symmetric, CLIP_RATIOS))),
+    Variant("mse-sym-g32", uniform(INT4, lambda w: quantize(w, 4, GROUP, search_clip=True).dequantize())),
     Variant("mse-16level-g32", uniform(INT4, lambda w: round_to_nearest(w, INT4, signed_extreme, CLIP_RATIOS))),
     Variant("rtn-asym-g32", uniform(ASYM, lambda w: round_to_nearest(w, ASYM, asymmetric, ONE))),
     Variant("mse-asym-g32", uniform(ASYM, lambda w: round_to_nearest(w, ASYM, asymmetric, CLIP_RATIOS))),
     Variant("mse-asym-g64", uniform(ASYM64, lambda w: round_to_nearest(w, ASYM64, asymmetric, CLIP_RATIOS))),
     Variant("hqq-asym-g32", uniform(ASYM, lambda w: hqq(w, GROUP))),
-    Variant("gptq-mse-sym-g32", uniform_gptq(INT4, symmetric, "random")),
-    Variant("gptq-mse-asym-g32", uniform_gptq(ASYM, asymmetric, "random")),
-    Variant("mixed-mse-sym", mixed("random", calibrated=False)),
-    Variant("mixed-gptq-random", mixed("random", calibrated=True)),
-    Variant("mixed-gptq-corpus", mixed("corpus", calibrated=True)),
+    Variant("gptq-mse-sym-g32", uniform_gptq(INT4)),
+    Variant("mixed-mse-sym", exporter(Calibration("random", gptq=False))),
+    Variant("mixed-gptq-random", exporter(Calibration("random"))),
+    Variant("mixed-gptq-corpus", exporter(Calibration("corpus"))),
 ]
 
 

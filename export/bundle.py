@@ -3,7 +3,8 @@
 The bundle is assembled in a temporary sibling directory and renamed into place at the end, so a failed or
 interrupted export leaves nothing behind. The manifest (format: edge_runtime.bundle) describes everything
 the device needs without onnx installed: config, layer map, graph interfaces, state layout, the weight
-index, custom-op domain/version, and the sha256 of every file.
+index (with the bits and block size of every MatMulNBits projection, and for int4 the calibration that
+chose them), custom-op domain/version, and the sha256 of every file.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from edge_runtime import bundle as bundle_format
 from edge_runtime.model_config import ModelConfig
 from edge_runtime.state_layout import state_layout
 from nemotron_export import ops
+from nemotron_export.calibrate import SOURCES, Calibration, quantize_int4
 from nemotron_export.checkpoint import load_checkpoint
-from nemotron_export.onnx_graph import WeightFormat, build_graphs
+from nemotron_export.onnx_graph import WeightFormat, WeightTable, build_graphs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 ONNX_TO_NAME = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
@@ -35,11 +37,19 @@ ONNX_TO_NAME = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", Te
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """`calibration` (int4 only): what the int4 plan and GPTQ are fitted on, "corpus" or "random" tokens;
+    None takes the corpus when the checkpoint has a tokenizer, random tokens otherwise. `gptq` False
+    rounds to nearest (with a clip search) instead: faster, less accurate."""
+
     weights: WeightFormat = WeightFormat()
     max_batch: int = 8
     max_context: int = 4096
+    calibration: str | None = None
+    gptq: bool = True
 
     def __post_init__(self) -> None:
+        if self.calibration not in (None, *SOURCES):
+            raise ValueError(f"--calibration: unknown source {self.calibration!r}; choose {' or '.join(SOURCES)}")
         if self.max_batch < 1:
             raise ValueError(f"--max-batch: must be at least 1, got {self.max_batch}")
         if self.max_context < 2:
@@ -55,20 +65,26 @@ def export_bundle(ckpt_dir: str | Path, out_dir: str | Path, options: ExportOpti
     cfg = model.cfg
     # Views of the model's parameters: the one float32 copy of the weights the export holds.
     source = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    calibration, quantized = None, {}
+    if options.weights.kind == "int4":
+        tokenizer = ckpt / "tokenizer.json"
+        calibration = Calibration(options.calibration or ("corpus" if tokenizer.exists() else "random"), options.gptq)
+        quantized = quantize_int4(model, options.weights.group_size, calibration,
+                                  tokenizer if tokenizer.exists() else None, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is read by the service user
     try:
         with tqdm(total=cfg.num_layers, desc="building graphs, writing weights", unit="layer",
                   disable=not progress) as bar, (tmp / bundle_format.WEIGHTS_FILE).open("wb") as weights:
-            prefill, decode, table = build_graphs(cfg, options.weights, source, weights, progress=bar.update)
-        del source, model
+            prefill, decode, table = build_graphs(cfg, options.weights, source, weights, quantized, bar.update)
+        del source, model, quantized
         for name, graph in (("prefill", prefill), ("decode", decode)):
             onnx.save_model(graph, tmp / f"{name}.onnx")
         tokenizer = _copy_tokenizer(ckpt, tmp)
         if tokenizer is None:
             print(f"{ckpt}: no tokenizer files; the bundle serves token-id requests only", file=sys.stderr)
-        manifest = _manifest(cfg, options, prefill, decode, table.index, tokenizer)
+        manifest = _manifest(cfg, options, prefill, decode, table, calibration, tokenizer)
         bundle_format.write_manifest(tmp, manifest)
         os.replace(tmp, out)
     except BaseException:
@@ -100,7 +116,9 @@ def _io(values) -> list[dict]:
 
 
 def _manifest(cfg: ModelConfig, options: ExportOptions, prefill: onnx.ModelProto, decode: onnx.ModelProto,
-              index: dict[str, dict], tokenizer: dict | None) -> dict:
+              table: WeightTable, calibration: Calibration | None, tokenizer: dict | None) -> dict:
+    """`weights.group_size` is the block size of int8 bundles; of int4 ones, the byte budget (uniform int4
+    at that group size) whose plan `weights.projections` lists."""
     fmt = options.weights
     return {
         "schema_version": bundle_format.SCHEMA_VERSION,
@@ -117,7 +135,9 @@ def _manifest(cfg: ModelConfig, options: ExportOptions, prefill: onnx.ModelProto
             "file": bundle_format.WEIGHTS_FILE, "format": fmt.kind, "group_size": fmt.group_size if fmt.bits else None,
             "quantize_lm_head": bool(fmt.bits and fmt.quantize_lm_head), "quantize_embeddings": fmt.embeddings_int8,
             "activation_dtype": fmt.activation_dtype, "accuracy_level": fmt.accuracy_level,
-            "tensors": [{"name": k, **v} for k, v in index.items()],
+            "projections": table.blocks,
+            "calibration": calibration.to_manifest() if calibration else None,
+            "tensors": [{"name": k, **v} for k, v in table.index.items()],
         },
         "limits": {"max_batch": options.max_batch, "max_context": min(options.max_context, cfg.max_position_embeddings)},
         "tokenizer": tokenizer,

@@ -24,7 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--weights", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"])
     p.add_argument("--group-size", type=int, default=None,
-                   help="quantization block size (default: 32 for int4, 128 for int8)")
+                   help="int8: the quantization block size (default 128). int4: the byte budget, the size of "
+                        "uniform int4 at this group size (default 32: 5 bits a weight with float32 scales); each "
+                        "projection gets int4 at group 32/64/128 (or this size) or int8 at group 128, planned by "
+                        "its measured sensitivity within that budget")
+    p.add_argument("--calibration", choices=["corpus", "random"], default=None,
+                   help="int4: what the plan and GPTQ are fitted on: the shipped text corpus through the "
+                        "checkpoint's tokenizer, or random tokens (default: corpus when the checkpoint has a "
+                        "tokenizer, random otherwise)")
+    p.add_argument("--no-gptq", action="store_true",
+                   help="int4: round each projection to nearest (with a clip search) instead of GPTQ; the plan "
+                        "is still calibrated. Much faster, less accurate")
     p.add_argument("--no-quantize-lm-head", action="store_true",
                    help="keep lm_head unquantized in int8/int4 bundles (default: quantized like the projections)")
     p.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 2, 3, 4],
@@ -70,7 +80,8 @@ def _export(args: argparse.Namespace) -> int:
             quantize_lm_head=not args.no_quantize_lm_head, accuracy_level=args.accuracy_level,
         )
         out = export_bundle(args.checkpoint, args.out,
-                            ExportOptions(weights=fmt, max_batch=args.max_batch, max_context=args.max_context))
+                            ExportOptions(weights=fmt, max_batch=args.max_batch, max_context=args.max_context,
+                                          calibration=args.calibration, gptq=not args.no_gptq))
     except (CheckpointError, ConfigError, ValueError, FileExistsError) as e:
         print(f"nemotron-edge export: {e}", file=sys.stderr)
         return 2

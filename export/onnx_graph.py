@@ -24,7 +24,7 @@ from edge_runtime.bundle import WEIGHTS_FILE
 from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
 from edge_runtime.state_layout import state_layout
 from nemotron_export import ops
-from nemotron_export.quantize import quantize
+from nemotron_export.quantize import QuantizedWeight, quantize
 
 OPSET = 18
 MS_DOMAIN = "com.microsoft"
@@ -35,7 +35,11 @@ ONNX_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfl
 
 @dataclass(frozen=True)
 class WeightFormat:
-    """How projections are stored. `kind`: fp32, fp16, bf16 (stored 16-bit, computed in float32), int8, int4."""
+    """How projections are stored. `kind`: fp32, fp16, bf16 (stored 16-bit, computed in float32), int8, int4.
+
+    `group_size`: the MatMulNBits block size of int8 projections and of lm_head; for int4 the byte budget
+    of the projections, which are planned per matrix (nemotron_export.allocation) within the bytes of
+    uniform int4 at this group size."""
 
     kind: str = "fp32"
     group_size: int = 32
@@ -84,6 +88,7 @@ class WeightTable:
     file: BinaryIO
     index: dict[str, dict] = field(default_factory=dict)  # name -> offset, nbytes, dtype, shape
     align: int = 64
+    blocks: dict[str, dict] = field(default_factory=dict)  # MatMulNBits weight name -> bits, block_size
 
     def add(self, name: str, array: np.ndarray, bf16: bool = False) -> str:
         if name not in self.index:
@@ -100,8 +105,9 @@ class WeightTable:
 class GraphBuilder:
     """Accumulates the nodes of one graph; `node()` returns output names, fresh for every call."""
 
-    def __init__(self, cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray], table: WeightTable):
-        self.cfg, self.fmt, self.source, self.table = cfg, fmt, source, table
+    def __init__(self, cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray], table: WeightTable,
+                 quantized: dict[str, QuantizedWeight]):
+        self.cfg, self.fmt, self.source, self.table, self.quantized = cfg, fmt, source, table, quantized
         self.nodes: list[onnx.NodeProto] = []
         self.act = ONNX_DTYPE[fmt.activation_dtype]
         self.consts: dict[str, np.ndarray] = {}  # small inline initializers: shape inference must read them
@@ -138,18 +144,20 @@ class GraphBuilder:
         return self.table.add(name, w.astype(np.float16))
 
     def linear(self, x: str, name: str, bias: str | None = None) -> str:
-        """x [..., in] @ W^T for the checkpoint weight `name` [out, in], in the bundle's weight format."""
+        """x [..., in] @ W^T for the checkpoint weight `name` [out, in], in the bundle's weight format: as
+        `quantized` holds it (calibrated int4), else rounded to nearest at the format's bits and group size."""
         w = self.source[name]
         n, k = w.shape
         bits = self.fmt.head_bits if name == "lm_head.weight" else self.fmt.bits
         if bits is not None:
-            if name + ".qweight" not in self.table.index:
-                q = quantize(w, bits, self.fmt.group_size, np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
+            if name not in self.table.blocks:
+                q = self.quantized.get(name) or quantize(
+                    w, bits, self.fmt.group_size, np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
                 self.table.add(name + ".qweight", q.packed)
                 self.table.add(name + ".scales", q.scales)
+                self.table.blocks[name] = {"bits": q.bits, "block_size": q.block_size}
             y = self.one("MatMulNBits", [x, name + ".qweight", name + ".scales"], domain=MS_DOMAIN,
-                         K=k, N=n, bits=bits, block_size=self.fmt.group_size,
-                         accuracy_level=self.fmt.accuracy_level)
+                         K=k, N=n, accuracy_level=self.fmt.accuracy_level, **self.table.blocks[name])
         else:
             y = self.one("MatMul", [x, self._dense(name + ".T", w.T)])
         return self.one("Add", [y, self.param(bias)]) if bias else y
@@ -405,10 +413,12 @@ def _external_stub(name: str, entry: dict) -> onnx.TensorProto:
 
 
 def build_graphs(cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray], weights_file: BinaryIO,
-                 progress: Callable[[int], None] | None = None) -> tuple[onnx.ModelProto, onnx.ModelProto, WeightTable]:
+                 quantized: dict[str, QuantizedWeight] | None = None, progress: Callable[[int], None] | None = None,
+                 ) -> tuple[onnx.ModelProto, onnx.ModelProto, WeightTable]:
     """(prefill, decode, table): building prefill writes every weight to `weights_file` (reporting each
-    finished layer to `progress`); decode then references the same entries."""
+    finished layer to `progress`), projections in `quantized` as they are there; decode then references
+    the same entries."""
     table = WeightTable(weights_file)
-    prefill = GraphBuilder(cfg, fmt, source, table).build(decode=False, progress=progress)
-    decode = GraphBuilder(cfg, fmt, source, table).build(decode=True)
+    prefill = GraphBuilder(cfg, fmt, source, table, quantized or {}).build(decode=False, progress=progress)
+    decode = GraphBuilder(cfg, fmt, source, table, quantized or {}).build(decode=True)
     return prefill, decode, table

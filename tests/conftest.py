@@ -36,14 +36,16 @@ def _checkpoint(factory: pytest.TempPathFactory, preset: str) -> Path:
 
 
 def _bundle(factory: pytest.TempPathFactory, checkpoint: Path, max_context: int, weights: str = "fp32") -> Path:
-    """`checkpoint` exported as `nemotron-edge export --weights WEIGHTS` exports it by default."""
+    """`checkpoint` exported as `nemotron-edge export --weights WEIGHTS --no-gptq` exports it: int4's mixed
+    plan and sizes as by default, without GPTQ's minutes (these fixtures serve memory and graph checks;
+    tests/test_export_quantized.py measures accuracy)."""
     from nemotron_export.bundle import ExportOptions, export_bundle
     from nemotron_export.commands import DEFAULT_GROUP_SIZE
     from nemotron_export.onnx_graph import WeightFormat
 
     fmt = WeightFormat(weights, group_size=DEFAULT_GROUP_SIZE.get(weights, 32))
     return export_bundle(checkpoint, factory.mktemp("bundle") / f"{checkpoint.name}-{weights}",
-                         ExportOptions(fmt, max_batch=8, max_context=max_context), progress=False)
+                         ExportOptions(fmt, max_batch=8, max_context=max_context, gptq=False), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -303,7 +303,7 @@ def test_failure_midway_leaves_nothing(base, tmp_path, monkeypatch, stage, error
 def test_failure_inside_graph_building_leaves_nothing(base, tmp_path, monkeypatch):
     """A group size quantize() refuses is raised after the weights file has been opened."""
     with pytest.raises(ValueError, match="group size"):
-        export_bundle(base, tmp_path / "bundle", ExportOptions(weights=WeightFormat("int4", group_size=48)),
+        export_bundle(base, tmp_path / "bundle", ExportOptions(weights=WeightFormat("int8", group_size=48)),
                       progress=False)
     assert leftovers(tmp_path, "bundle") == []
 

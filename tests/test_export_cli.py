@@ -1,7 +1,9 @@
 """`nemotron-edge synth` and `nemotron-edge export` as a user runs them: subprocesses, exit codes, output.
 
-- export with --weights int4 --group-size 64 works and shows progress (tqdm, on stderr);
-- a checkpoint without tokenizer files exports, and the manifest says "tokenizer": null;
+- export with --weights int4 --group-size 64 works, calibrates on the corpus (the checkpoint has a
+  tokenizer) and shows progress (tqdm, on stderr);
+- a checkpoint without tokenizer files exports, and the manifest says "tokenizer": null; int4 then
+  calibrates on random tokens, and refuses --calibration corpus by name;
 - synth is deterministic for a seed (same file hashes twice), and its tiny output loads in transformers
   (AutoModelForCausalLM) and in our loader with the same logits (max rel err <= 1e-4);
 - export errors are one line on stderr and exit code 2, not a traceback.
@@ -17,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,20 +95,24 @@ def test_export_int4_group_64_with_progress(synth_twice, tmp_path):
     run = cli("export", str(synth_twice[0]), "--out", str(out), "--weights", "int4", "--group-size", "64")
     assert run.returncode == 0, run.stderr
     assert f"wrote bundle to {out}" in run.stdout
-    # tqdm bars on stderr (the loader's per tensor, the graph builder's per layer), each run to 100%
+    # tqdm bars on stderr (the loader's per tensor, int4 calibration's and the graph builder's per layer),
+    # each run to 100%
     bars = re.findall(r"([a-z][a-z ,]+): +100%\|", run.stderr.replace("\r", "\n"))
-    assert "loading weights" in bars and len(set(bars)) >= 2, run.stderr
+    assert {"loading weights", "measuring sensitivity", "quantizing layers"} <= set(bars), run.stderr
+    assert len(set(bars)) >= 4, run.stderr
     bundle = open_bundle(out)
     w = bundle.weights
     assert (w["format"], w["group_size"], w["activation_dtype"]) == ("int4", 64, "float32")
+    assert (w["calibration"]["source"], w["calibration"]["method"]) == ("corpus", "gptq")  # it has a tokenizer
     assert any(t["name"].endswith(".qweight") for t in w["tensors"])
     assert bundle.manifest["tokenizer"]["files"][0] == "tokenizer.json"
     assert bundle.has_tokenizer
 
 
 def test_export_without_tokenizer_files(tmp_path):
-    """synth --no-tokenizer through the CLI; the export in-process (the CLI export is tested above)."""
-    from nemotron_export.bundle import export_bundle
+    """synth --no-tokenizer through the CLI; the exports in-process (the CLI export is tested above)."""
+    from nemotron_export.bundle import ExportOptions, export_bundle
+    from nemotron_export.onnx_graph import WeightFormat
 
     ckpt = tmp_path / "ckpt"
     run = cli("synth", "--preset", "tiny", "--out", str(ckpt), "--no-tokenizer")
@@ -117,6 +124,12 @@ def test_export_without_tokenizer_files(tmp_path):
     assert '"tokenizer": null' in (out / "manifest.json").read_text()
     assert not open_bundle(out).has_tokenizer
     assert sorted(p.name for p in out.iterdir()) == ["decode.onnx", "manifest.json", "prefill.onnx", "weights.bin"]
+    # int4 calibrates on random tokens without a tokenizer, and refuses the corpus by name
+    int4 = ExportOptions(weights=WeightFormat("int4"), gptq=False)
+    out = export_bundle(ckpt, tmp_path / "int4", int4, progress=False)
+    assert open_bundle(out).weights["calibration"]["source"] == "random"
+    with pytest.raises(ValueError, match="--calibration corpus: the checkpoint has no tokenizer.json"):
+        export_bundle(ckpt, tmp_path / "int4-corpus", replace(int4, calibration="corpus"), progress=False)
 
 
 def _export_in_process(args: list[str]) -> tuple[int, str]:
@@ -151,7 +164,7 @@ def test_export_errors_exit_2_without_traceback(synth_twice, tmp_path):
 def test_export_error_is_not_glued_to_a_progress_bar(synth_twice, tmp_path):
     """The error starts its own line, also when it is raised while a progress bar is open (the graph
     builder's, here): the bar must be closed first."""
-    args = [str(synth_twice[0]), "--out", str(tmp_path / "o"), "--weights", "int4", "--group-size", "48"]
+    args = [str(synth_twice[0]), "--out", str(tmp_path / "o"), "--weights", "int8", "--group-size", "48"]
     code, text = _export_in_process(args)
     lines = text.replace("\r", "\n").splitlines()
     assert code == 2
