@@ -189,7 +189,6 @@ def test_sixteen_requests_under_a_budget_for_four(tiny_bundle):
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys, psutil
     from edge_runtime.engine import Engine, EngineConfig
-from edge_runtime.ort_backend import ProviderConfig
     from edge_runtime.request import GenerationRequest
     from edge_runtime.sampler import SamplingParams
     proc = psutil.Process()
