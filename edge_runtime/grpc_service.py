@@ -338,10 +338,11 @@ class EdgeService(pb_grpc.EdgeLMServicer):
     def _status(self) -> pb.ServiceStatus:
         e = self.engine
         plan = e.plan
+        busy = e.slots_busy  # read once: the engine thread frees slots meanwhile, and the figures must agree
         # The slots' own storage (pool.nbytes also counts the per-call staging buffers).
         per_slot = sum(a.nbytes for a in e.pool.arrays.values()) // max(1, e.num_slots)
         memory = pb.MemoryStatus(
-            state_bytes_in_use=per_slot * e.slots_busy,
+            state_bytes_in_use=per_slot * busy,
             used_bytes=_held_bytes(e),
             process_rss_bytes=psutil.Process().memory_info().rss,
             weight_bytes=plan.resident_weight_bytes if plan else e.runner.weights.nbytes,
@@ -358,7 +359,7 @@ class EdgeService(pb_grpc.EdgeLMServicer):
                      "active_streams": float(self.active_streams)}
         telemetry.update(_telemetry(self.telemetry))
         return pb.ServiceStatus(
-            memory=memory, slots_busy=e.slots_busy, slots_free=e.num_slots - e.slots_busy,
+            memory=memory, slots_busy=busy, slots_free=e.num_slots - busy,
             queue_depth=e.queue_depth, decode_tokens_per_second=e.decode_tokens_per_second(),
             uptime_s=time.monotonic() - self.started, telemetry=telemetry,
         )
