@@ -140,7 +140,7 @@ class OrtModelRunner:
         self._logits = {g: np.zeros(pool.max_rows * vocab, dtype=np.float32) for g in self.sessions}
         self.calls = {"prefill": 0, "decode": 0}
         self.staged_calls = {"prefill": 0, "decode": 0}  # calls whose slots were not consecutive: state copied
-        self._decode_bindings: dict[tuple[int, int | None], ort.IOBinding] = {}
+        self._decode_bindings: dict[tuple[int, int | None], tuple[ort.IOBinding, dict[str, np.ndarray]]] = {}
 
     def _session(self, graph: str) -> ort.InferenceSession:
         so = ort.SessionOptions()
@@ -177,33 +177,40 @@ class OrtModelRunner:
         ids = np.zeros((len(slots), t), dtype=np.int64)
         for row, chunk in enumerate(chunks):
             ids[row, : len(chunk)] = chunk
-        feeds = self.pool.gather(slots, max(past_lengths))
+        feeds = self.pool.gather_kv(slots, max(past_lengths))
         feeds.update(input_ids=ids, lengths=np.asarray(lengths, np.int64), past_lengths=np.asarray(past_lengths, np.int64))
         return self._run("prefill", feeds, slots, past_lengths, lengths)
 
     def decode(self, slots: list[int], tokens: list[int], past_lengths: list[int]) -> np.ndarray:
-        feeds = self.pool.gather(slots, max(past_lengths))
+        feeds = self.pool.gather_kv(slots, max(past_lengths))
         feeds.update(input_ids=np.asarray(tokens, np.int64)[:, None], past_lengths=np.asarray(past_lengths, np.int64))
         return self._run("decode", feeds, slots, past_lengths, [1] * len(slots))
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray], slots: list[int], past: list[int], new: list[int]) -> np.ndarray:
-        """Run with every input and output bound to preallocated buffers: no per-step allocations here."""
+        """Run with every input and output bound to preallocated buffers: no per-step allocations here.
+        `feeds` are the inputs that change from call to call (tokens, lengths, K/V); the fixed-size states
+        come from the pool."""
         session = self.sessions[graph]
         b = len(slots)
-        outputs = self.pool.output_views(slots, max(new))
-        outputs["logits"] = self._logits[graph][: b * self.bundle.config.vocab_size].reshape(b, -1)
-        # A decode call of the same slots always writes the same output buffers (its slots' rows, or the
-        # same staging prefixes), so its output bindings are made once; inputs (K/V grows) are rebound.
         run = consecutive(slots)
+        states = self.pool.gather_states(slots)
+        # A decode call of the same slots always reads and writes the same state buffers (its slots' rows,
+        # or the same staging prefixes) and the same outputs, so those bindings are made once.
         key = (b, run.start if run is not None else None)
-        binding = self._decode_bindings.get(key) if graph == "decode" else None
-        if binding is None:
+        cached = self._decode_bindings.get(key) if graph == "decode" else None
+        if cached is None:
+            outputs = self.pool.output_views(slots, max(new))
+            outputs["logits"] = self._logits[graph][: b * self.bundle.config.vocab_size].reshape(b, -1)
             binding = session.io_binding()
             for name in self._output_names[graph]:
                 array = outputs[name]
                 binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+            for name, array in states.items():
+                binding.bind_cpu_input(name, array)
+            cached = (binding, outputs)
             if graph == "decode":
-                self._decode_bindings[key] = binding
+                self._decode_bindings[key] = cached
+        binding, outputs = cached
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
         session.run_with_iobinding(binding)

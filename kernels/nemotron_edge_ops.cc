@@ -32,11 +32,11 @@ namespace {
 using Ort::Custom::Tensor;
 using Half = Ort::Float16_t;
 
-// The hot loops are compiled twice, for baseline x86-64 (SSE2) and for x86-64-v3 (AVX2, FMA); the
-// loader picks the clone the CPU supports (GCC function multiversioning), so one build stays portable.
+// The hot loops are compiled three times, for baseline x86-64 (SSE2), x86-64-v3 (AVX2, FMA) and x86-64-v4
+// (AVX-512); the loader picks the best clone the CPU supports (GCC function multiversioning), so one build stays portable.
 // They are not inlined, which also keeps their __restrict promises visible to the vectoriser.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NEMOTRON_EDGE_NO_CLONES)
-#define HOT __attribute__((noinline, target_clones("arch=x86-64-v3", "default")))
+#define HOT __attribute__((noinline, target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define HOT __attribute__((noinline))
 #endif
