@@ -153,6 +153,37 @@ HOT void ssm_token(const float* in, float* out, const float* x, float dt, float 
   }
 }
 
+// The same recurrence for one token on a transposed state st [n, p] (updated in place), for scans:
+// along p, the update and the output y = s . C + D x are both plain vector loops, where the [p, n]
+// layout needs a horizontal sum per row and token (measured: a 512-token scan of one small-model layer
+// 10-16 ms in [p, n], 4 ms transposed, AVX-512, one thread). u, acc [p] are scratch.
+HOT void ssm_token_transposed(float* __restrict st, float* __restrict u, float* __restrict acc, const float* __restrict x,
+                              float dt, float A, const float* __restrict B, const float* __restrict C, float D,
+                              float* __restrict y, int64_t p, int64_t n) {
+  const float decay = std::exp(dt * A);
+  for (int64_t i = 0; i < p; ++i) {
+    u[i] = x[i] * dt;
+    acc[i] = D * x[i];
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    float* r = st + j * p;
+    const float b = B[j], c = C[j];
+#pragma omp simd
+    for (int64_t i = 0; i < p; ++i) {
+      const float v = r[i] * decay + u[i] * b;
+      r[i] = v;
+      acc[i] += v * c;
+    }
+  }
+  std::memcpy(y, acc, sizeof(float) * p);
+}
+
+// dst [cols, rows] = src [rows, cols]^T
+inline void transpose(const float* src, float* dst, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
+}
+
 // ---- CausalConv1d -----------------------------------------------------------------------------------
 //
 // x [b, t, c] T, conv_state [b, c, k-1] T, weight [c, k] T, bias [c] T, lengths [b] int64
@@ -386,17 +417,18 @@ struct SsdChunkScan {
     const size_t state_size = d.p * d.n;  // one head's state
 
     const int64_t r = d.h / d.g;
-    auto head = [&](size_t bh) {  // one (row, head) over all tokens, its state kept hot
+    auto head = [&](size_t bh) {  // one (row, head) over all tokens, its state kept hot and transposed
       const int64_t row = bh / d.h, hd = bh % d.h, grp = hd / r;
-      float* state = s + bh * state_size;
-      if (d.t == 0) std::memcpy(state, s_in + bh * state_size, sizeof(float) * state_size);
+      std::vector<float> st(state_size), u(d.p), acc(d.p);
+      transpose(s_in + bh * state_size, st.data(), d.p, d.n);
       for (int64_t i = 0; i < d.t; ++i) {
         const int64_t tok = row * d.t + i;  // index of (row, token)
         const int64_t bg = (tok * d.g + grp) * d.n;
         const int64_t th = tok * d.h + hd;  // index of (row, token, head)
-        ssm_token(i == 0 ? s_in + bh * state_size : state, state, x + th * d.p, dt[th], A[hd], B + bg, C + bg,
-                  D[hd], y + th * d.p, d.p, d.n);
+        ssm_token_transposed(st.data(), u.data(), acc.data(), x + th * d.p, dt[th], A[hd], B + bg, C + bg, D[hd],
+                             y + th * d.p, d.p, d.n);
       }
+      transpose(st.data(), s + bh * state_size, d.n, d.p);
     };
     parallel_for(ctx, static_cast<size_t>(d.b * d.h), static_cast<size_t>(d.b * d.t * d.h * d.p * d.n), head);
     return Ort::Status{nullptr};
