@@ -6,8 +6,10 @@ decode: greedy, `new_tokens` after a `prompt_tokens` prompt, at batch 1 and batc
 prefill: time to the first token of a `max_tokens=1` request (prefill plus one greedy pick), for each
   prompt length, with the whole prompt in one model call (prefill_chunk = max_step_tokens = the longest
   prompt) and with the engine's default chunking (SchedulerConfig(): chunks of 256, 512 tokens a step).
-Every engine of a case is loaded up front, and for each batch size (prompt length) all variants and
-transformers run in rounds, one run each per round: `warmups` rounds, then `reps` timed rounds.
+Every engine of a case is loaded up front, and all variants and transformers run in rounds, one run each
+per round: `warmups` rounds, then `reps` timed rounds. In decode a round holds both batch sizes, so that
+batch 8 over batch 1 compares runs as close in time as ours and transformers'; in prefill a round holds
+one prompt length.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ def decode(env: Env, s: Settings) -> dict:
     engines = {v: env.engine(v, max_batch=s.batch) for v in variants}
     with Reference(env.checkpoint, s.threads) as ref:
         case.details["reference"] = ref.info
+        fns = {}
         for b in (1, s.batch):
             p = prompts[:b]
-            fns = {f"{v.label} b{b}": ("tok/s", lambda e=e: b * s.new_tokens / timed(lambda: generate_batch(e, p, s.new_tokens)))
-                   for v, e in engines.items() if b in batches[v]}
-            fns[f"transformers b{b}"] = ("tok/s", lambda: ref.decode(p, s.new_tokens))
-            case.measure_interleaved(fns, s.reps)
+            fns.update({f"{v.label} b{b}": ("tok/s", lambda e=e, b=b, p=p: b * s.new_tokens / timed(lambda: generate_batch(e, p, s.new_tokens)))
+                        for v, e in engines.items() if b in batches[v]})
+            fns[f"transformers b{b}"] = ("tok/s", lambda p=p: ref.decode(p, s.new_tokens))
+        case.measure_interleaved(fns, s.reps)
     del engines
     for v in variants:
         case.ratio(f"{v.label} b1 / transformers b1", f"{v.label} b1", "transformers b1", DECODE_TARGET.get(v.fmt))
