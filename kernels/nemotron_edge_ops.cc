@@ -539,12 +539,13 @@ struct MambaDecodeStep {
     float* s = ssm_state_out.Allocate({d.b, d.h, d.p, d.n});
     const int64_t row = d.i + d.c + d.h;  // one row of zxbcdt
 
-    // Per row: the conv (into xbc [b, c], rounded to T like CausalConv1d's output) and dt [b, h].
+    // Per row (rows on the thread pool): the conv (into xbc [b, c], rounded to T like CausalConv1d's
+    // output) and dt [b, h].
     std::vector<float> xbc(d.b * d.c), dt(d.b * d.h);
-    std::vector<T> conv_y(d.c);
-    const int64_t one = 1;
-    for (int64_t r = 0; r < d.b; ++r) {
+    auto conv_row = [&](size_t r) {
+      const int64_t one = 1;
       const float* zr = zx + r * row;
+      std::vector<T> conv_y(d.c);
       CausalConv1d<T>::run(nullptr, zr + d.i, cs + r * d.c * (d.k - 1), w, bias, &one, conv_y.data(),
                            ncs + r * d.c * (d.k - 1), 1, 1, d.c, d.k);
       for (int64_t ch = 0; ch < d.c; ++ch) xbc[r * d.c + ch] = to_f32(conv_y[ch]);
@@ -552,7 +553,8 @@ struct MambaDecodeStep {
         const float v = softplus(zr[d.i + d.c + hd] + dt_bias[hd]);
         dt[r * d.h + hd] = v < dt_min_ ? dt_min_ : (v > dt_max_ ? dt_max_ : v);
       }
-    }
+    };
+    parallel_for(ctx, static_cast<size_t>(d.b), static_cast<size_t>(d.b * d.c * d.k), conv_row);
 
     // The heads: x = xBC[hd*p : (hd+1)*p], B and C of the head's group, into ssm_y [b, i].
     std::vector<float> ssm_y(d.b * d.i);
