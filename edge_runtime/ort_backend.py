@@ -36,8 +36,10 @@ class ProviderConfig:
     custom_op_library: str | None = None
     # ONNX Runtime pre-packs constant weights once per session, a second copy each. For float weights
     # we turn that off, so the mapped weights.bin is the only copy (measured: 3.0x the weight bytes
-    # resident with it, 1.0x without, at the same decode speed). MatMulNBits needs its pre-packed
-    # layout to be fast, so quantized bundles keep it (None = decide by the bundle's weight format).
+    # resident with it, 1.0x without; batch-1 decode within 10%, but batch 8 about 1.8x slower without
+    # it, since MatMul then packs the weights on every call: BENCHMARKS.md, fp32+k against fp32+k+p).
+    # MatMulNBits needs its pre-packed layout to be fast, so quantized bundles keep it (None = decide by
+    # the bundle's weight format).
     disable_prepacking: bool | None = None
     # When ONNX Runtime's idle worker threads spin (SPINNING): "always" is its default, spinning on after a
     # Run returns; each session has its own pool, so after a prefill call its threads take cores from the
