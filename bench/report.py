@@ -82,10 +82,11 @@ def thinking(c: dict, s: dict) -> str:
     ended = c["details"].get("thinking_ended", {})
     for budget in s["budgets"]:
         r = c["ratios"].get(f"single / two calls {budget}")
-        rows.append([str(budget), _med(c, f"single pass {budget}"), _med(c, f"two calls {budget}"), _x(r), _mark(r),
+        rows.append([str(budget), _med(c, f"single pass {budget}"), _med(c, f"two calls {budget}"),
+                     _med(c, f"call 2 prefill {budget}"), _x(r), _mark(r),
                      "; ".join(ended.get(f"single {budget}", {})), "; ".join(ended.get(f"two calls {budget}", {}))])
-    return _table(["budget B", "single pass s", "two calls s", "single / two", "target", "single pass: thinking ended by",
-                   "two calls: how call 1 ended"], rows)
+    return _table(["budget B", "single pass s", "two calls s", "of which call 2's prefill s", "single / two", "target",
+                   "single pass: thinking ended by", "two calls: how call 1 ended"], rows)
 
 
 def memory(c: dict, s: dict) -> str:

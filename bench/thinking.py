@@ -9,7 +9,8 @@ top-p 0.95) and the same seed, EOS ignored so that every run produces the same n
 - two calls (the model card's ThinkingBudgetClient): call 1 generates up to B tokens from the same prompt;
   if its text has no "</think>", ".\n</think>\n\n" is appended; call 2 re-reads prompt + reasoning as a
   new prompt (a fresh prefill) and generates A tokens.
-Time = wall time from submitting until the last Final. How the reasoning ended is recorded per run.
+Time = wall time from submitting until the last Final. How the reasoning ended is recorded per run, and
+so is call 2's time to its first token (its prefill): what the single pass saves, besides one request.
 
 The case is about enforcing a budget, so the seed is chosen for the budget to bind: the first seed from
 `seed` on whose sampled reasoning the random-weight model does not write </think> by itself within the
@@ -61,6 +62,8 @@ def thinking(env: Env, s: Settings) -> dict:
     seed, tried = _binding_seed(engine, chat, s)
 
     for budget in s.budgets:
+        call2_prefill: list[float] = []  # seconds to call 2's first token: the prefill the single pass saves
+
         def single() -> float:
             request, reasoning = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=budget,
                                                           max_answer_tokens=s.answer_tokens, seed=seed))
@@ -86,11 +89,13 @@ def thinking(env: Env, s: Settings) -> dict:
             ids = tok.encode(prompt_text + reasoning, add_special_tokens=False).ids
             second = engine.generate(GenerationRequest(ids, request.sampling, max_tokens=s.answer_tokens, ignore_eos=True))
             seconds = time.perf_counter() - t0
+            call2_prefill.append(second.timings.time_to_first_token_ms / 1000)
             how = "model wrote </think>" if closed else f"{len(first.token_ids)} tokens, no </think>: closed by the client"
             ended[f"two calls {budget}"][f"{how}; call 2 prefilled {len(ids)} tokens, {len(second.token_ids)} answer tokens"] += 1
             return seconds
 
         case.measure_interleaved({f"single pass {budget}": ("s", single), f"two calls {budget}": ("s", two_calls)}, s.reps)
+        case.record(f"call 2 prefill {budget}", "s", call2_prefill[-s.reps:])
         case.ratio(f"single / two calls {budget}", f"single pass {budget}", f"two calls {budget}",
                    TARGET[1] if budget == TARGET[0] else None)
     case.details.update(variant=v.label, answer_tokens=s.answer_tokens, seed=seed, seeds_tried=tried, prompt=prompt_text,
