@@ -234,7 +234,7 @@ def test_ssm_step_matches_function_body(kernel_lib, dtype):
 
 @pytest.mark.parametrize("op", ["SsmStep", "SsdChunkScan"])
 def test_ssm_ops_on_the_thread_pool(kernel_lib, op):
-    """Jobs of at least 2^18 state updates are split over (row, head) on ORT's intra-op thread pool."""
+    """Jobs of at least 2^15 state updates are split over (row, head) on ORT's intra-op thread pool."""
     b, t, h, p, g, n = 4, 40, 16, 32, 4, 128
     feeds = ssm_inputs(np.random.default_rng(9), np.float32, b, t, h, p, g, n, valid=[40, 33, 1, 0])
     if op == "SsmStep":
@@ -249,6 +249,23 @@ def test_ssm_ops_on_the_thread_pool(kernel_lib, op):
     ref = session(model, None).run(None, feeds)
     assert_close(ref[0], got[0], 1e-5, "y")
     assert_close(ref[1], got[1], 1e-5, "state")
+
+
+def pool_session(model: bytes, lib: str) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 4
+    so.register_custom_ops_library(lib)
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def test_causal_conv1d_on_the_thread_pool(kernel_lib):
+    """A long chunk of at least 2^15 elements is split into blocks of tokens on the pool; right padding and
+    the new state (written after every block) are unaffected."""
+    model, feeds = conv_inputs(np.random.default_rng(4), np.float32, b=2, t=70, c=300, k=4, lengths=[70, 33])
+    got = pool_session(model, kernel_lib).run(None, feeds)
+    ref = session(model, None).run(None, feeds)
+    assert_close(ref[0], got[0], 1e-5, "y")
+    np.testing.assert_array_equal(ref[1], got[1])
 
 
 # ---- MambaDecodeStep ---------------------------------------------------------------------------------
@@ -287,6 +304,16 @@ def test_mamba_decode_step_matches_function_body(kernel_lib, dtype, b, clamp):
     assert_close(ref[0], got[0], tol(dtype), "y")
     np.testing.assert_array_equal(ref[1], got[1], "new_conv_state is a copy of inputs: exact")
     assert_close(ref[2], got[2], tol(dtype), "new_ssm_state")
+
+
+def test_mamba_decode_step_on_the_thread_pool(kernel_lib):
+    """Rows' convs and (row, head) state updates of at least 2^15 elements run on the pool."""
+    model, feeds = decode_step_inputs(np.random.default_rng(5), np.float32, 12, 16, 32, 2, 64, k=4)
+    got = pool_session(model, kernel_lib).run(None, feeds)
+    ref = session(model, None).run(None, feeds)
+    assert_close(ref[0], got[0], 1e-5, "y")
+    np.testing.assert_array_equal(ref[1], got[1])
+    assert_close(ref[2], got[2], 1e-5, "new_ssm_state")
 
 
 def test_mamba_decode_step_clamp_is_active(kernel_lib):
