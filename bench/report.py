@@ -74,6 +74,9 @@ def service(c: dict, s: dict) -> str:
     if r:
         text += (f"\n\ngRPC cost at batch 1: in-process / gRPC = {_x(r)} ({(r['value'] - 1) * 100:+.1f}% time), "
                  f"{_mark(r)}")
+    cpu = c["details"].get("cpu_ms_per_token")
+    if cpu:
+        text += "\n\nCPU time per token at batch 1 (all threads): " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items())
     return text
 
 

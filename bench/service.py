@@ -8,13 +8,17 @@ new tokens / wall time from the first call to the last Final.
 
 The overhead at batch 1 compares the same request through the service with the same request run in this
 process by an engine built from the same settings (`grpc_server.engine_config`), stepped on the caller's
-thread; the two are measured interleaved, and the server is idle while the in-process engine runs.
+thread; the two are measured interleaved (`overhead_reps` rounds: the bar is 10% and single runs of this VM
+vary more than that), and the server is idle while the in-process engine runs. CPU time
+per generated token is recorded for each side (all threads: this process for the in-process engine and for
+the gRPC client, /proc for the server process), so the report shows what the service path adds.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 import subprocess
 import sys
 import tempfile
@@ -47,6 +51,11 @@ class Server:
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env)
         with EdgeClient(self.address) as c:
             c.wait_until_serving(timeout=300)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far, all threads."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -100,10 +109,25 @@ def service(env: Env, s: Settings) -> dict:
             engine = Engine(bundle, engine_config(config))
             request = lambda: GenerationRequest(prompts[0], SamplingParams.model_card_default(False),
                                                 max_tokens=s.new_tokens, ignore_eos=True)
-            case.measure_interleaved({
-                "in-process b1": ("tok/s", lambda: s.new_tokens / timed(lambda: engine.generate(request()))),
-                "gRPC 1 stream": ("tok/s", lambda: _streams(clients[:1], prompts[:1], s.new_tokens)),
-            }, s.reps)
+            cpu = {"in-process engine": 0.0, "gRPC server": 0.0, "gRPC client": 0.0}
+
+            def in_process() -> float:
+                c0 = time.process_time()
+                rate = s.new_tokens / timed(lambda: engine.generate(request()))
+                cpu["in-process engine"] += time.process_time() - c0
+                return rate
+
+            def through_grpc() -> float:
+                c0, s0 = time.process_time(), server.cpu_seconds()
+                rate = _streams(clients[:1], prompts[:1], s.new_tokens)
+                cpu["gRPC client"] += time.process_time() - c0
+                cpu["gRPC server"] += server.cpu_seconds() - s0
+                return rate
+
+            case.measure_interleaved({"in-process b1": ("tok/s", in_process), "gRPC 1 stream": ("tok/s", through_grpc)},
+                                     s.overhead_reps)
+            tokens = (s.warmups + s.overhead_reps) * s.new_tokens
+            case.details["cpu_ms_per_token"] = {k: round(v * 1000 / tokens, 3) for k, v in cpu.items()}
             del engine
             for n in s.streams:
                 if n > 1:

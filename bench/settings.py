@@ -26,6 +26,7 @@ class Settings:
     # gRPC service, thinking budgets, profile: one format, with the kernels when they are built
     service_format: str = "int4"
     streams: tuple[int, ...] = (1, 4, 8, 16)
+    overhead_reps: int = 15  # timed rounds of in-process against gRPC at batch 1: a 10% bar on a noisy VM
     budgets: tuple[int, ...] = (32, 256)
     answer_tokens: int = 64
     seed: int = 1234
@@ -46,7 +47,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = replace(FULL, reps=1, warmups=1, new_tokens=32, memory_reps=1,
+QUICK = replace(FULL, reps=1, warmups=1, new_tokens=32, memory_reps=1, overhead_reps=3,
                 decode_variants=("fp32", "fp32+k", "int8+k", "int4+k"), prefill_lengths=(128, 512),
                 prefill_variants=("fp32", "int4+k"), streams=(1, 4), budgets=(32, 128), answer_tokens=16,
                 memory_formats=("int4",), bandwidth_bytes=512 * MiB, profile_runs=(("int4", "decode", 1), ("int4", "prefill", 1)), profile_steps=8)
