@@ -5,5 +5,5 @@
 thinking budgets: bench/thinking.py; resident memory: bench/memory.py; the memory-bandwidth ceiling:
 bench/bandwidth.py; an operator profile: bench/profile.py), writes results.json, and
 `python -m bench.report` turns that into the tables of BENCHMARKS.md. Every case records its repetitions,
-their median, and ratios of medians measured in the same run (bench/timing.py).
+their median, and ratios between measurements of the same run (bench/timing.py).
 """

@@ -1,6 +1,7 @@
 """`python -m bench.report [bench/results.json]`: the results as the Markdown tables of BENCHMARKS.md.
 
-Every number is a median over the runs in results.json; every ratio is a ratio of medians from the same run.
+Every number is a median over the runs in results.json; every ratio compares runs of the same run: the
+median of per-round ratios for interleaved measurements, else a ratio of medians (bench/timing.py).
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 A case runs each measurement `warmups` times as a warm-up (discarded; two by default: transformers needs
 two full calls before its speed settles, and every measurement gets the same), then `reps` times, and
-keeps every run and their median. Ratios are ratios of medians from the same run; a target is written as ">= 3.5" or "<= 0.7".
-Measurements that are compared are interleaved, run by run (ours and transformers, gRPC and in-process,
-one pass and two calls), so that a change in machine load during a case hits both sides alike.
+keeps every run and their median. Measurements that are compared are interleaved, run by run (ours and
+transformers, gRPC and in-process, one pass and two calls), so that a change in machine load during a case
+hits both sides alike; their ratio is the median of the per-round ratios (a paired comparison: on this VM
+the speed moves between rounds, and a ratio of medians would pair runs from different rounds). Other
+ratios are ratios of medians. A target is written as ">= 3.5" or "<= 0.7".
 """
 
 from __future__ import annotations
@@ -59,19 +61,23 @@ class Case:
         for _ in range(reps):
             for key, (_, fn) in fns.items():
                 runs[key].append(fn())
+        group = len({m["rounds"] for m in self.measurements.values() if "rounds" in m})  # a new id per call
         for key, (unit, _) in fns.items():
-            self.record(key, unit, runs[key])
+            self.record(key, unit, runs[key], rounds=group)
 
     def ratio(self, key: str, num: str, den: str, target: str | None = None) -> float | None:
-        """median(num) / median(den), checked against `target` (">= x" or "<= x") when given."""
+        """num / den, checked against `target` (">= x" or "<= x") when given: the median of the per-round
+        ratios when the two were measured in the same rounds, else median(num) / median(den)."""
         if num not in self.measurements or den not in self.measurements:
             return None
-        value = self.measurements[num]["median"] / self.measurements[den]["median"]
+        a, b = self.measurements[num], self.measurements[den]
+        paired = a.get("rounds") is not None and a.get("rounds") == b.get("rounds")
+        value = statistics.median(x / y for x, y in zip(a["runs"], b["runs"])) if paired else a["median"] / b["median"]
         met = None
         if target is not None:
             op, bound = target.split()
             met = value >= float(bound) if op == ">=" else value <= float(bound)
-        self.ratios[key] = {"value": value, "num": num, "den": den, "target": target, "met": met}
+        self.ratios[key] = {"value": value, "num": num, "den": den, "paired": paired, "target": target, "met": met}
         return value
 
     def finish(self) -> dict:

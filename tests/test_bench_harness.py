@@ -34,12 +34,16 @@ def test_harness_runs_every_case_on_tiny(tmp_path):
             assert m["runs"] and m["median"] == statistics.median(m["runs"]), (name, key)
         assert case["ratios"], name
         for key, r in case["ratios"].items():
-            assert r["value"] == pytest.approx(case["measurements"][r["num"]]["median"] / case["measurements"][r["den"]]["median"])
+            num, den = case["measurements"][r["num"]], case["measurements"][r["den"]]
+            assert r["paired"] == (num.get("rounds") is not None and num.get("rounds") == den.get("rounds")), (name, key)
+            want = (statistics.median(x / y for x, y in zip(num["runs"], den["runs"])) if r["paired"]
+                    else num["median"] / den["median"])
+            assert r["value"] == pytest.approx(want), (name, key)
             assert r["met"] in ((None,) if r["target"] is None else (True, False)), (name, key)
         assert case["load"]["start"] and case["load"]["end"]
     decode = results["cases"]["decode"]
     assert {"fp32 b1", "fp32 b2", "transformers b1", "transformers b2"} <= set(decode["measurements"])
-    assert "fp32 b1 / transformers b1" in decode["ratios"]
+    assert "fp32 b1 / transformers b1" in decode["ratios"] and decode["ratios"]["fp32 b1 / transformers b1"]["paired"]
     assert results["cases"]["thinking"]["details"]["thinking_ended"]
     assert results["meta"]["machine"] and results["meta"]["settings"]["preset"] == "tiny"
     text = render(results)
