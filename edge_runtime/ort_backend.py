@@ -195,12 +195,12 @@ class OrtModelRunner:
         session = self.sessions[graph]
         b = len(slots)
         run = consecutive(slots)
-        states = self.pool.gather_states(slots)
         # A decode call of the same slots always reads and writes the same state buffers (its slots' rows,
         # or the same staging prefixes) and the same outputs, so those bindings are made once.
         key = (b, run.start if run is not None else None)
         cached = self._decode_bindings.get(key) if graph == "decode" else None
         if cached is None:
+            states = self.pool.gather_states(slots)
             outputs = self.pool.output_views(slots, max(new))
             outputs["logits"] = self._logits[graph][: b * self.bundle.config.vocab_size].reshape(b, -1)
             binding = session.io_binding()
@@ -212,6 +212,8 @@ class OrtModelRunner:
             cached = (binding, outputs)
             if graph == "decode":
                 self._decode_bindings[key] = cached
+        elif run is None:
+            self.pool.gather_states(slots)  # staged: copied into the staging buffers the binding holds
         binding, outputs = cached
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
