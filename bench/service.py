@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from bench.settings import Settings

@@ -274,11 +274,8 @@ struct CausalConv1d {
     const bool by_rows = t > 8;
     if (by_rows) {
       std::vector<float> wt(k * c), head(b * km1 * c);
-      for (int64_t ch = 0; ch < c; ++ch)
-        for (int64_t j = 0; j < k; ++j) wt[j * c + ch] = w[ch * k + j];
-      for (int64_t r = 0; r < b; ++r)
-        for (int64_t ch = 0; ch < c; ++ch)
-          for (int64_t j = 0; j < km1; ++j) head[(r * km1 + j) * c + ch] = st[(r * c + ch) * km1 + j];
+      transpose(w, wt.data(), c, k);
+      for (int64_t r = 0; r < b; ++r) transpose(st + r * c * km1, head.data() + r * km1 * c, c, km1);
       constexpr int64_t kBlock = 16;  // tokens per job
       const int64_t blocks = (t + kBlock - 1) / kBlock;
       auto job = [&](size_t rb) {
