@@ -1,7 +1,8 @@
 """Through the gRPC service: aggregate tokens/s of concurrent streams, and the cost of the gRPC path.
 
 The real `nemotron-edge serve` runs in a subprocess on a Unix socket (`--budget`, and
-`--custom-op-library` for a `+k` variant; ONNX Runtime's default thread count, one per core). Clients
+`--custom-op-library` for a `+k` variant; ONNX Runtime's default thread count, one per core; the default
+stream interval). Clients
 are the real `EdgeClient`, one per stream, each stream on its own thread: a greedy `Generate` of
 `new_tokens` token ids after its own `prompt_tokens` prompt, EOS ignored. Aggregate tokens/s = streams x
 new tokens / wall time from the first call to the last Final.
@@ -100,7 +101,8 @@ def service(env: Env, s: Settings) -> dict:
     bundle = env.bundle(v.fmt)
     prompts = [prompt_ids(100 + i, s.prompt_tokens, env.vocab) for i in range(max(s.streams))]
     lib = env.kernel_library if v.kernels else None
-    case.details.update(variant=v.label, budget_bytes=BUDGET, intra_op_threads="ONNX Runtime default (one per core)")
+    case.details.update(variant=v.label, budget_bytes=BUDGET, intra_op_threads="ONNX Runtime default (one per core)",
+                        stream_interval_ms=ServiceConfig().stream_interval_ms)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         server = Server(Path(tmp), bundle, lib)
         try:

@@ -285,7 +285,7 @@ async def run_service(config: ServiceConfig, bundle: Path, telemetry: TelemetryR
     addresses = check_listen(config)
     notifier = notifier or Notifier()
     metrics = ServiceMetrics()
-    service = EdgeService(metrics, telemetry)
+    service = EdgeService(metrics, telemetry, stream_interval_s=config.stream_interval_ms / 1000)
     built = build_server(service, config, addresses)
     await built.server.start()
     for path in built.unix_paths:

@@ -1,9 +1,9 @@
 """The EdgeLM gRPC servicer: Chat, Generate, CountTokens, GetModelInfo, GetStatus over one `Engine`.
 
-Streams: the engine delivers events on its own thread through `on_event`; each RPC bridges them into its
-asyncio queue with `loop.call_soon_threadsafe` and yields them as ChatEvent protos; deltas of one channel
-that queued up while the stream was behind go out as one message (`next_event`), so a slow reader costs
-the server fewer messages, never tokens. When the call ends
+Streams: the engine delivers events on its own thread into the RPC's `EventInbox`, and the RPC yields them
+as ChatEvent protos paced by `stream_interval_s` (edge_runtime.event_stream): at most one message per
+interval, the deltas of one channel that arrived meanwhile merged into it, so fewer messages cost the
+server and the client less CPU, never tokens. When the call ends
 early (the client cancels, its deadline passes, the connection drops) grpc.aio cancels the handler
 coroutine, and its `finally` cancels the engine request: the engine frees the slot at the start of its
 next step, i.e. within one decode step.
@@ -29,7 +29,6 @@ Status codes (messages name the field):
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import json
 import logging
@@ -47,8 +46,9 @@ from edge_runtime.chat import Chat, ChatRequest
 from edge_runtime.engine import Engine
 from edge_runtime.grpc_convert import (apply_sampling, event_to_proto, messages_from_proto, output_limits,
                                        priority_from_proto, request_id_from_proto, sampling_overrides, tools_from_proto)
+from edge_runtime.event_stream import EventInbox, paced_events
 from edge_runtime.metrics import EngineGauges, ServiceMetrics
-from edge_runtime.request import (Delta, EngineUnavailableError, Final, GenerationRequest, QueueFullError,
+from edge_runtime.request import (EngineUnavailableError, Final, GenerationRequest, QueueFullError,
                                   RequestError)
 from edge_runtime.sampler import SamplingParams
 
@@ -60,20 +60,6 @@ _SPECIAL_TEXTS = ("<think>", "</think>", "<TOOLCALL>", "</TOOLCALL>", "<TOOL_RES
                   "<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>")
 # A time_remaining beyond this is "no deadline" (some gRPC versions report a huge number, not None).
 _NO_DEADLINE_S = 1e8
-
-
-async def next_event(queue: asyncio.Queue, lookahead: collections.deque):
-    """The stream's next event; a Delta absorbs the deltas of the same channel already queued behind it.
-    An event it cannot absorb waits in `lookahead` and comes next."""
-    event = lookahead.popleft() if lookahead else await queue.get()
-    while isinstance(event, Delta) and not lookahead and not queue.empty():
-        following = queue.get_nowait()
-        if not (isinstance(following, Delta) and following.channel == event.channel):
-            lookahead.append(following)
-            break
-        event = Delta(event.text + following.text, event.channel, event.token_ids + following.token_ids,
-                      event.logprobs + following.logprobs)
-    return event
 
 
 class ServingState(enum.Enum):
@@ -97,9 +83,11 @@ class _Abort(Exception):
 
 
 class EdgeService(pb_grpc.EdgeLMServicer):
-    def __init__(self, metrics: ServiceMetrics | None = None, telemetry: TelemetryReader | None = None):
+    def __init__(self, metrics: ServiceMetrics | None = None, telemetry: TelemetryReader | None = None,
+                 stream_interval_s: float = 0.0):
         self.metrics = metrics
         self.telemetry = telemetry
+        self.stream_interval_s = stream_interval_s
         self.state = ServingState.LOADING
         self.engine: Engine | None = None
         self.chat: Chat | None = None
@@ -218,21 +206,12 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         except RequestError as e:
             await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def on_event(event) -> None:
-            # Runs on the engine thread, which must never see an exception from us.
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the event loop is closed (the server is exiting)
-                pass
-
+        inbox = EventInbox(asyncio.get_running_loop())
         remaining = _remaining(context)
         if remaining is not None:
             request.deadline = engine.clock() + remaining
         try:
-            handle = engine.submit(request, on_event, reasoning=reasoning)
+            handle = engine.submit(request, inbox.put, reasoning=reasoning)
         except QueueFullError as e:
             await self._abort(context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except EngineUnavailableError as e:
@@ -240,10 +219,8 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         except ValueError as e:  # RequestError, or a value the thinking controller cannot use
             await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
-        lookahead: collections.deque = collections.deque()
         try:
-            while True:
-                event = await next_event(queue, lookahead)
+            async for event in paced_events(inbox, self.stream_interval_s):
                 if isinstance(event, Final):
                     if _deadline_passed(event):
                         await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,

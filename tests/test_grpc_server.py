@@ -332,26 +332,3 @@ def test_bearer_token_authenticates_calls(tiny_bundle: Path, tmp_path: Path) -> 
             with EdgeClient(address, token="s3cret-token") as c:
                 assert c.status().slots_free == 8
                 _check_stream(list(c.chat("hi", max_tokens=4)), 4)
-
-
-def test_a_stream_that_fell_behind_sends_queued_deltas_of_one_channel_as_one_message() -> None:
-    import asyncio
-    import collections
-
-    from edge_runtime.grpc_service import next_event
-    from edge_runtime.request import Timings, Usage
-
-    async def drain(events: list) -> list:
-        queue: asyncio.Queue = asyncio.Queue()
-        for e in events:
-            queue.put_nowait(e)
-        lookahead: collections.deque = collections.deque()
-        out = [await next_event(queue, lookahead)]
-        while not isinstance(out[-1], Final):
-            out.append(await next_event(queue, lookahead))
-        return out
-
-    final = Final(finish_reason="length", usage=Usage(), timings=Timings())
-    sent = asyncio.run(drain([Delta("Hm", "reasoning", [1]), Delta("m.", "reasoning", [2]), Delta("Yes", "answer", [3]),
-                              Delta("!", "answer", [4]), Delta("", "answer", [5]), final]))
-    assert sent == [Delta("Hmm.", "reasoning", [1, 2]), Delta("Yes!", "answer", [3, 4, 5]), final]

@@ -178,7 +178,7 @@ def test_every_setting_is_overridable_on_the_command_line(tmp_path: Path) -> Non
         "--tls-cert", "/c", "--tls-key", "/k", "--tls-client-ca", "/ca", "--cuda-device-id", "1",
         "--cuda-gpu-mem-limit", "2GiB", "--trt-device-id", "1", "--trt-engine-cache-dir", "/e",
         "--trt-timing-cache-dir", "/tc", "--no-trt-fp16", "--trt-max-workspace-size", "1GiB",
-        "--custom-op-library", "/lib.so", "--max-sequences", "32", "--spinning", "always",
+        "--custom-op-library", "/lib.so", "--max-sequences", "32", "--spinning", "always", "--stream-interval-ms", "5",
     ])
     config = config_from_args(args)
     defaults = ServiceConfig()
