@@ -202,9 +202,10 @@ class Engine:
             logits = self._run_batch(seqs, lambda: self.runner.decode(
                 [s.slot for s in seqs], [s.next_token for s in seqs], [s.computed for s in seqs]))
             if logits is not None:
+                last_call = start + self.max_rows >= len(plan.decode)  # else the next call reuses the buffer
                 for k, s in enumerate(seqs):
                     s.computed += 1
-                    fresh.append((s.handle, logits[k].copy()))
+                    fresh.append((s.handle, logits[k] if last_call else logits[k].copy()))
                 self._decode_rate.add(len(seqs), self.clock())
         if plan.prefill:
             seqs = [s for s, _ in plan.prefill]

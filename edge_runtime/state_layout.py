@@ -11,6 +11,7 @@ SSM state, float32 always. Per attention layer: keys and values, one row per tok
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
 
@@ -29,7 +30,7 @@ class StateSpec:
     dtype: str
     per_token: bool = False
 
-    @property
+    @cached_property  # read for every state of every model call
     def output_name(self) -> str:
         return "present." + self.name.removeprefix("past.")
 

@@ -139,5 +139,7 @@ class StatePool:
 
 def consecutive(slots: list[int]) -> slice | None:
     """slots as a slice when they are ascending and consecutive (then their rows form one array view)."""
-    first = slots[0]
-    return slice(first, first + len(slots)) if slots == list(range(first, first + len(slots))) else None
+    first, n = slots[0], len(slots)
+    if n == 1 or slots == list(range(first, first + n)):
+        return slice(first, first + n)
+    return None
