@@ -65,16 +65,23 @@ def prefill(c: dict, s: dict) -> str:
 
 
 def service(c: dict, s: dict) -> str:
+    interval = c["details"].get("stream_interval_ms")
     rows = [["in-process, batch 1 (engine stepped by the caller)", _med(c, "in-process b1"), ""]]
+    if "gRPC 1 stream, interval 0" in c["measurements"]:
+        rows.append(["gRPC, 1 stream, --stream-interval-ms 0 (a message per token)", _med(c, "gRPC 1 stream, interval 0"), ""])
     for n in s["streams"]:
         key = "gRPC 1 stream" if n == 1 else f"gRPC {n} streams"
         ratio = c["ratios"].get(f"gRPC {n} streams / 1 stream")
-        rows.append([f"gRPC, {n} concurrent stream{'s' if n > 1 else ''}", _med(c, key), _x(ratio) + (" of 1 stream" if ratio else "")])
+        rows.append([f"gRPC, {n} concurrent stream{'s' if n > 1 else ''} (stream interval {interval} ms)", _med(c, key),
+                     _x(ratio) + (" of 1 stream" if ratio else "")])
     r = c["ratios"].get("in-process b1 / gRPC 1 stream")
     text = _table(["path", "aggregate tok/s", ""], rows)
     if r:
         text += (f"\n\ngRPC cost at batch 1: in-process / gRPC = {_x(r)} ({(r['value'] - 1) * 100:+.1f}% time), "
                  f"{_mark(r)}")
+    r0 = c["ratios"].get("in-process b1 / gRPC 1 stream, interval 0")
+    if r0:
+        text += f"; with a message per token (interval 0) {_x(r0)}"
     cpu = c["details"].get("cpu_ms_per_token")
     if cpu:
         text += "\n\nCPU time per token at batch 1 (all threads): " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items())

@@ -10,7 +10,8 @@ new tokens / wall time from the first call to the last Final.
 The overhead at batch 1 compares the same request through the service with the same request run in this
 process by an engine built from the same settings (`grpc_server.engine_config`), stepped on the caller's
 thread; the two are measured interleaved (`overhead_reps` rounds: the bar is 10% and single runs of this VM
-vary more than that), and the server is idle while the in-process engine runs. CPU time
+vary more than that), and the server is idle while the in-process engine runs. A second server with
+`--stream-interval-ms 0` (a message per token) runs in the same rounds, to show what pacing saves. CPU time
 per generated token is recorded for each side (all threads: this process for the in-process engine and for
 the gRPC client, /proc for the server process), so the report shows what the service path adds.
 """
@@ -41,10 +42,12 @@ OVERHEAD_TARGET = "<= 1.10"  # in-process tok/s over gRPC tok/s at batch 1
 
 
 class Server:
-    def __init__(self, workdir: Path, bundle: Path, custom_op_library: str | None):
+    def __init__(self, workdir: Path, bundle: Path, custom_op_library: str | None, *extra_args: str):
+        workdir.mkdir(exist_ok=True)
         self.address = f"unix:{workdir / 'edge.sock'}"
         self.log = (workdir / "server.log").open("wb")
-        args = ["--bundle", str(bundle), "--listen", self.address, "--budget", str(BUDGET), "--log-level", "warning"]
+        args = ["--bundle", str(bundle), "--listen", self.address, "--budget", str(BUDGET), "--log-level", "warning",
+                *extra_args]
         if custom_op_library:
             args += ["--custom-op-library", custom_op_library]
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
@@ -104,14 +107,19 @@ def service(env: Env, s: Settings) -> dict:
     case.details.update(variant=v.label, budget_bytes=BUDGET, intra_op_threads="ONNX Runtime default (one per core)",
                         stream_interval_ms=ServiceConfig().stream_interval_ms)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        server = Server(Path(tmp), bundle, lib)
+        servers: list[Server] = []
         try:
+            server = Server(Path(tmp) / "default", bundle, lib)
+            servers.append(server)
+            unpaced = Server(Path(tmp) / "unpaced", bundle, lib, "--stream-interval-ms", "0")
+            servers.append(unpaced)
             clients = [EdgeClient(server.address) for _ in range(max(s.streams))]
+            unpaced_client = EdgeClient(unpaced.address)
             config = ServiceConfig(bundle=bundle, memory_budget=BUDGET, custom_op_library=Path(lib) if lib else None)
             engine = Engine(bundle, engine_config(config))
             request = lambda: GenerationRequest(prompts[0], SamplingParams.model_card_default(False),
                                                 max_tokens=s.new_tokens, ignore_eos=True)
-            cpu = {"in-process engine": 0.0, "gRPC server": 0.0, "gRPC client": 0.0}
+            cpu = {"in-process engine": 0.0, "gRPC server": 0.0, "gRPC client": 0.0, "gRPC server, interval 0": 0.0}
 
             def in_process() -> float:
                 c0 = time.process_time()
@@ -119,26 +127,35 @@ def service(env: Env, s: Settings) -> dict:
                 cpu["in-process engine"] += time.process_time() - c0
                 return rate
 
-            def through_grpc() -> float:
-                c0, s0 = time.process_time(), server.cpu_seconds()
-                rate = _streams(clients[:1], prompts[:1], s.new_tokens)
-                cpu["gRPC client"] += time.process_time() - c0
-                cpu["gRPC server"] += server.cpu_seconds() - s0
+            def through_grpc(srv: Server, client: EdgeClient, server_key: str, client_key: str | None) -> float:
+                c0, s0 = time.process_time(), srv.cpu_seconds()
+                rate = _streams([client], prompts[:1], s.new_tokens)
+                if client_key is not None:
+                    cpu[client_key] += time.process_time() - c0
+                cpu[server_key] += srv.cpu_seconds() - s0
                 return rate
 
-            case.measure_interleaved({"in-process b1": ("tok/s", in_process), "gRPC 1 stream": ("tok/s", through_grpc)},
-                                     s.overhead_reps)
+            case.measure_interleaved({
+                "in-process b1": ("tok/s", in_process),
+                "gRPC 1 stream": ("tok/s", lambda: through_grpc(server, clients[0], "gRPC server", "gRPC client")),
+                "gRPC 1 stream, interval 0": ("tok/s", lambda: through_grpc(unpaced, unpaced_client,
+                                                                             "gRPC server, interval 0", None)),
+            }, s.overhead_reps)
             tokens = (s.warmups + s.overhead_reps) * s.new_tokens
             case.details["cpu_ms_per_token"] = {k: round(v * 1000 / tokens, 3) for k, v in cpu.items()}
             del engine
+            unpaced_client.close()
+            unpaced.stop()
             for n in s.streams:
                 if n > 1:
                     case.measure(f"gRPC {n} streams", "tok/s", lambda: _streams(clients[:n], prompts[:n], s.new_tokens), s.reps)
             for c in clients:
                 c.close()
         finally:
-            server.stop()
+            for srv in servers:
+                srv.stop()
     case.ratio("in-process b1 / gRPC 1 stream", "in-process b1", "gRPC 1 stream", OVERHEAD_TARGET)
+    case.ratio("in-process b1 / gRPC 1 stream, interval 0", "in-process b1", "gRPC 1 stream, interval 0")
     for n in s.streams:
         if n > 1:
             case.ratio(f"gRPC {n} streams / 1 stream", f"gRPC {n} streams", "gRPC 1 stream")
