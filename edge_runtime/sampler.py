@@ -36,9 +36,6 @@ MIN_TEMPERATURE = 1e-5
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 # OpenAI's documented range for presence/frequency penalties.
 MAX_ABS_ADDITIVE_PENALTY = 2.0
-# First guess at how many candidates hold the top_p nucleus; grown 4x until they do. Sorting 256 of 131072
-# logits instead of all of them is what makes top_p cheap at the usual temperature 0.6 / top_p 0.95.
-_NUCLEUS_FIRST_GUESS = 256
 
 
 @dataclass(frozen=True)
@@ -171,22 +168,55 @@ def apply_penalties(logits: np.ndarray, state: SamplerState) -> np.ndarray:
     return out
 
 
-def allowed_tokens(probs: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """Step 5: the token ids that may be drawn from `probs` (a normalised distribution over the vocabulary)."""
-    if 0 < params.top_k < probs.shape[0]:
-        ids = np.argpartition(-probs, params.top_k - 1)[: params.top_k]
-        sub = probs[ids]
-        sub = sub / sub.sum()
+def allowed_tokens(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 4-5 on one row of logits [V] (after the penalties): the token ids that may be drawn and their
+    weights exp((logit - max) / temperature) in float64, proportional to their probabilities (most probable
+    first when top_k or top_p applies)."""
+    t, m = params.temperature, float(logits.max())
+    rest = 0.0  # float64 weight of the tokens left out before weighing, for top_p's total
+    if 0 < params.top_k < logits.shape[0]:
+        ids = np.argpartition(-logits, params.top_k - 1)[: params.top_k]  # logit order is probability order
+    elif params.top_p < 1.0:
+        ids, rest = _nucleus_candidates(logits, m, t, params.top_p)
     else:
-        # No gather over the whole vocabulary when top_k is off: `probs` is already normalised.
-        ids, sub = np.arange(probs.shape[0]), probs
+        ids = np.arange(logits.shape[0])
+    weights = np.exp((logits[ids].astype(np.float64) - m) / t)
     if params.top_p < 1.0:
-        keep = _nucleus(sub, params.top_p)
-        ids, sub = ids[keep], sub[keep]
+        keep = _nucleus(weights, params.top_p * (weights.sum() + rest))
+        ids, weights = ids[keep], weights[keep]
     if params.min_p > 0.0:
-        keep = sub >= params.min_p * sub.max()
-        ids = ids[keep]
-    return ids
+        keep = weights >= params.min_p * weights.max()
+        ids, weights = ids[keep], weights[keep]
+    return ids, weights
+
+
+def _nucleus_candidates(logits: np.ndarray, m: float, t: float, top_p: float) -> tuple[np.ndarray, float]:
+    """The tokens that can be in a top_p nucleus of softmax(logits / t), and the total weight of the others.
+
+    A token whose weight is below (1 - top_p) * total / V cannot be in it: all tokens at or below its weight
+    hold less than the 1 - top_p tail together. One float32 pass over the vocabulary finds the rest, so only
+    they are weighed in float64; on 131072 logits that pass is what top_p costs. Half the bound leaves room
+    for float32 rounding; exponents are floored at -80, where exp would return slow denormals.
+    """
+    w = np.exp(np.maximum((logits.astype(np.float32, copy=False) - np.float32(m)) / np.float32(t), np.float32(-80.0)))
+    total = w.sum(dtype=np.float64)
+    ids = np.flatnonzero(w >= np.float32(0.5 * (1.0 - top_p) / w.shape[0] * total))
+    return ids, max(0.0, total - float(w[ids].sum(dtype=np.float64)))
+
+
+def _nucleus(weights: np.ndarray, mass: float) -> np.ndarray:
+    """Positions in `weights` of the smallest most-probable prefix holding `mass` (at least one), most probable
+    first. A nucleus is usually a few of many candidates: sort a partial guess, grown 4x until it holds it."""
+    n = weights.shape[0]
+    k = min(n, 64)
+    while True:
+        part = np.argpartition(-weights, k - 1)[:k] if k < n else np.arange(n)
+        order = part[np.argsort(-weights[part], kind="stable")]
+        cum = np.cumsum(weights[order])
+        if cum[-1] >= mass or k == n:
+            # Keep every token whose preceding mass is still below `mass`.
+            return order[: int(np.searchsorted(cum, mass, side="left")) + 1]
+        k = min(n, 4 * k)
 
 
 def _sample_row(row: np.ndarray, state: SamplerState) -> tuple[int, TokenLogprobs | None]:
@@ -195,30 +225,12 @@ def _sample_row(row: np.ndarray, state: SamplerState) -> tuple[int, TokenLogprob
     if p.is_greedy:
         token = int(np.argmax(penalised))
         return token, _logprobs(penalised, token, p.logprobs)
-    scaled = penalised.astype(np.float64) / p.temperature
-    logp = _log_softmax(scaled)
-    probs = np.exp(logp)
-    ids = allowed_tokens(probs, p)
-    kept = probs[ids]
-    cdf = np.cumsum(kept)
+    ids, weights = allowed_tokens(penalised, p)
+    cdf = np.cumsum(weights)
     u = state.rng.random() * cdf[-1]
     # side="right" never picks a zero-probability token sitting at u == 0.
     token = int(ids[min(int(np.searchsorted(cdf, u, side="right")), ids.shape[0] - 1)])
-    return token, _logprobs_from(logp, token, p.logprobs)
-
-
-def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """Indices of the smallest most-probable prefix whose mass reaches top_p (at least one token)."""
-    n = probs.shape[0]
-    k = min(n, _NUCLEUS_FIRST_GUESS)
-    while True:
-        part = np.argpartition(-probs, k - 1)[:k] if k < n else np.arange(n)
-        order = part[np.argsort(-probs[part], kind="stable")]
-        cum = np.cumsum(probs[order])
-        if cum[-1] >= top_p or k == n:
-            # Keep every token whose preceding mass is still below top_p.
-            return order[: min(k, int(np.searchsorted(cum, top_p, side="left")) + 1)]
-        k = min(n, 4 * k)
+    return token, None if p.logprobs is None else _logprobs(penalised.astype(np.float64) / p.temperature, token, p.logprobs)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -83,10 +83,10 @@ def test_top_p_excludes_tokens_outside_the_nucleus():
     assert np.all(np.abs(observed - expected) < 4 * np.sqrt(expected * (1 - expected) / len(draws)))
 
 
-def test_top_p_on_the_full_vocabulary_grows_past_the_first_guess():
+def test_top_p_on_a_flat_distribution_keeps_its_share_of_the_full_vocabulary():
     row = np.zeros(VOCAB, dtype=np.float32)  # uniform: the 0.5 nucleus is half the vocabulary
-    allowed = allowed_tokens(_probs(row), SamplingParams(top_p=0.5))
-    assert allowed.shape[0] == VOCAB // 2
+    ids, weights = allowed_tokens(row, SamplingParams(top_p=0.5))
+    assert ids.shape[0] == VOCAB // 2 and np.all(weights == 1.0)
 
 
 def test_min_p_excludes_tokens_below_the_threshold():
@@ -207,6 +207,26 @@ def _reference_allowed(row: np.ndarray, p: SamplingParams) -> set[int]:
         before = np.cumsum(sub) - sub
         keep, sub = keep[before < p.top_p], sub[before < p.top_p]
     return set(keep[sub >= p.min_p * sub.max()].tolist())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    logits_seed=st.integers(0, 2**32 - 1),
+    vocab=st.integers(1, 600),
+    scale=st.floats(0.1, 8.0),
+    temperature=st.floats(0.05, 3.0),
+    top_k=st.integers(0, 50),
+    top_p=st.floats(0.01, 1.0),
+    min_p=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**63),
+)
+def test_allowed_tokens_are_exactly_the_full_sort_reference(logits_seed, vocab, scale, temperature, top_k, top_p, min_p,
+                                                             seed):
+    row = _logits(1, vocab=vocab, seed=logits_seed, scale=scale)[0]
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed).validate()
+    ids, weights = allowed_tokens(row, params)
+    assert set(ids.tolist()) == _reference_allowed(row, params)
+    assert np.allclose(weights / weights.sum(), _probs(row, temperature)[ids] / _probs(row, temperature)[ids].sum())
 
 
 @settings(max_examples=150, deadline=None)
