@@ -32,6 +32,9 @@ import numpy as np
 
 MAX_LOGPROBS = 20
 MIN_TEMPERATURE = 1e-5
+# Beyond this every distribution is uniform to float32 anyway, and logits / temperature stays a number
+# where float32(temperature) would be inf.
+MAX_TEMPERATURE = 100.0
 # Penalties outside this range push float32 logits to inf/0 and make no sense as a request anyway.
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 # OpenAI's documented range for presence/frequency penalties.
@@ -67,8 +70,8 @@ class SamplingParams:
 
     def validate(self) -> "SamplingParams":
         """Raise ValueError naming the first field out of range; return self so calls can chain."""
-        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
-            raise ValueError(f"temperature: must be a finite number >= 0, got {self.temperature!r}")
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature: must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature!r}")
         if not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
@@ -171,8 +174,11 @@ def apply_penalties(logits: np.ndarray, state: SamplerState) -> np.ndarray:
 def allowed_tokens(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
     """Steps 4-5 on one row of logits [V] (after the penalties): the token ids that may be drawn and their
     weights exp((logit - max) / temperature) in float64, proportional to their probabilities (most probable
-    first when top_k or top_p applies)."""
+    first when top_p applies)."""
     t, m = params.temperature, float(logits.max())
+    if not math.isfinite(m):
+        logits = _drawable(logits)
+        m = float(logits.max())
     rest = 0.0  # float64 weight of the tokens left out before weighing, for top_p's total
     if 0 < params.top_k < logits.shape[0]:
         ids = np.argpartition(-logits, params.top_k - 1)[: params.top_k]  # logit order is probability order
@@ -188,6 +194,18 @@ def allowed_tokens(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarr
         keep = weights >= params.min_p * weights.max()
         ids, weights = ids[keep], weights[keep]
     return ids, weights
+
+
+def _drawable(logits: np.ndarray) -> np.ndarray:
+    """A row whose largest logit is not finite, made one the arithmetic can weigh: a NaN is never drawn,
+    +inf logits share all the probability. ValueError if no logit is finite or +inf."""
+    top = np.isposinf(logits)
+    if top.any():
+        return np.where(top, np.float32(0.0), np.float32(-np.inf))
+    clean = np.where(np.isnan(logits), np.float32(-np.inf), logits)
+    if not np.isfinite(clean.max()):
+        raise ValueError("logits: no token has a finite logit")
+    return clean
 
 
 def _nucleus_candidates(logits: np.ndarray, m: float, t: float, top_p: float) -> tuple[np.ndarray, float]:
@@ -224,13 +242,16 @@ def _sample_row(row: np.ndarray, state: SamplerState) -> tuple[int, TokenLogprob
     penalised = apply_penalties(row, state)
     if p.is_greedy:
         token = int(np.argmax(penalised))
-        return token, _logprobs(penalised, token, p.logprobs)
+        if not math.isfinite(penalised[token]):  # a NaN won argmax, or +inf did: choose among what is drawable
+            penalised = _drawable(penalised)
+            token = int(np.argmax(penalised))
+        return token, _logprobs(penalised, 1.0, token, p.logprobs)
     ids, weights = allowed_tokens(penalised, p)
     cdf = np.cumsum(weights)
     u = state.rng.random() * cdf[-1]
     # side="right" never picks a zero-probability token sitting at u == 0.
     token = int(ids[min(int(np.searchsorted(cdf, u, side="right")), ids.shape[0] - 1)])
-    return token, None if p.logprobs is None else _logprobs(penalised.astype(np.float64) / p.temperature, token, p.logprobs)
+    return token, _logprobs(penalised, p.temperature, token, p.logprobs)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -238,13 +259,11 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.sum(np.exp(shifted)))
 
 
-def _logprobs(logits: np.ndarray, token: int, n: int | None) -> TokenLogprobs | None:
-    return None if n is None else _logprobs_from(_log_softmax(logits.astype(np.float64)), token, n)
-
-
-def _logprobs_from(logp: np.ndarray, token: int, n: int | None) -> TokenLogprobs | None:
+def _logprobs(logits: np.ndarray, temperature: float, token: int, n: int | None) -> TokenLogprobs | None:
+    """The chosen token's log-probability and the top n of log_softmax(logits / temperature); None if not asked."""
     if n is None:
         return None
+    logp = _log_softmax(logits.astype(np.float64) / temperature)
     top: list[tuple[int, float]] = []
     n = min(n, logp.shape[0])
     if n > 0:

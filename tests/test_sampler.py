@@ -161,6 +161,7 @@ def test_no_logprobs_unless_asked():
     [
         ("temperature", -0.1),
         ("temperature", float("nan")),
+        ("temperature", 1e39),
         ("top_p", 0.0),
         ("top_p", 1.5),
         ("top_k", -1),
@@ -246,3 +247,22 @@ def test_sampled_token_is_always_allowed(logits_seed, vocab, scale, temperature,
     state = SamplerState.create(params)
     token = int(sample(row[None], [state]).token_ids[0])
     assert token in _reference_allowed(row, params)
+
+
+@pytest.mark.parametrize("params", [SamplingParams.model_card_default(True), SamplingParams(temperature=1.0),
+                                    SamplingParams(temperature=0.7, top_k=3), SamplingParams(greedy=True)])
+def test_nan_and_inf_logits_are_handled_per_row(params):
+    """A NaN logit is never drawn, +inf logits take all the probability, masked (-inf) tokens never come up,
+    and a row with nothing drawable is an error that names the logits."""
+    nan_row = _logits(1, vocab=50, seed=9)[0]
+    nan_row[[0, 7]] = np.nan
+    inf_row = _logits(1, vocab=50, seed=10)[0]
+    inf_row[[3, 11]] = np.inf
+    masked = np.full(50, -np.inf, dtype=np.float32)
+    masked[[5, 6]] = [1.0, 1.5]
+    for _ in range(50):
+        assert int(sample(nan_row[None], [SamplerState.create(params)]).token_ids[0]) not in (0, 7)
+        assert int(sample(inf_row[None], [SamplerState.create(params)]).token_ids[0]) in (3, 11)
+        assert int(sample(masked[None], [SamplerState.create(params)]).token_ids[0]) in (5, 6)
+    with pytest.raises(ValueError, match="^logits:"):
+        sample(np.full((1, 50), -np.inf, dtype=np.float32), [SamplerState.create(params)])
