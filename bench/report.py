@@ -68,11 +68,13 @@ def service(c: dict, s: dict) -> str:
     interval = c["details"].get("stream_interval_ms")
     rows = [["in-process, batch 1 (engine stepped by the caller)", _med(c, "in-process b1"), ""]]
     if "gRPC 1 stream, interval 0" in c["measurements"]:
-        rows.append(["gRPC, 1 stream, --stream-interval-ms 0 (a message per token)", _med(c, "gRPC 1 stream, interval 0"), ""])
+        rows.append(["gRPC, 1 stream, --stream-interval-ms 0 (a message per token)",
+                     _med(c, "gRPC 1 stream, interval 0"), ""])
     for n in s["streams"]:
         key = "gRPC 1 stream" if n == 1 else f"gRPC {n} streams"
         ratio = c["ratios"].get(f"gRPC {n} streams / 1 stream")
-        rows.append([f"gRPC, {n} concurrent stream{'s' if n > 1 else ''} (stream interval {interval} ms)", _med(c, key),
+        paced = f" (stream interval {interval} ms)" if interval is not None else ""
+        rows.append([f"gRPC, {n} concurrent stream{'s' if n > 1 else ''}{paced}", _med(c, key),
                      _x(ratio) + (" of 1 stream" if ratio else "")])
     r = c["ratios"].get("in-process b1 / gRPC 1 stream")
     text = _table(["path", "aggregate tok/s", ""], rows)

@@ -10,7 +10,7 @@ new tokens / wall time from the first call to the last Final.
 The overhead at batch 1 compares the same request through the service with the same request run in this
 process by an engine built from the same settings (`grpc_server.engine_config`), stepped on the caller's
 thread; the two are measured interleaved (`overhead_reps` rounds: the bar is 10% and single runs of this VM
-vary more than that), and the server is idle while the in-process engine runs. A second server with
+vary more than that), and the servers are idle while the in-process engine runs. A second server with
 `--stream-interval-ms 0` (a message per token) runs in the same rounds, to show what pacing saves. CPU time
 per generated token is recorded for each side (all threads: this process for the in-process engine and for
 the gRPC client, /proc for the server process), so the report shows what the service path adds.

@@ -5,13 +5,13 @@ reads them with `paced_events`. The engine thread wakes the event loop only when
 for an event, so while a stream is busy sending, or pausing between messages, a token costs the engine
 thread an append and nothing else.
 
-Pacing (`stream_interval_s`): a stream sends at most one message per interval; the deltas of one channel
-that arrive meanwhile go out as one message (their token ids and logprobs in order), so no token is ever
-lost or reordered, and none waits longer than one interval. The first message of a stream, and the Final,
-go out as soon as they exist. Why: every message costs the server's event loop, gRPC and the client a wake-up and some
-CPU on the same cores as the model (measured on 2 cores: ~0.3 ms of server CPU a message); a human or an
-agent does not read faster than a few tens of messages a second. Interval 0 sends each event as soon as
-the stream gets to it, still merging what queued up while it was behind.
+Pacing (`stream_interval_s`): a stream sends what has queued at most once per interval, the deltas of one
+channel merged into one message (their token ids and logprobs in order), so no token is ever lost or
+reordered, and none waits longer than one interval. The first message of a stream, and the Final, go out
+as soon as they exist. Why: every message costs the server's event loop, gRPC and the client a wake-up
+and some CPU on the same cores as the model; a human or an agent does not read faster than a few tens of
+messages a second (BENCHMARKS.md, service). Interval 0 sends each event as soon as the stream gets to it,
+still merging what queued up while it was behind.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class EventInbox:
             await waiter
 
     async def pause(self, seconds: float) -> None:
-        """Wait `seconds`, or until a Final is queued if that comes first."""
+        """Wait `seconds`, or until a Final is queued, whichever comes first."""
         with self._lock:
             if any(isinstance(e, Final) for e in self._events):
                 return
@@ -97,17 +97,19 @@ def coalesce(pending: collections.deque[Event]) -> Event:
 
 
 async def paced_events(inbox: EventInbox, interval_s: float) -> AsyncIterator[Event]:
-    """The events to send, one message per interval at most; ends after the Final."""
+    """The events to send, merged, one batch per interval at most; ends after the Final."""
     loop = asyncio.get_running_loop()
     pending: collections.deque[Event] = collections.deque()
     while True:
         if not pending:
             pending.extend(await inbox.take())
         sent_at = loop.time()
-        event = coalesce(pending)
-        yield event
-        if isinstance(event, Final):
-            return
-        if interval_s > 0 and not (pending and isinstance(pending[0], Final)):
-            await inbox.pause(sent_at + interval_s - loop.time())
+        while pending:
+            event = coalesce(pending)
+            yield event
+            if isinstance(event, Final):
+                return
+        wait_s = sent_at + interval_s - loop.time()
+        if wait_s > 0:
+            await inbox.pause(wait_s)
         pending.extend(inbox.drain())

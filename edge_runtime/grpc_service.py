@@ -1,8 +1,8 @@
 """The EdgeLM gRPC servicer: Chat, Generate, CountTokens, GetModelInfo, GetStatus over one `Engine`.
 
 Streams: the engine delivers events on its own thread into the RPC's `EventInbox`, and the RPC yields them
-as ChatEvent protos paced by `stream_interval_s` (edge_runtime.event_stream): at most one message per
-interval, the deltas of one channel that arrived meanwhile merged into it, so fewer messages cost the
+as ChatEvent protos paced by `stream_interval_s` (edge_runtime.event_stream): what has queued goes out at
+most once per interval, the deltas of one channel merged into one message, so fewer messages cost the
 server and the client less CPU, never tokens. When the call ends
 early (the client cancels, its deadline passes, the connection drops) grpc.aio cancels the handler
 coroutine, and its `finally` cancels the engine request: the engine frees the slot at the start of its
@@ -29,6 +29,7 @@ Status codes (messages name the field):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -44,9 +45,9 @@ from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
 from edge_runtime.chat import Chat, ChatRequest
 from edge_runtime.engine import Engine
+from edge_runtime.event_stream import EventInbox, paced_events
 from edge_runtime.grpc_convert import (apply_sampling, event_to_proto, messages_from_proto, output_limits,
                                        priority_from_proto, request_id_from_proto, sampling_overrides, tools_from_proto)
-from edge_runtime.event_stream import EventInbox, paced_events
 from edge_runtime.metrics import EngineGauges, ServiceMetrics
 from edge_runtime.request import (EngineUnavailableError, Final, GenerationRequest, QueueFullError,
                                   RequestError)
@@ -220,16 +221,17 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
         try:
-            async for event in paced_events(inbox, self.stream_interval_s):
-                if isinstance(event, Final):
-                    if _deadline_passed(event):
-                        await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                          "deadline exceeded before the reply was complete")
-                    if self.metrics is not None:
-                        self.metrics.finished(rpc, event)
+            async with contextlib.aclosing(paced_events(inbox, self.stream_interval_s)) as events:
+                async for event in events:
+                    if isinstance(event, Final):
+                        if _deadline_passed(event):
+                            await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                              "deadline exceeded before the reply was complete")
+                        if self.metrics is not None:
+                            self.metrics.finished(rpc, event)
+                        yield event_to_proto(event, request.request_id, chat)
+                        return
                     yield event_to_proto(event, request.request_id, chat)
-                    return
-                yield event_to_proto(event, request.request_id, chat)
         finally:
             if not handle.done:
                 # The call ended early (cancelled, deadline, connection lost): free the slot.

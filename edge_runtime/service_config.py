@@ -47,7 +47,7 @@ class ServiceConfig:
     drain_grace_s: float = 30.0
     metrics_port: int | None = None  # served on loopback only; None: no metrics endpoint
     max_queue: int = 64
-    stream_interval_ms: int = 20  # a stream sends at most one message per interval (edge_runtime.event_stream)
+    stream_interval_ms: int = 20  # a stream sends what has queued at most once per interval (edge_runtime.event_stream)
     max_sequences: int | None = None  # sequences in their slots at once; None: the bundle's max batch
     log_level: str = "info"
     providers: tuple[str, ...] = ("cpu",)
@@ -213,8 +213,8 @@ FIELDS: tuple[Field, ...] = (
     Field("server", "max_queue", "max_queue", _int(1), "--max-queue",
           "requests that may wait for a slot before new ones are refused (default: 64)", {"type": int}),
     Field("server", "stream_interval_ms", "stream_interval_ms", _int(0, 1000), "--stream-interval-ms",
-          "a stream sends at most one message per this many ms, the deltas of the meantime merged; 0: every "
-          "token as soon as it can (default: 20)", {"type": int}),
+          "a stream sends what has queued at most once per this many ms, the deltas of one channel merged "
+          "into one message; 0: every token as soon as it can (default: 20)", {"type": int}),
     Field("server", "max_sequences", "max_sequences", _int(1), "--max-sequences",
           "sequences running at once, beyond the rows of one model call if the budget holds them "
           "(default: the bundle's max batch)", {"type": int}),

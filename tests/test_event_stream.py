@@ -26,13 +26,18 @@ def test_coalesce_merges_the_deltas_of_one_channel_in_order() -> None:
 
 
 def _stream(interval_s: float, producer) -> list[tuple[float, object]]:
-    """Run paced_events while `producer(inbox)` puts events from another thread; (time, event) per message."""
+    """Run paced_events while `producer(inbox, sent)` puts events from another thread; (time, event) per
+    message. `sent` is set each time a message has gone out (and cleared by the producer)."""
 
     async def main() -> list[tuple[float, object]]:
         inbox = EventInbox(asyncio.get_running_loop())
-        thread = threading.Thread(target=producer, args=(inbox,))
+        sent_event = threading.Event()
+        thread = threading.Thread(target=producer, args=(inbox, sent_event))
         thread.start()
-        sent = [(time.monotonic(), event) async for event in paced_events(inbox, interval_s)]
+        sent = []
+        async for event in paced_events(inbox, interval_s):
+            sent.append((time.monotonic(), event))
+            sent_event.set()
         thread.join()
         return sent
 
@@ -44,7 +49,7 @@ def _tokens(sent) -> list[int]:
 
 
 def _steady(n: int, every_s: float):
-    def produce(inbox: EventInbox) -> None:
+    def produce(inbox: EventInbox, sent: threading.Event) -> None:
         for i in range(n):
             inbox.put(Delta(f"t{i} ", "answer", [i]))
             time.sleep(every_s)
@@ -66,15 +71,22 @@ def test_paced_stream_sends_one_message_per_interval_with_every_token_in_order()
 
 
 def test_interval_zero_sends_each_token_when_the_stream_keeps_up() -> None:
-    sent = _stream(0.0, _steady(20, 0.01))
-    assert _tokens(sent) == list(range(20))
-    assert len(sent) == 21  # one message per token, then the Final
+    def produce(inbox: EventInbox, sent: threading.Event) -> None:
+        for i in range(20):
+            sent.clear()
+            inbox.put(Delta(f"t{i} ", "answer", [i]))
+            assert sent.wait(10), "a token was not sent on its own"
+        inbox.put(FINAL)
+
+    sent = _stream(0.0, produce)
+    assert [e.token_ids for _, e in sent[:-1]] == [[i] for i in range(20)]  # one message per token
+    assert sent[-1][1] is FINAL
 
 
 def test_first_message_and_final_are_not_held_back_by_the_interval() -> None:
     put_at: dict[str, float] = {}
 
-    def produce(inbox: EventInbox) -> None:
+    def produce(inbox: EventInbox, sent: threading.Event) -> None:
         put_at["first"] = time.monotonic()
         inbox.put(Delta("a", "answer", [1]))
         time.sleep(0.05)
@@ -86,3 +98,48 @@ def test_first_message_and_final_are_not_held_back_by_the_interval() -> None:
     assert _tokens(sent) == [1, 2]
     assert sent[0][0] - put_at["first"] < 1.0
     assert sent[-1][1] is FINAL and sent[-1][0] - put_at["final"] < 1.0, "the Final waited for the 5 s interval"
+
+
+def test_what_queued_behind_a_channel_switch_goes_out_with_it() -> None:
+    """Reasoning, answer, a tool call and the Final queued at once all go out at once, interval or not."""
+    from edge_runtime.request import ToolCallRecord
+
+    call = ToolCallRecord(0, "move", "{}", None)
+
+    def produce(inbox: EventInbox, sent: threading.Event) -> None:
+        inbox.put(Delta("a", "answer", [0]))
+        assert sent.wait(10)
+        time.sleep(0.05)  # the stream is pausing now
+        for event in (Delta("hm", "reasoning", [1]), Delta("ok", "answer", [2]), call, FINAL):
+            inbox.put(event)
+
+    start = time.monotonic()
+    sent = _stream(5.0, produce)
+    assert [e for _, e in sent[1:]] == [Delta("hm", "reasoning", [1]), Delta("ok", "answer", [2]), call, FINAL]
+    assert time.monotonic() - start < 2.0, "events behind a channel switch waited for another interval"
+
+
+def test_a_stream_cancelled_while_pausing_leaves_the_inbox_usable() -> None:
+    """The RPC is cancelled mid-pause (the client went away): no error, and the engine thread's later puts
+    neither raise nor wake anything."""
+
+    async def main() -> None:
+        inbox = EventInbox(asyncio.get_running_loop())
+        got_first = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in paced_events(inbox, 5.0):
+                got_first.set()
+
+        task = asyncio.create_task(consume())
+        inbox.put(Delta("a", "answer", [0]))
+        await asyncio.wait_for(got_first.wait(), 10)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+        await asyncio.to_thread(inbox.put, Delta("b", "answer", [1]))
+        await asyncio.to_thread(inbox.put, FINAL)
+        assert inbox.drain() == [Delta("b", "answer", [1]), FINAL]
+
+    asyncio.run(main())

@@ -70,7 +70,7 @@ class EdgeLMServicer:
         """Chat completion: the messages are rendered with the model's chat template, then the reply streams
         back as Delta events (reasoning, answer, tool-call text), one ToolCallEvent per parsed tool call,
         and exactly one Final event last. Cancelling the call cancels the generation. A Delta covers one or
-        more tokens: the server sends at most one message per stream interval (config stream_interval_ms).
+        more tokens: a stream sends what has queued at most once per stream interval (stream_interval_ms).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
