@@ -210,8 +210,8 @@ def _reference_allowed(row: np.ndarray, p: SamplingParams) -> set[int]:
     return set(keep[sub >= p.min_p * sub.max()].tolist())
 
 
-@settings(max_examples=150, deadline=None)
-@given(
+# Random rows and sampling settings, for the properties below.
+_sampling_cases = given(
     logits_seed=st.integers(0, 2**32 - 1),
     vocab=st.integers(1, 600),
     scale=st.floats(0.1, 8.0),
@@ -221,6 +221,10 @@ def _reference_allowed(row: np.ndarray, p: SamplingParams) -> set[int]:
     min_p=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**63),
 )
+
+
+@settings(max_examples=150, deadline=None)
+@_sampling_cases
 def test_allowed_tokens_are_exactly_the_full_sort_reference(logits_seed, vocab, scale, temperature, top_k, top_p, min_p,
                                                              seed):
     row = _logits(1, vocab=vocab, seed=logits_seed, scale=scale)[0]
@@ -231,16 +235,7 @@ def test_allowed_tokens_are_exactly_the_full_sort_reference(logits_seed, vocab, 
 
 
 @settings(max_examples=150, deadline=None)
-@given(
-    logits_seed=st.integers(0, 2**32 - 1),
-    vocab=st.integers(1, 600),
-    scale=st.floats(0.1, 8.0),
-    temperature=st.floats(0.05, 3.0),
-    top_k=st.integers(0, 50),
-    top_p=st.floats(0.01, 1.0),
-    min_p=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**63),
-)
+@_sampling_cases
 def test_sampled_token_is_always_allowed(logits_seed, vocab, scale, temperature, top_k, top_p, min_p, seed):
     row = _logits(1, vocab=vocab, seed=logits_seed, scale=scale)[0]
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed).validate()
