@@ -332,3 +332,23 @@ def test_bearer_token_authenticates_calls(tiny_bundle: Path, tmp_path: Path) -> 
             with EdgeClient(address, token="s3cret-token") as c:
                 assert c.status().slots_free == 8
                 _check_stream(list(c.chat("hi", max_tokens=4)), 4)
+
+
+def test_stream_interval_paces_messages_end_to_end(tiny_bundle: Path, tmp_path: Path) -> None:
+    """`--stream-interval-ms` reaches the service: a stream sends what has queued at most once per interval,
+    every token still arrives once and in order, and the first tokens are not held back."""
+    interval_s = 0.5
+    with ServerProcess(tmp_path, tiny_bundle, "--stream-interval-ms", str(int(interval_s * 1000))) as proc:
+        proc.wait_serving()
+        with proc.client() as c:
+            start = time.monotonic()
+            events, first_at = [], None
+            for event in c.generate("the robot", max_tokens=48, ignore_eos=True):
+                first_at = first_at or time.monotonic()
+                events.append(event)
+            elapsed = time.monotonic() - start
+    _check_stream(events, 48)
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert len(events[-1].token_ids) == 48
+    assert len(deltas) <= elapsed / interval_s + 2, f"{len(deltas)} messages in {elapsed:.2f} s"
+    assert first_at - start < interval_s, "the first message waited for the interval"
