@@ -219,6 +219,28 @@ HOT void silu_inplace(float* __restrict a, float* __restrict e, int64_t c) {
   for (int64_t ch = 0; ch < c; ++ch) a[ch] = a[ch] / (1.0f + e[ch]);
 }
 
+// acc[ch] = bias[ch] + w[ch, :k-1] . st[ch, :] + w[ch, k-1] * x[ch]: one token's depthwise conv over c channels,
+// state st [c, k-1] and weight w [c, k] row-major. Mamba-2's kernel size 4 gets constant strides, which the
+// vectoriser turns into whole-vector loads and shuffles across channels; other sizes loop per channel.
+HOT void conv_token_k4(const float* __restrict x, const float* __restrict st, const float* __restrict w,
+                       const float* __restrict bias, float* __restrict acc, int64_t c) {
+  for (int64_t ch = 0; ch < c; ++ch)
+    acc[ch] = bias[ch] + w[4 * ch] * st[3 * ch] + w[4 * ch + 1] * st[3 * ch + 1] + w[4 * ch + 2] * st[3 * ch + 2] +
+              w[4 * ch + 3] * x[ch];
+}
+
+inline void conv_token(const float* __restrict x, const float* __restrict st, const float* __restrict w,
+                       const float* __restrict bias, float* __restrict acc, int64_t c, int64_t km1) {
+  if (km1 == 3) return conv_token_k4(x, st, w, bias, acc, c);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const float* s = st + ch * km1;
+    const float* wc = w + ch * (km1 + 1);
+    float a = bias[ch] + wc[km1] * x[ch];
+    for (int64_t j = 0; j < km1; ++j) a += wc[j] * s[j];
+    acc[ch] = a;
+  }
+}
+
 // acc[:] += w[:] * src[:] over c channels (one tap of the depthwise convolution).
 HOT void fma_row(float* __restrict acc, const float* __restrict w, const float* __restrict src, int64_t c) {
   for (int64_t ch = 0; ch < c; ++ch) acc[ch] += w[ch] * src[ch];
@@ -271,6 +293,10 @@ struct CausalConv1d {
     // weight^T [k, c] and state^T [b, k-1, c] make every column of `full` a contiguous row of c floats.
     // Then every output token depends on these copies and x only, so blocks of tokens run on the
     // thread pool; the new state (which may overwrite conv_state in place) is written after them all.
+    if (t == 1 && std::all_of(lengths, lengths + b, [](int64_t n) { return n == 1; })) {
+      one_token(x, st, w, bias, y, ns, b, c, k);
+      return;
+    }
     const bool by_rows = t > 8;
     if (by_rows) {
       std::vector<float> wt(k * c), head(b * km1 * c);
@@ -311,6 +337,33 @@ struct CausalConv1d {
         const float *sc = st + (r * c + ch) * km1, *xc = x + r * t * c + ch;
         for (int64_t m = 0; m < km1; ++m) ns[(r * c + ch) * km1 + m] = from_f32<T>(full(sc, xc, lengths[r] + m));
       }
+  }
+
+  // One valid token per row (every decode step): the generic per-channel loop above branches per tap
+  // between state and x and ran at a third of a MambaDecodeStep's SSM time (perf, small model). The new
+  // state is written after every row's outputs, so ns may be st (in place).
+  static void one_token(const float* x, const float* st, const float* w, const float* bias, T* y, T* ns,
+                        int64_t b, int64_t c, int64_t k) {
+    const int64_t km1 = k - 1;
+    std::vector<float> row(c), e(c);
+    for (int64_t r = 0; r < b; ++r) {
+      T* yrow = y + r * c;
+      float* acc = std::is_same_v<T, float> ? reinterpret_cast<float*>(yrow) : row.data();
+      conv_token(x + r * c, st + r * c * km1, w, bias, acc, c, km1);
+      finish_row(acc, yrow, e.data(), c);
+    }
+    // The state moves left by one element over each row's whole [c, k-1] block, then x fills every (k-1)-th
+    // slot: one memmove (overlap-safe, so ns may be st) instead of a loop per channel.
+    for (int64_t r = 0; r < b && km1 > 0; ++r) {
+      const float* sr = st + r * c * km1;
+      T* nr = ns + r * c * km1;
+      if constexpr (std::is_same_v<T, float>) {
+        std::memmove(nr, sr + 1, sizeof(float) * (c * km1 - 1));
+      } else {
+        for (int64_t i = 0; i + 1 < c * km1; ++i) nr[i] = from_f32<T>(sr[i + 1]);
+      }
+      for (int64_t ch = 0; ch < c; ++ch) nr[ch * km1 + km1 - 1] = from_f32<T>(x[r * c + ch]);
+    }
   }
 
   // SiLU of one token's pre-activations `acc` [c], then rounded into its output row unless that is `acc`.

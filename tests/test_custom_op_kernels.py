@@ -108,10 +108,11 @@ def conv_inputs(rng, dtype, b, t, c, k, lengths):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("t,lengths", [(1, [1, 0, 1]), (5, [5, 2, 0]), (37, [37, 20, 1])],
-                         ids=["decode", "short-chunk", "long-chunk"])
+@pytest.mark.parametrize("t,lengths", [(1, [1, 1, 1]), (1, [1, 0, 1]), (5, [5, 2, 0]), (37, [37, 20, 1])],
+                         ids=["decode", "decode-padded", "short-chunk", "long-chunk"])
 def test_causal_conv1d_matches_function_body(kernel_lib, dtype, t, lengths):
-    # t <= 8 and t > 8 take the kernel's two code paths; lengths < t is right padding, 0 an empty row.
+    # One valid token a row, t <= 8 and t > 8 take the kernel's three code paths; lengths < t is right
+    # padding, 0 an empty row.
     rng = np.random.default_rng(t)
     model, feeds = conv_inputs(rng, dtype, b=3, t=t, c=24, k=4, lengths=lengths)
     ref, got = both(model, feeds, kernel_lib)
@@ -119,8 +120,9 @@ def test_causal_conv1d_matches_function_body(kernel_lib, dtype, t, lengths):
     np.testing.assert_array_equal(ref[1], got[1], "new_state is a copy of inputs: exact")
 
 
-def test_causal_conv1d_other_kernel_size(kernel_lib):
-    model, feeds = conv_inputs(np.random.default_rng(1), np.float32, b=2, t=11, c=8, k=2, lengths=[11, 4])
+@pytest.mark.parametrize("t,lengths", [(11, [11, 4]), (1, [1, 1])], ids=["chunk", "decode"])
+def test_causal_conv1d_other_kernel_size(kernel_lib, t, lengths):
+    model, feeds = conv_inputs(np.random.default_rng(1), np.float32, b=2, t=t, c=8, k=2, lengths=lengths)
     ref, got = both(model, feeds, kernel_lib)
     assert_close(ref[0], got[0], 1e-5, "y")
     np.testing.assert_array_equal(ref[1], got[1])
