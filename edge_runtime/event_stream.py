@@ -50,20 +50,21 @@ class EventInbox:
     def drain(self) -> list[Event]:
         """Every event queued so far, oldest first (none: an empty list)."""
         with self._lock:
-            events = list(self._events)
-            self._events.clear()
-        return events
+            return self._pop_all()
 
     async def take(self) -> list[Event]:
         """Every event queued so far, oldest first; waits for one if there is none."""
         while True:
             with self._lock:
                 if self._events:
-                    events = list(self._events)
-                    self._events.clear()
-                    return events
+                    return self._pop_all()
                 self._waiter = waiter = self._loop.create_future()
             await waiter
+
+    def _pop_all(self) -> list[Event]:  # with the lock held
+        events = list(self._events)
+        self._events.clear()
+        return events
 
     async def pause(self, seconds: float) -> None:
         """Wait `seconds`, or until a Final is queued, whichever comes first."""
