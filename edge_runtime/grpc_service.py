@@ -222,15 +222,13 @@ class EdgeService(pb_grpc.EdgeLMServicer):
 
         try:
             async with contextlib.aclosing(paced_events(inbox, self.stream_interval_s)) as events:
-                async for event in events:
+                async for event in events:  # ends after the Final
                     if isinstance(event, Final):
                         if _deadline_passed(event):
                             await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
                                               "deadline exceeded before the reply was complete")
                         if self.metrics is not None:
                             self.metrics.finished(rpc, event)
-                        yield event_to_proto(event, request.request_id, chat)
-                        return
                     yield event_to_proto(event, request.request_id, chat)
         finally:
             if not handle.done:
