@@ -163,6 +163,9 @@ def targets(results: dict) -> str:
 def render(results: dict) -> str:
     s = results["meta"]["settings"]
     out = ["### Targets", "", targets(results)]
+    if "spinning" in s:
+        out += ["", f"Our engines ran with ONNX Runtime thread spinning `{s['spinning']}`; `+n` rows with `never`, "
+                    "the service's default."]
     for name, c in results["cases"].items():
         out += ["", f"### {name}", "", RENDER.get(name, generic)(c, s), "",
                 f"_load average (1/5/15 min) at start {c['load']['start']}, at end {c['load']['end']}; "

@@ -54,7 +54,7 @@ def run(s: Settings, cache: Path = artifacts.DEFAULT_CACHE, out: Path | None = N
     from bench import bandwidth, cases, memory, profile, service, thinking
 
     lib, why = artifacts.kernel_library()
-    env = Env(Path(cache).resolve(), s.preset, s.threads, lib)
+    env = Env(Path(cache).resolve(), s.preset, s.threads, lib, s.spinning)
     t0 = time.perf_counter()
     for fmt in formats_needed(s):
         env.bundle(fmt)

@@ -12,13 +12,17 @@ MiB = 1 << 20
 class Settings:
     preset: str = "small"
     threads: int = 2  # ONNX Runtime intra_op_num_threads and torch.set_num_threads
+    # Our engines' ProviderConfig.spinning. "in_run": the intra-op threads spin between the kernels of a
+    # call, as the reference's OpenMP threads spin between parallel regions (libgomp's default); the
+    # service's default, "never", is the `+n` variant (and `python -m bench.spinning`).
+    spinning: str = "in_run"
     reps: int = 5  # timed runs of each measurement (rounds, where runs are interleaved)
     warmups: int = 2  # untimed runs (rounds) of the same shape before them
     # decode
     prompt_tokens: int = 16
     new_tokens: int = 128
     batch: int = 8
-    decode_variants: tuple[str, ...] = ("fp32", "fp32+k", "fp32+k+p", "int8", "int8+k", "int4", "int4+k")
+    decode_variants: tuple[str, ...] = ("fp32", "fp32+k", "fp32+k+p", "int8", "int8+k", "int4", "int4+k", "int4+k+n")
     batch1_only_variants: tuple[str, ...] = ("int8-acc0", "int4-acc0")  # MatMulNBits accuracy level 0, for comparison
     # prefill
     prefill_lengths: tuple[int, ...] = (128, 512, 2048)

@@ -1,8 +1,8 @@
 """`python -m bench.spinning [--reps N]`: decode speed under ONNX Runtime's three thread-spinning settings.
 
 `ProviderConfig.spinning`: "always" (ONNX Runtime's default: idle worker threads spin on after a Run
-returns), "in_run" (the runtime's default: they spin between the kernels of a Run and stop when it
-returns), "never" (they block at once). int4 with the native kernels, greedy decode of 128 tokens after a
+returns), "in_run" (they spin between the kernels of a Run and stop when it returns; the benchmark's
+setting), "never" (the runtime's default: they block at once). int4 with the native kernels, greedy decode of 128 tokens after a
 16-token prompt at batch 1 and batch 8, as the decode case measures it. Every measurement runs in a fresh
 process, since a pool left spinning slows whatever runs next in its process; settings alternate round by
 round. Twice: on an otherwise idle machine, and beside one process that keeps a core busy (a robot's
@@ -12,7 +12,6 @@ other work). Prints the median tok/s of each setting and its ratio to "always".
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import subprocess
@@ -30,10 +29,9 @@ BUSY_LOOP = "while True: pass"
 
 def _child(spinning: str, batch: int, s: Settings) -> float:
     """tok/s of one warmed-up generation in this process."""
-    env = Env(artifacts.DEFAULT_CACHE, s.preset, s.threads, artifacts.kernel_library()[0])
+    env = Env(artifacts.DEFAULT_CACHE, s.preset, s.threads, artifacts.kernel_library()[0], spinning)
     v = Variant("int4", kernels=env.kernel_library is not None)
-    engine = Engine(env.bundle(v.fmt), EngineConfig(max_batch=batch, providers=dataclasses.replace(
-        env.providers(v), spinning=spinning)))
+    engine = Engine(env.bundle(v.fmt), EngineConfig(max_batch=batch, providers=env.providers(v)))
     prompts = [prompt_ids(i, s.prompt_tokens, env.vocab) for i in range(batch)]
     generate_batch(engine, prompts, s.new_tokens)
     start = time.perf_counter()

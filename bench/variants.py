@@ -1,11 +1,13 @@
 """What "ours" means in a row: a bundle format, with or without the native custom-op kernels.
 
 A variant is written `fp32`, `int4`, `int4-acc0` (stock ONNX Runtime: the custom ops run as their
-ONNX function bodies) or with `+k` (`int4+k`: kernels/build/libnemotron_edge_ops.so registered), and
+ONNX function bodies) or with `+k` (`int4+k`: kernels/build/libnemotron_edge_ops.so registered),
 `+p` to force ONNX Runtime's weight prepacking on (the runtime turns it off for float bundles so that the
-weights are resident once; `fp32+k+p` shows what that costs in speed).
+weights are resident once; `fp32+k+p` shows what that costs in speed), and `+n` for the service's default
+thread policy, spinning "never".
 Every engine runs ONNX Runtime's CPU provider with `threads` intra-op threads, as transformers runs
-with torch.set_num_threads(threads).
+with torch.set_num_threads(threads), and with the run's `spinning` (bench.settings: "in_run", the policy
+of torch's OpenMP pool, whose threads spin between parallel regions) unless the variant says `+n`.
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ class Variant:
     fmt: str
     kernels: bool = False
     prepack: bool = False
+    never_spin: bool = False
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
         fmt, *flags = text.split("+")
-        if fmt not in artifacts.FORMATS or not set(flags) <= {"k", "p"}:
-            raise ValueError(f"variant {text!r}: use FORMAT[+k][+p], FORMAT one of {', '.join(artifacts.FORMATS)}")
-        return cls(fmt, "k" in flags, "p" in flags)
+        if fmt not in artifacts.FORMATS or not set(flags) <= {"k", "p", "n"}:
+            raise ValueError(f"variant {text!r}: use FORMAT[+k][+p][+n], FORMAT one of {', '.join(artifacts.FORMATS)}")
+        return cls(fmt, "k" in flags, "p" in flags, "n" in flags)
 
     @property
     def label(self) -> str:
-        return self.fmt + ("+k" if self.kernels else "") + ("+p" if self.prepack else "")
+        return self.fmt + ("+k" if self.kernels else "") + ("+p" if self.prepack else "") + ("+n" if self.never_spin else "")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Env:
     preset: str
     threads: int
     kernel_library: str | None
+    spinning: str  # ProviderConfig.spinning of every engine, unless a variant says +n
 
     def bundle(self, fmt: str) -> Path:
         return artifacts.bundle(self.cache, self.preset, fmt)
@@ -73,7 +77,8 @@ class Env:
 
     def providers(self, v: Variant) -> ProviderConfig:
         return ProviderConfig(intra_op_threads=self.threads, custom_op_library=self.kernel_library if v.kernels else None,
-                              disable_prepacking=False if v.prepack else None)
+                              disable_prepacking=False if v.prepack else None,
+                              spinning="never" if v.never_spin else self.spinning)
 
     def engine(self, v: Variant, max_batch: int, scheduler: SchedulerConfig | None = None, **config) -> Engine:
         return Engine(self.bundle(v.fmt), EngineConfig(max_batch=max_batch, providers=self.providers(v),
