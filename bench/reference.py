@@ -10,6 +10,9 @@ torch is never imported next to the runtime.
   exactly that many tokens, from equal-length prompts with an all-ones attention mask; tokens/s counts
   batch x new tokens over the wall time of the call (its prompt prefill included, as in ours).
 - prefill: one forward over the prompt, `logits_to_keep=1` (what generate's first step computes).
+- generate: one prompt, `generate()` sampling with the request's temperature and top_p after
+  torch.manual_seed(seed), exactly `new_tokens` tokens; answers the seconds and the token ids (the thinking
+  case's two-call method on transformers).
 transformers falls back to its PyTorch implementations of the Mamba kernels (mamba_ssm and causal_conv1d
 are CUDA-only); that is the reference as a CPU user gets it, in float32 with torch.set_num_threads(THREADS).
 The first calls in a fresh process run several times slower (measured here: 1.3, then 4, then 36
@@ -43,9 +46,12 @@ class Reference:
         raise RuntimeError(f"transformers reference exited with {self.proc.wait()} (its stderr is above)")
 
     def _call(self, **request) -> float:
+        return self._ask(**request)["value"]
+
+    def _ask(self, **request) -> dict:
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        return self._read()["value"]
+        return self._read()
 
     def decode(self, prompts: list[list[int]], new_tokens: int) -> float:
         """Tokens/s of one greedy generate() of `new_tokens` for each of `prompts` (equal lengths)."""
@@ -54,6 +60,11 @@ class Reference:
     def prefill(self, prompt: list[int]) -> float:
         """Tokens/s of one forward over `prompt`."""
         return self._call(op="prefill", prompt=prompt)
+
+    def generate(self, prompt: list[int], new_tokens: int, temperature: float, top_p: float, seed: int) -> list[int]:
+        """The `new_tokens` token ids sampled after `prompt` (EOS not allowed to end it early)."""
+        return self._ask(op="generate", prompt=prompt, new_tokens=new_tokens, temperature=temperature, top_p=top_p,
+                         seed=seed)["token_ids"]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -91,6 +102,16 @@ def _serve(checkpoint: str, threads: int) -> None:
                 seconds = time.perf_counter() - t
                 assert out.shape == (ids.shape[0], ids.shape[1] + n), out.shape
                 answer({"value": ids.shape[0] * n / seconds})
+            elif r["op"] == "generate":
+                ids = torch.tensor([r["prompt"]])
+                n = r["new_tokens"]
+                torch.manual_seed(r["seed"])
+                t = time.perf_counter()
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                     do_sample=True, temperature=r["temperature"], top_p=r["top_p"], top_k=0,
+                                     pad_token_id=0)
+                seconds = time.perf_counter() - t
+                answer({"value": seconds, "token_ids": out[0, ids.shape[1]:].tolist()})
             else:
                 ids = torch.tensor([r["prompt"]])
                 t = time.perf_counter()

@@ -96,9 +96,11 @@ def thinking(c: dict, s: dict) -> str:
     for budget in s["budgets"]:
         r = c["ratios"].get(f"single / two calls {budget}")
         rows.append([str(budget), _med(c, f"single pass {budget}"), _med(c, f"two calls {budget}"),
-                     _med(c, f"call 2 prefill {budget}"), _x(r), _mark(r),
+                     _med(c, f"call 2 prefill {budget}"), _x(r), _mark(r), _med(c, f"two calls transformers {budget}"),
+                     _x(c["ratios"].get(f"single / two calls transformers {budget}")),
                      "; ".join(ended.get(f"single {budget}", {})), "; ".join(ended.get(f"two calls {budget}", {}))])
     return _table(["budget B", "single pass s", "two calls s", "of which call 2's prefill s", "single / two", "target",
+                   "two calls on transformers s", "single / two on transformers",
                    "single pass: thinking ended by", "two calls: how call 1 ended"], rows)
 
 

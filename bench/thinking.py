@@ -9,8 +9,13 @@ top-p 0.95) and the same seed, EOS ignored so that every run produces the same n
 - two calls (the model card's ThinkingBudgetClient): call 1 generates up to B tokens from the same prompt;
   if its text has no "</think>", ".\n</think>\n\n" is appended; call 2 re-reads prompt + reasoning as a
   new prompt (a fresh prefill) and generates A tokens.
-Time = wall time from submitting until the last Final. How the reasoning ended is recorded per run, and
-so is call 2's time to its first token (its prefill): what the single pass saves, besides one request.
+- two calls on transformers: the same two calls through the reference's `generate()` (bench/reference.py:
+  the same sampling settings, its own seed, exactly B and then A tokens), the client's text work done
+  here: the model card's method on the runtime a user of this machine would otherwise have.
+Time = wall time from submitting until the last Final (for transformers: from the first call until the
+second returns). How the reasoning ended is recorded per run, and so is call 2's time to its first token
+(its prefill): what the single pass saves on one engine, besides one request.
+The target compares the single pass with the two calls on this engine, where only the method differs.
 
 The case is about enforcing a budget, so the seed is chosen for the budget to bind: the first seed from
 `seed` on whose sampled reasoning the random-weight model does not write </think> by itself within the
@@ -23,10 +28,12 @@ from __future__ import annotations
 import collections
 import time
 
+from bench.reference import Reference
 from bench.settings import Settings
 from bench.timing import Case
 from bench.variants import Env
 from edge_runtime.chat import Chat, ChatRequest
+from edge_runtime.engine import Engine
 from edge_runtime.request import GenerationRequest
 from edge_runtime.thinking import THINK_CLOSE
 
@@ -60,45 +67,72 @@ def thinking(env: Env, s: Settings) -> dict:
     prompt_text = chat.render(ChatRequest(MESSAGES))
     ended: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     seed, tried = _binding_seed(engine, chat, s)
-
-    for budget in s.budgets:
-        call2_prefill: list[float] = []  # seconds to call 2's first token: the prefill the single pass saves
-
-        def single() -> float:
-            request, reasoning = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=budget,
-                                                          max_answer_tokens=s.answer_tokens, seed=seed))
-            request.ignore_eos = True
-            t0 = time.perf_counter()
-            handle = engine.submit(request, reasoning=reasoning)
-            engine.run_until_done([handle])
-            seconds = time.perf_counter() - t0
-            f = handle.final
-            ended[f"single {budget}"][f"{f.thinking_ended_by}: {f.usage.reasoning_tokens} reasoning + "
-                                      f"{f.usage.forced_tokens} forced + {f.usage.answer_tokens} answer tokens"] += 1
-            return seconds
-
-        def two_calls() -> float:
-            request, _ = chat.prepare(ChatRequest(MESSAGES, seed=seed))
-            t0 = time.perf_counter()
-            first = engine.generate(GenerationRequest(request.prompt_ids, request.sampling, max_tokens=budget,
-                                                      ignore_eos=True))
-            reasoning = tok.decode(first.token_ids, skip_special_tokens=False)
-            closed = THINK_CLOSE in reasoning
-            if not closed:
-                reasoning += ".\n</think>\n\n"
-            ids = tok.encode(prompt_text + reasoning, add_special_tokens=False).ids
-            second = engine.generate(GenerationRequest(ids, request.sampling, max_tokens=s.answer_tokens, ignore_eos=True))
-            seconds = time.perf_counter() - t0
-            call2_prefill.append(second.timings.time_to_first_token_ms / 1000)
-            how = "model wrote </think>" if closed else f"{len(first.token_ids)} tokens, no </think>: closed by the client"
-            ended[f"two calls {budget}"][f"{how}; call 2 prefilled {len(ids)} tokens, {len(second.token_ids)} answer tokens"] += 1
-            return seconds
-
-        case.measure_interleaved({f"single pass {budget}": ("s", single), f"two calls {budget}": ("s", two_calls)}, s.reps)
-        case.record(f"call 2 prefill {budget}", "s", call2_prefill[-s.reps:])
-        case.ratio(f"single / two calls {budget}", f"single pass {budget}", f"two calls {budget}",
-                   TARGET[1] if budget == TARGET[0] else None)
+    with Reference(env.checkpoint, s.threads) as ref:
+        case.details["reference"] = ref.info
+        for budget in s.budgets:
+            _budget(case, s, budget, engine, chat, ref, seed, ended)
     case.details.update(variant=v.label, answer_tokens=s.answer_tokens, seed=seed, seeds_tried=tried, prompt=prompt_text,
                         prompt_tokens=len(tok.encode(prompt_text, add_special_tokens=False).ids),
                         thinking_ended={k: dict(c) for k, c in ended.items()})
     return case.finish()
+
+
+def _second_prompt(tok, prompt_text: str, reasoning_ids: list[int]) -> tuple[list[int], bool]:
+    """The model card client's call 2: prompt + call 1's text, closed with ".\n</think>\n\n" unless it
+    holds </think>, encoded as a new prompt; and whether the model had closed its reasoning itself."""
+    reasoning = tok.decode(reasoning_ids, skip_special_tokens=False)
+    closed = THINK_CLOSE in reasoning
+    if not closed:
+        reasoning += ".\n</think>\n\n"
+    return tok.encode(prompt_text + reasoning, add_special_tokens=False).ids, closed
+
+
+def _budget(case: Case, s: Settings, budget: int, engine: Engine, chat: Chat, ref: Reference, seed: int,
+            ended: dict[str, collections.Counter]) -> None:
+    """The three methods at one budget, interleaved round by round."""
+    tok = engine.tokenizer
+    prompt_text = chat.render(ChatRequest(MESSAGES))
+    call2_prefill: list[float] = []  # seconds to call 2's first token: the prefill the single pass saves
+
+    def single() -> float:
+        request, reasoning = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=budget,
+                                                      max_answer_tokens=s.answer_tokens, seed=seed))
+        request.ignore_eos = True
+        t0 = time.perf_counter()
+        handle = engine.submit(request, reasoning=reasoning)
+        engine.run_until_done([handle])
+        seconds = time.perf_counter() - t0
+        f = handle.final
+        ended[f"single {budget}"][f"{f.thinking_ended_by}: {f.usage.reasoning_tokens} reasoning + "
+                                  f"{f.usage.forced_tokens} forced + {f.usage.answer_tokens} answer tokens"] += 1
+        return seconds
+
+    def two_calls() -> float:
+        request, _ = chat.prepare(ChatRequest(MESSAGES, seed=seed))
+        t0 = time.perf_counter()
+        first = engine.generate(GenerationRequest(request.prompt_ids, request.sampling, max_tokens=budget,
+                                                  ignore_eos=True))
+        ids, closed = _second_prompt(tok, prompt_text, first.token_ids)
+        second = engine.generate(GenerationRequest(ids, request.sampling, max_tokens=s.answer_tokens, ignore_eos=True))
+        seconds = time.perf_counter() - t0
+        call2_prefill.append(second.timings.time_to_first_token_ms / 1000)
+        how = "model wrote </think>" if closed else f"{len(first.token_ids)} tokens, no </think>: closed by the client"
+        ended[f"two calls {budget}"][f"{how}; call 2 prefilled {len(ids)} tokens, {len(second.token_ids)} answer tokens"] += 1
+        return seconds
+
+    def two_calls_transformers() -> float:
+        request, _ = chat.prepare(ChatRequest(MESSAGES, seed=seed))
+        p = request.sampling
+        t0 = time.perf_counter()
+        first = ref.generate(request.prompt_ids, budget, p.temperature, p.top_p, seed)
+        ids, _ = _second_prompt(tok, prompt_text, first)
+        ref.generate(ids, s.answer_tokens, p.temperature, p.top_p, seed)
+        return time.perf_counter() - t0
+
+    case.measure_interleaved({f"single pass {budget}": ("s", single), f"two calls {budget}": ("s", two_calls),
+                              f"two calls transformers {budget}": ("s", two_calls_transformers)}, s.reps)
+    case.record(f"call 2 prefill {budget}", "s", call2_prefill[-s.reps:])
+    case.ratio(f"single / two calls {budget}", f"single pass {budget}", f"two calls {budget}",
+               TARGET[1] if budget == TARGET[0] else None)
+    case.ratio(f"single / two calls transformers {budget}", f"single pass {budget}",
+               f"two calls transformers {budget}")

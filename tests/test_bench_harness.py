@@ -44,7 +44,10 @@ def test_harness_runs_every_case_on_tiny(tmp_path):
     decode = results["cases"]["decode"]
     assert {"fp32 b1", "fp32 b2", "transformers b1", "transformers b2"} <= set(decode["measurements"])
     assert "fp32 b1 / transformers b1" in decode["ratios"] and decode["ratios"]["fp32 b1 / transformers b1"]["paired"]
-    assert results["cases"]["thinking"]["details"]["thinking_ended"]
+    thinking = results["cases"]["thinking"]
+    assert thinking["details"]["thinking_ended"]
+    assert thinking["ratios"]["single / two calls transformers 4"]["paired"]  # the model card's method on transformers
+    assert results["cases"]["service"]["details"]["spinning"] == TINY.spinning == "in_run"
     assert results["meta"]["machine"] and results["meta"]["settings"]["preset"] == "tiny"
     text = render(results)
     assert all(f"### {name}" in text for name in CASES) and "### Targets" in text
