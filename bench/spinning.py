@@ -1,8 +1,8 @@
 """`python -m bench.spinning [--reps N]`: decode speed under ONNX Runtime's three thread-spinning settings.
 
 `ProviderConfig.spinning`: "always" (ONNX Runtime's default: idle worker threads spin on after a Run
-returns), "in_run" (they spin between the kernels of a Run and stop when it returns; the benchmark's
-setting), "never" (the runtime's default: they block at once). int4 with the native kernels, greedy decode of 128 tokens after a
+returns), "in_run" (they spin between the kernels of a Run and stop when it returns), "brief" (the same,
+at most 20 us each time; the benchmark's setting), "never" (the runtime's default: they block at once). int4 with the native kernels, greedy decode of 128 tokens after a
 16-token prompt at batch 1 and batch 8, as the decode case measures it. Every measurement runs in a fresh
 process, since a pool left spinning slows whatever runs next in its process; settings alternate round by
 round. Twice: on an otherwise idle machine, and beside one process that keeps a core busy (a robot's

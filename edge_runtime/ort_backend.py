@@ -22,7 +22,8 @@ from edge_runtime.state_pool import StatePool, consecutive
 ONNX_TYPE_BFLOAT16 = 16
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
 GRAPHS = ("prefill", "decode")
-SPINNING = ("always", "in_run", "never")
+SPINNING = ("always", "in_run", "brief", "never")
+BRIEF_SPIN_US = 20  # "brief": how long an idle worker spins before it blocks
 
 
 @dataclass
@@ -44,9 +45,11 @@ class ProviderConfig:
     # When ONNX Runtime's idle worker threads spin (SPINNING): "always" is its default, spinning on after a
     # Run returns; each session has its own pool, so after a prefill call its threads take cores from the
     # decode session and from every other process on the robot. "in_run" spins only between the kernels
-    # of a Run; "never" (ours) blocks at once. `python -m bench.spinning` (BENCHMARKS.md): with one core
-    # busy elsewhere, never decodes 1.9x (batch 1) and 1.5x (batch 8) faster than always; on an idle
-    # machine 0.86x at batch 1 and 1.12x at batch 8. A robot's CPU is rarely idle.
+    # of a Run; "brief" too, but at most BRIEF_SPIN_US each time; "never" (ours) blocks at once.
+    # `python -m bench.spinning` (BENCHMARKS.md), int4 decode against never: on an idle machine brief is
+    # 1.15x at batch 1 and 1.06x at batch 8; with one core busy elsewhere 0.95x and 0.83x (in_run 0.59x
+    # and 0.65x, always 0.30x and 0.57x). A robot's CPU is rarely idle; a machine that runs only the
+    # model gains with brief.
     spinning: str = "never"
 
     def __post_init__(self) -> None:
@@ -151,6 +154,8 @@ class OrtModelRunner:
             so.intra_op_num_threads = self.providers.intra_op_threads
         so.add_session_config_entry("session.force_spinning_stop", "0" if self.providers.spinning == "always" else "1")
         so.add_session_config_entry("session.intra_op.allow_spinning", "0" if self.providers.spinning == "never" else "1")
+        if self.providers.spinning == "brief":
+            so.add_session_config_entry("session.intra_op.spin_duration_us", str(BRIEF_SPIN_US))
         if self.providers.prepacking_disabled(self.bundle.weights["format"]):
             so.add_session_config_entry("session.disable_prepacking", "1")
         # The native kernels are CPU kernels: in a GPU session they would pull our ops onto the CPU, so

@@ -246,16 +246,22 @@ def test_a_slot_reused_by_a_later_request_keeps_decode_in_place(tiny_bundle):
     assert engine.runner.staged_calls["decode"] == staged_before
 
 
-@pytest.mark.parametrize("spinning, stop, allow", [("in_run", "1", "1"), ("always", "0", "1"), ("never", "1", "0")])
-def test_sessions_spin_as_configured(tiny_bundle, spinning, stop, allow):
-    """Both sessions get ONNX Runtime's two spinning switches from ProviderConfig.spinning; a bad value is
-    refused by name."""
+@pytest.mark.parametrize("spinning, stop, allow, duration", [
+    ("in_run", "1", "1", None), ("always", "0", "1", None), ("brief", "1", "1", "20"), ("never", "1", "0", None)])
+def test_sessions_spin_as_configured(tiny_bundle, spinning, stop, allow, duration):
+    """Both sessions get ONNX Runtime's spinning switches (and for "brief" its spin bound) from
+    ProviderConfig.spinning; a bad value is refused by name."""
     engine = Engine(tiny_bundle, EngineConfig(max_batch=1, providers=ProviderConfig(spinning=spinning)))
     for session in engine.runner.sessions.values():
         options = session.get_session_options()
         assert options.get_session_config_entry("session.force_spinning_stop") == stop
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
-    with pytest.raises(ValueError, match="spinning: 'sometimes' is not one of always, in_run, never"):
+        if duration is None:
+            with pytest.raises(RuntimeError, match="does not have configuration"):
+                options.get_session_config_entry("session.intra_op.spin_duration_us")
+        else:
+            assert options.get_session_config_entry("session.intra_op.spin_duration_us") == duration
+    with pytest.raises(ValueError, match="spinning: 'sometimes' is not one of always, in_run, brief, never"):
         ProviderConfig(spinning="sometimes")
     assert ProviderConfig().spinning == "never"
 

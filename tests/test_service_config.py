@@ -145,7 +145,7 @@ def test_every_field_has_a_file_key_and_a_flag() -> None:
     ("[model]\nbundle = 3\n", "[model] bundle: expected a non-empty path string"),
     ("[providers]\norder = [\"rocm\"]\n", "[providers] order: unknown provider 'rocm'"),
     ("[providers]\norder = [\"cpu\", \"CPU\"]\n", "[providers] order: provider listed twice"),
-    ("[providers]\nspinning = \"often\"\n", "[providers] spinning: expected one of always, in_run, never"),
+    ("[providers]\nspinning = \"often\"\n", "[providers] spinning: expected one of always, in_run, brief, never"),
     ("[providers.tensorrt]\nfp16 = \"yes\"\n", "[providers.tensorrt] fp16: expected true or false"),
     ("[providers.openvino]\ndevice = 1\n", "unknown section [providers.openvino]"),
     ("[gpu]\nx = 1\n", "unknown section [gpu]"),
