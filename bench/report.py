@@ -166,8 +166,8 @@ def render(results: dict) -> str:
     s = results["meta"]["settings"]
     out = ["### Targets", "", targets(results)]
     if "spinning" in s:
-        out += ["", f"Our engines ran with ONNX Runtime thread spinning `{s['spinning']}`; `+n` rows with `never`, "
-                    "the service's default."]
+        out += ["", f"Our engines ran with ONNX Runtime thread spinning `{s['spinning']}`; `+n` rows and the service "
+                    "case with `never`, the service's default."]
     for name, c in results["cases"].items():
         out += ["", f"### {name}", "", RENDER.get(name, generic)(c, s), "",
                 f"_load average (1/5/15 min) at start {c['load']['start']}, at end {c['load']['end']}; "

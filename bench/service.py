@@ -1,8 +1,9 @@
 """Through the gRPC service: aggregate tokens/s of concurrent streams, and the cost of the gRPC path.
 
-The real `nemotron-edge serve` runs in a subprocess on a Unix socket (`--budget`, `--spinning` as the
-run's other engines, and `--custom-op-library` for a `+k` variant; ONNX Runtime's default thread count, one
-per core; the default stream interval). Clients
+The real `nemotron-edge serve` runs in a subprocess on a Unix socket (`--budget`, and
+`--custom-op-library` for a `+k` variant; ONNX Runtime's default thread count, one per core; the service's
+default stream interval and thread spinning, "never": here the model's threads share the cores with the
+service's own, so the run's `spinning` setting, which matches the reference's threads, does not apply). Clients
 are the real `EdgeClient`, one per stream, each stream on its own thread: a greedy `Generate` of
 `new_tokens` token ids after its own `prompt_tokens` prompt, EOS ignored. Aggregate tokens/s = streams x
 new tokens / wall time from the first call to the last Final.
@@ -42,12 +43,12 @@ OVERHEAD_TARGET = "<= 1.10"  # in-process tok/s over gRPC tok/s at batch 1
 
 
 class Server:
-    def __init__(self, workdir: Path, bundle: Path, custom_op_library: str | None, spinning: str, *extra_args: str):
+    def __init__(self, workdir: Path, bundle: Path, custom_op_library: str | None, *extra_args: str):
         workdir.mkdir(exist_ok=True)
         self.address = f"unix:{workdir / 'edge.sock'}"
         self.log = (workdir / "server.log").open("wb")
         args = ["--bundle", str(bundle), "--listen", self.address, "--budget", str(BUDGET), "--log-level", "warning",
-                "--spinning", spinning, *extra_args]
+                *extra_args]
         if custom_op_library:
             args += ["--custom-op-library", custom_op_library]
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
@@ -105,18 +106,17 @@ def service(env: Env, s: Settings) -> dict:
     prompts = [prompt_ids(100 + i, s.prompt_tokens, env.vocab) for i in range(max(s.streams))]
     lib = env.kernel_library if v.kernels else None
     case.details.update(variant=v.label, budget_bytes=BUDGET, intra_op_threads="ONNX Runtime default (one per core)",
-                        stream_interval_ms=ServiceConfig().stream_interval_ms, spinning=env.spinning)
+                        stream_interval_ms=ServiceConfig().stream_interval_ms, spinning=ServiceConfig().spinning)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         servers: list[Server] = []
         try:
-            server = Server(Path(tmp) / "default", bundle, lib, env.spinning)
+            server = Server(Path(tmp) / "default", bundle, lib)
             servers.append(server)
-            unpaced = Server(Path(tmp) / "unpaced", bundle, lib, env.spinning, "--stream-interval-ms", "0")
+            unpaced = Server(Path(tmp) / "unpaced", bundle, lib, "--stream-interval-ms", "0")
             servers.append(unpaced)
             clients = [EdgeClient(server.address) for _ in range(max(s.streams))]
             unpaced_client = EdgeClient(unpaced.address)
-            config = ServiceConfig(bundle=bundle, memory_budget=BUDGET, custom_op_library=Path(lib) if lib else None,
-                                   spinning=env.spinning)
+            config = ServiceConfig(bundle=bundle, memory_budget=BUDGET, custom_op_library=Path(lib) if lib else None)
             engine = Engine(bundle, engine_config(config))
             request = lambda: GenerationRequest(prompts[0], SamplingParams.model_card_default(False),
                                                 max_tokens=s.new_tokens, ignore_eos=True)

@@ -12,10 +12,12 @@ MiB = 1 << 20
 class Settings:
     preset: str = "small"
     threads: int = 2  # ONNX Runtime intra_op_num_threads and torch.set_num_threads
-    # Our engines' ProviderConfig.spinning. "in_run": the intra-op threads spin between the kernels of a
-    # call, as the reference's OpenMP threads spin between parallel regions (libgomp's default); the
-    # service's default, "never", is the `+n` variant (and `python -m bench.spinning`).
-    spinning: str = "in_run"
+    # Our engines' ProviderConfig.spinning where they race the reference (decode, prefill, thinking,
+    # profile). "brief": the intra-op threads spin (up to 20 us) between the kernels of a call, as the
+    # reference's OpenMP threads spin between parallel regions (libgomp's default); the service's default,
+    # "never", is the `+n` variant (and `python -m bench.spinning`); the service case runs the service as
+    # deployed.
+    spinning: str = "brief"
     reps: int = 5  # timed runs of each measurement (rounds, where runs are interleaved)
     warmups: int = 2  # untimed runs (rounds) of the same shape before them
     # decode

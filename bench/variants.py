@@ -6,8 +6,8 @@ ONNX function bodies) or with `+k` (`int4+k`: kernels/build/libnemotron_edge_ops
 weights are resident once; `fp32+k+p` shows what that costs in speed), and `+n` for the service's default
 thread policy, spinning "never".
 Every engine runs ONNX Runtime's CPU provider with `threads` intra-op threads, as transformers runs
-with torch.set_num_threads(threads), and with the run's `spinning` (bench.settings: "in_run", the policy
-of torch's OpenMP pool, whose threads spin between parallel regions) unless the variant says `+n`.
+with torch.set_num_threads(threads), and with the run's `spinning` (bench.settings: "brief", spinning
+between kernels as torch's OpenMP threads spin between parallel regions) unless the variant says `+n`.
 """
 
 from __future__ import annotations
