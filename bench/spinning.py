@@ -1,4 +1,4 @@
-"""`python -m bench.spinning [--reps N]`: decode speed under ONNX Runtime's three thread-spinning settings.
+"""`python -m bench.spinning [--reps N]`: decode speed under each thread-spinning setting (ProviderConfig.spinning).
 
 `ProviderConfig.spinning`: "always" (ONNX Runtime's default: idle worker threads spin on after a Run
 returns), "in_run" (they spin between the kernels of a Run and stop when it returns), "brief" (the same,
