@@ -37,7 +37,7 @@ class ProviderConfig:
     custom_op_library: str | None = None
     # ONNX Runtime pre-packs constant weights once per session, a second copy each. For float weights
     # we turn that off, so the mapped weights.bin is the only copy (measured: 3.0x the weight bytes
-    # resident with it, 1.0x without; decode 10-20% slower at batch 1 and about 2x at batch 8 without it,
+    # resident with it, 1.0x without; decode 8-20% slower at batch 1 and about 2x at batch 8 without it,
     # since MatMul then packs the weights on every call: BENCHMARKS.md, fp32+k against fp32+k+p).
     # MatMulNBits needs its pre-packed layout to be fast, so quantized bundles keep it (None = decide by
     # the bundle's weight format).
