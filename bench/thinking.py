@@ -70,7 +70,7 @@ def thinking(env: Env, s: Settings) -> dict:
     with Reference(env.checkpoint, s.threads) as ref:
         case.details["reference"] = ref.info
         for budget in s.budgets:
-            _budget(case, s, budget, engine, chat, ref, seed, ended)
+            _budget(case, s, budget, engine, chat, prompt_text, ref, seed, ended)
     case.details.update(variant=v.label, answer_tokens=s.answer_tokens, seed=seed, seeds_tried=tried, prompt=prompt_text,
                         prompt_tokens=len(tok.encode(prompt_text, add_special_tokens=False).ids),
                         thinking_ended={k: dict(c) for k, c in ended.items()})
@@ -87,11 +87,10 @@ def _second_prompt(tok, prompt_text: str, reasoning_ids: list[int]) -> tuple[lis
     return tok.encode(prompt_text + reasoning, add_special_tokens=False).ids, closed
 
 
-def _budget(case: Case, s: Settings, budget: int, engine: Engine, chat: Chat, ref: Reference, seed: int,
-            ended: dict[str, collections.Counter]) -> None:
-    """The three methods at one budget, interleaved round by round."""
+def _budget(case: Case, s: Settings, budget: int, engine: Engine, chat: Chat, prompt_text: str, ref: Reference,
+            seed: int, ended: dict[str, collections.Counter]) -> None:
+    """The three methods at one budget, interleaved round by round; `prompt_text` is MESSAGES rendered."""
     tok = engine.tokenizer
-    prompt_text = chat.render(ChatRequest(MESSAGES))
     call2_prefill: list[float] = []  # seconds to call 2's first token: the prefill the single pass saves
 
     def single() -> float:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.ort_backend import SPINNING
+from edge_runtime.ort_backend import BRIEF_SPIN_US, SPINNING
 from edge_runtime.units import SizeError, parse_bytes
 
 DEFAULT_CONFIG_PATH = Path("/etc/nemotron-edge/config.toml")
@@ -229,8 +229,8 @@ FIELDS: tuple[Field, ...] = (
           "native kernels for the nemotron_edge ops (kernels/build/libnemotron_edge_ops.so); CPU-only sessions"),
     Field("providers", "spinning", "spinning", _one_of(SPINNING), "--spinning",
           "when ONNX Runtime's idle worker threads spin: never (default: the robot's other processes keep their "
-          "cores), brief (up to 20 us between the kernels of a model call: faster on a machine that runs only the "
-          "model), in_run (between the kernels of a model call), always (ONNX Runtime's own default)"),
+          f"cores), brief (up to {BRIEF_SPIN_US} us between the kernels of a model call: faster on a machine that runs "
+          "only the model), in_run (between the kernels of a model call), always (ONNX Runtime's own default)"),
     Field("providers.cuda", "device_id", "cuda_device_id", _int(0), "--cuda-device-id", "CUDA device", {"type": int}),
     Field("providers.cuda", "gpu_mem_limit", "cuda_gpu_mem_limit", _size, "--cuda-gpu-mem-limit",
           "cap on the CUDA provider's memory arena, e.g. 20GiB"),
