@@ -1,21 +1,30 @@
-"""Test helper: the real `nemotron-edge serve` in a subprocess, on a Unix socket in a temp dir.
+"""Test helpers: the real `nemotron-edge serve` in a subprocess, on a Unix socket in a temp dir; and the
+same service in this process, for tests that give its engine a clock.
 
-Used by test_grpc_server.py, test_grpc_fuzz.py and test_sd_notify.py. The process runs with the temp dir
-as its working directory (so nothing it writes lands in the repository) and its output goes to a log
-file that failures print.
+`ServerProcess` is used by test_grpc_server.py, test_grpc_fuzz.py and test_sd_notify.py. The process runs
+with the temp dir as its working directory (so nothing it writes lands in the repository) and its output
+goes to a log file that failures print. `InProcessServer` serves the real EdgeService on a real grpc.aio
+server and socket from a thread of the test process, over an engine the test built.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+from edge_runtime.chat import Chat
 from edge_runtime.client import EdgeClient, EdgeError
+from edge_runtime.engine import Engine
+from edge_runtime.grpc_server import build_server, check_listen
+from edge_runtime.grpc_service import EdgeService
+from edge_runtime.service_config import ServiceConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,3 +104,42 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class InProcessServer:
+    """EdgeService over `engine` (started here, shut down on exit) on a real Unix socket under `workdir`;
+    the event loop runs on a thread of its own, as grpc.aio's does in `serve`."""
+
+    def __init__(self, workdir: Path, engine: Engine, chat: Chat | None, config: ServiceConfig | None = None):
+        self.address = f"unix:{workdir / 'edge.sock'}"
+        config = config or ServiceConfig()
+        self.config = ServiceConfig(**{**config.__dict__, "listen": (self.address,)})
+        self.engine = engine
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-grpc-loop", daemon=True)
+        self._thread.start()
+        engine.start()
+        self._built = self._on_loop(self._start(chat))
+
+    async def _start(self, chat: Chat | None):
+        service = EdgeService(stream_interval_s=self.config.stream_interval_ms / 1000)
+        service.attach(self.engine, chat)
+        built = build_server(service, self.config, check_listen(self.config))
+        await built.server.start()
+        return built
+
+    def _on_loop(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    def client(self, **kwargs) -> EdgeClient:
+        return EdgeClient(self.address, **kwargs)
+
+    def __enter__(self) -> "InProcessServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._on_loop(self._built.server.stop(None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(60)
+        self.loop.close()
+        self.engine.shutdown()

@@ -247,7 +247,7 @@ def test_server_is_healthy_and_idle_after_the_fuzzing(server: ServerProcess, cli
     assert "Traceback" not in server.log(), server.log()
     # ...and everything cancelled or expired has released its slot.
     assert client.health() == "SERVING"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # bounds a failure (slots never freed), not how fast they are
     while (status := client.status()).slots_busy or status.queue_depth:
         assert time.monotonic() < deadline, status
         time.sleep(0.02)

@@ -162,28 +162,6 @@ def test_cancel_ends_the_generation_and_frees_the_slot(client: EdgeClient) -> No
     assert status.telemetry["tokens_generated"] - before < 400
 
 
-def test_one_millisecond_deadline_is_deadline_exceeded(client: EdgeClient) -> None:
-    with pytest.raises(EdgeError) as e:
-        client.chat("hurry", max_tokens=16, timeout=0.001).result()
-    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    # A deadline that passes mid-generation ends the call the same way and frees the slot.
-    with pytest.raises(EdgeError) as e:
-        client.chat("hurry, but longer", timeout=0.3, **LONG).result()
-    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert _wait_idle(client).slots_busy == 0
-
-
-def test_the_call_deadline_bounds_thinking_to_half_of_it(client: EdgeClient) -> None:
-    # Seed 0 never closes its own thinking within the context (checked with thinking_deadline_ms=1e9), so
-    # the forced close can only come from the thinking deadline derived from the call's 0.8 s: 0.4 s of
-    # thinking (well under the 480 tokens at this model's speed), then 4 answer tokens inside the deadline.
-    final = client.chat("Think for a long time.", max_tokens=480, ignore_eos=True, sampling={"seed": 0},
-                        max_answer_tokens=4, timeout=0.8).result()
-    assert final.thinking_ended_by == "deadline"
-    assert final.usage.forced_tokens > 0 and final.usage.answer_tokens == 4
-    assert final.usage.reasoning_tokens < 480 - final.usage.prompt_tokens
-
-
 def _bad_requests(client: EdgeClient, address: str):
     """(what, call, expected code, text the message must contain)."""
     INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -337,18 +315,17 @@ def test_bearer_token_authenticates_calls(tiny_bundle: Path, tmp_path: Path) -> 
 def test_stream_interval_paces_messages_end_to_end(tiny_bundle: Path, tmp_path: Path) -> None:
     """`--stream-interval-ms` reaches the service: a stream sends what has queued at most once per interval,
     every token still arrives once and in order, and the first tokens are not held back."""
-    interval_s = 0.5
+    interval_s, tokens = 1.0, 400  # the tiny bundle holds 512 tokens
     with ServerProcess(tmp_path, tiny_bundle, "--stream-interval-ms", str(int(interval_s * 1000))) as proc:
         proc.wait_serving()
         with proc.client() as c:
             start = time.monotonic()
-            events, first_at = [], None
-            for event in c.generate("the robot", max_tokens=48, ignore_eos=True):
-                first_at = first_at or time.monotonic()
-                events.append(event)
+            events = list(c.generate("the robot", max_tokens=tokens, ignore_eos=True))
             elapsed = time.monotonic() - start
-    _check_stream(events, 48)
+    _check_stream(events, tokens)
     deltas = [e for e in events if isinstance(e, Delta)]
-    assert len(events[-1].token_ids) == 48
+    assert len(events[-1].token_ids) == tokens
+    # Counted against the time the stream took, so a slow machine sends more messages, never too many.
     assert len(deltas) <= elapsed / interval_s + 2, f"{len(deltas)} messages in {elapsed:.2f} s"
-    assert first_at - start < interval_s, "the first message waited for the interval"
+    # A first message held back for the interval would carry everything generated meanwhile.
+    assert len(deltas[0].token_ids) < tokens, "the first message waited for the interval"
