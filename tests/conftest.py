@@ -6,9 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from tokenizers import Tokenizer
 
 from nemotron_export.tokenizer_synth import build_tokenizer, load_chat_template, write_tokenizer_files
+
+# No verdict may depend on how fast this machine is: no per-example deadline, no "too slow" health check.
+settings.register_profile("any-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("any-machine")
 
 
 @pytest.fixture(scope="session")
