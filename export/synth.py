@@ -3,6 +3,7 @@ tokenizer, for the presets in nemotron_export.presets. Output is deterministic f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -23,32 +25,43 @@ from nemotron_export.presets import PRESETS, TOKENIZER_VOCAB
 DT_MIN, DT_MAX = 0.01, 0.1
 
 
+def tensor_rng(seed: int, name: str) -> np.random.Generator:
+    """numpy's PCG64 stream for one tensor of a seeded checkpoint: platform-independent bits (torch's CPU
+    generators take different vector paths on different CPUs), and independent of the order tensors are
+    drawn in, so a checkpoint can be written one tensor at a time."""
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    return np.random.default_rng([seed, key])
+
+
+def random_tensor(cfg: ModelConfig, name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """One weight, float32, initialised as transformers initialises Nemotron-H (normal 0.02; A = 1..heads,
+    D = 1, dt log-uniform; Mamba out_proj kaiming-uniform scaled by 1/sqrt(layers), its
+    `rescale_prenorm_residual`). Transcendentals run on Python floats (the C library's scalar functions)
+    in float64 and are rounded to float32 once, so a vector math path can never change a bit."""
+    leaf = name.rsplit(".", 1)[-1]
+    rng = tensor_rng(seed, name)
+    if leaf == "A_log":
+        return np.array([math.log(i) for i in range(1, shape[0] + 1)], np.float32)
+    if leaf == "D" or (leaf == "weight" and "norm" in name):
+        return np.ones(shape, np.float32)
+    if leaf == "bias":
+        return np.zeros(shape, np.float32)
+    if leaf == "dt_bias":
+        lo, hi = math.log(DT_MIN), math.log(DT_MAX)
+        dt = [math.exp(u * (hi - lo) + lo) for u in rng.random(math.prod(shape)).tolist()]
+        return np.array([d + math.log(-math.expm1(-d)) for d in dt], np.float32).reshape(shape)  # inverse softplus
+    if name.endswith("mixer.out_proj.weight"):
+        bound = 1 / math.sqrt(shape[1]) / math.sqrt(cfg.num_layers)  # kaiming_uniform(a=sqrt(5)) on [out, in]
+        return (rng.random(shape, np.float32) * 2 - 1) * np.float32(bound)
+    return rng.standard_normal(shape, np.float32) * np.float32(0.02)
+
+
 def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Weights initialised as transformers initialises Nemotron-H (normal 0.02; A = 1..heads, D = 1, dt
-    log-uniform; Mamba out_proj kaiming-uniform scaled by 1/sqrt(layers), its `rescale_prenorm_residual`),
-    deterministic for a seed."""
-    gen = torch.Generator().manual_seed(seed)
+    """Every weight of `cfg` (random_tensor), the same bytes for a seed on every machine."""
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in NemotronH(cfg).state_dict().items()}
-    out: dict[str, torch.Tensor] = {}
-    for name, shape in shapes.items():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "A_log":
-            w = torch.log(torch.arange(1, shape[0] + 1, dtype=torch.float32))
-        elif leaf == "D" or (leaf == "weight" and "norm" in name):
-            w = torch.ones(shape)
-        elif leaf == "dt_bias":
-            dt = torch.exp(torch.rand(shape, generator=gen) * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
-            w = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
-        elif leaf == "bias":
-            w = torch.zeros(shape)
-        elif name.endswith("mixer.out_proj.weight"):
-            bound = 1 / math.sqrt(shape[1])  # kaiming_uniform(a=sqrt(5)) on [out, in]
-            w = (torch.rand(shape, generator=gen) * 2 - 1) * bound / math.sqrt(cfg.num_layers)
-        else:
-            w = torch.randn(shape, generator=gen) * 0.02
-        out[name] = w.to(dtype).contiguous()
-    return out
+    return {name: torch.from_numpy(random_tensor(cfg, name, shape, seed)).to(dtype).contiguous()
+            for name, shape in shapes.items()}
 
 
 def write_checkpoint(out_dir: str | Path, cfg: ModelConfig, weights: dict[str, torch.Tensor],

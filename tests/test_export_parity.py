@@ -77,12 +77,12 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 def _odd_weights(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     """random_weights, with biases, norm weights and D moved off their zero/one init so they count."""
     w = random_weights(cfg, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
+    rng = np.random.default_rng(seed + 1)
     for name, t in w.items():
         if name.endswith(".bias"):
-            w[name] = torch.randn(t.shape, generator=gen) * 0.02
+            w[name] = torch.from_numpy(rng.standard_normal(t.shape, np.float32) * np.float32(0.02))
         elif name.endswith((".D", "norm.weight", "norm_f.weight")):
-            w[name] = 1.0 + 0.2 * torch.randn(t.shape, generator=gen)
+            w[name] = torch.from_numpy(1 + rng.standard_normal(t.shape, np.float32) * np.float32(0.2))
     return w
 
 
