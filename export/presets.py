@@ -3,7 +3,9 @@
 - `tiny` (~0.9M parameters, all three layer types, chunk size 16) for tests;
 - `small` (~71M parameters, the first 27 layers of the real pattern) for benchmarks;
 - `nano-9b-v2-slice` (the real widths, layers `M*-`, vocabulary cut to 4096; ~380M parameters) to catch
-  bugs that only show at head_dim 80, 128 heads and 8 groups.
+  bugs that only show at head_dim 80, 128 heads and 8 groups;
+- `nano-9b-v2`, the real model's configuration (56 layers, vocabulary 131072; 8.9B parameters), written in
+  bf16 and sharded like the published checkpoint (18 GB).
 """
 
 from __future__ import annotations
@@ -33,5 +35,14 @@ PRESETS: dict[str, ModelConfig] = {
         mamba_num_heads=128, mamba_head_dim=80, n_groups=8, ssm_state_size=128, conv_kernel=4, chunk_size=128,
         max_position_embeddings=131072,
     ),
+    # ../shared/reference/nemotron-nano-9b-v2.config.json
+    "nano-9b-v2": ModelConfig(
+        vocab_size=131072, hidden_size=4480, intermediate_size=15680, pattern=REAL_PATTERN,
+        num_attention_heads=40, num_key_value_heads=8, head_dim=128,
+        mamba_num_heads=128, mamba_head_dim=80, n_groups=8, ssm_state_size=128, conv_kernel=4, chunk_size=128,
+        max_position_embeddings=131072,
+    ),
 }
-TOKENIZER_VOCAB = {"tiny": 1024, "small": 4096, "nano-9b-v2-slice": 4096}
+TOKENIZER_VOCAB = {"tiny": 1024, "small": 4096, "nano-9b-v2-slice": 4096, "nano-9b-v2": 131072}
+# What `synth` stores (a safetensors dtype): float32 for the test presets, bf16 as published for the real size.
+SYNTH_DTYPE = {"nano-9b-v2": "BF16"}

@@ -87,8 +87,21 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus_text().splitlines(keepends=True), trainer=trainer)
+    tokenizer = _padded(tokenizer, vocab_size - len(CONTROL_TAGS))
     tokenizer.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in CONTROL_TAGS])
     return tokenizer
+
+
+def _padded(tokenizer: Tokenizer, size: int) -> Tokenizer:
+    """`tokenizer` with its BPE vocabulary filled up to `size` entries by `<unused_N>` tokens that no merge
+    builds (the corpus runs out of merges long before the real model's 131072), so a bundle sees the real
+    vocabulary's size, and the control tokens keep ids past it as they do when training fills it."""
+    if tokenizer.get_vocab_size() >= size:
+        return tokenizer
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    vocab.update({f"<unused_{i}>": i for i in range(len(vocab), size)})
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def load_chat_template() -> str:
