@@ -61,7 +61,7 @@ def _synth(args: argparse.Namespace) -> int:
         return 2
     from nemotron_export.synth import synth
 
-    out = synth(args.preset, args.out, seed=args.seed, with_tokenizer=not args.no_tokenizer)
+    out = synth(args.preset, args.out, seed=args.seed, with_tokenizer=not args.no_tokenizer, progress=True)
     print(f"wrote {args.preset} checkpoint to {out}")
     return 0
 
