@@ -29,7 +29,7 @@ from nemotron_jetson.detect import JetsonInfo, detect
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
 SERVICE_USER = "nemotron-edge"
-REQUIRED_PACKAGES = ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf")
+REQUIRED_PACKAGES = ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf", "cryptography")
 # JetPack ships GPU builds of ONNX Runtime under other distribution names.
 ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime_gpu")
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -159,15 +159,35 @@ def check_bundle(ctx: DoctorContext) -> CheckResult:
     if not path.is_dir():
         return CheckResult("bundle", FAIL, f"{label}: no such directory",
                            "copy the exported bundle there, or set [model] bundle / --bundle to where it is")
+    if path.is_symlink():  # the `current` link of a versioned install: say which version it serves
+        label += f" -> {path.resolve()}"
     try:
         from edge_runtime.bundle import BundleError, verify_bundle
+        from edge_runtime.bundle_signature import KeyFileError, SignatureStatus, check_signature, load_trusted_keys
     except ImportError:
         return CheckResult("bundle", SKIP, f"{label}: skip: bundle verification unavailable in this version")
     try:
+        keys = load_trusted_keys(ctx.config.trusted_keys)
+    except KeyFileError as e:
+        return CheckResult("bundle", FAIL, f"{label}: trusted key: {e}",
+                           "write the public key with `openssl pkey -in KEY -pubout -out KEY.pub`, or fix "
+                           "[model] trusted_keys")
+    try:
+        signature = check_signature(path, keys)
+        if keys and signature.status is not SignatureStatus.TRUSTED:
+            return CheckResult("bundle", FAIL, f"{label}: {signature.detail}",
+                               "install a bundle exported with --sign-key by a trusted key, or add its signer's "
+                               "public key to [model] trusted_keys")
         verify_bundle(path)
     except BundleError as e:
         return CheckResult("bundle", FAIL, f"{label}: {e}", "re-copy the bundle from the workstation, or re-export it")
-    return CheckResult("bundle", PASS, f"{label}: verified")
+    if signature.status is SignatureStatus.MALFORMED:
+        return CheckResult("bundle", WARN, f"{label}: verified; {signature.detail}",
+                           "re-export with --sign-key, or remove the broken manifest.sig")
+    signed = {SignatureStatus.TRUSTED: f"signed by trusted key {signature.trusted_by} ({signature.key_id})",
+              SignatureStatus.SIGNED: f"signed by key {signature.key_id}, not checked (no [model] trusted_keys)",
+              SignatureStatus.UNSIGNED: "unsigned"}[signature.status]
+    return CheckResult("bundle", PASS, f"{label}: verified; {signed}")
 
 
 def check_memory(ctx: DoctorContext) -> CheckResult:

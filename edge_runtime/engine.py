@@ -20,6 +20,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from edge_runtime.bundle import Bundle, open_bundle
+from edge_runtime.bundle_signature import TrustedKey, open_trusted_bundle
 from edge_runtime.memory_plan import MemoryPlan, plan_for_bundle
 from edge_runtime.ort_backend import OrtModelRunner, ProviderConfig
 from edge_runtime.output import OutputProcessor
@@ -42,6 +43,8 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     providers: ProviderConfig = field(default_factory=ProviderConfig)
     verify_bundle: bool = True
+    # Set: a bundle opened from a path must be signed by one of these, and its files are always verified.
+    trusted_keys: tuple[TrustedKey, ...] = ()
 
 
 class RequestHandle:
@@ -99,7 +102,7 @@ class Engine:
     def __init__(self, bundle: Bundle | str | Path, config: EngineConfig | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.config = config or EngineConfig()
-        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=self.config.verify_bundle)
+        self.bundle = bundle if isinstance(bundle, Bundle) else self._open(bundle)
         self.model_config = self.bundle.config
         self.clock = clock
         tok_path = self.bundle.path / "tokenizer.json"
@@ -133,6 +136,11 @@ class Engine:
         self.steps = 0
         self.tokens_generated = 0
         self._decode_rate = _Rate()
+
+    def _open(self, path: str | Path) -> Bundle:
+        if self.config.trusted_keys:
+            return open_trusted_bundle(path, self.config.trusted_keys)
+        return open_bundle(path, verify=self.config.verify_bundle)
 
     # ---- submission ---------------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
+from edge_runtime.bundle_signature import load_trusted_keys
 from edge_runtime.chat import Chat, ThinkingDefaults
 from edge_runtime.engine import Engine, EngineConfig
 from edge_runtime.grpc_auth import BearerTokenInterceptor, read_token
@@ -224,6 +225,7 @@ def engine_config(config: ServiceConfig) -> EngineConfig:
     return EngineConfig(
         memory_budget=budget,
         max_sequences=config.max_sequences,
+        trusted_keys=load_trusted_keys(config.trusted_keys),
         scheduler=SchedulerConfig(max_queue=config.max_queue),
         providers=ProviderConfig(providers=list(config.providers),
                                  custom_op_library=str(config.custom_op_library) if config.custom_op_library else None,
@@ -320,7 +322,8 @@ async def run_service(config: ServiceConfig, bundle: Path, telemetry: TelemetryR
     if config.metrics_port is not None:
         metrics.serve_http(config.metrics_port)
     notifier.ready(service.status_line())
-    log.info("serving %s: %d slots, max context %d", bundle, engine.num_slots, engine.max_context)
+    log.info("serving %s (bundle %s): %d slots, max context %d", bundle, engine.bundle.identity, engine.num_slots,
+             engine.max_context)
 
     background: list[asyncio.Task] = []
     period = watchdog_period_s()

@@ -39,6 +39,7 @@ class ConfigFileError(ConfigError):
 class ServiceConfig:
     bundle: Path | None = None  # None: the demo bundle shipped inside the package
     memory_budget: int | None = None  # bytes; None: the planner sizes from free memory
+    trusted_keys: tuple[Path, ...] = ()  # set: serve only bundles signed by one of these (bundle_signature.py)
     listen: tuple[str, ...] = (DEFAULT_SOCKET,)
     auth_token_file: Path | None = None
     tls_cert_file: Path | None = None
@@ -96,6 +97,12 @@ def _path(value: Any) -> Path:
     if not isinstance(value, (str, Path)) or not str(value):
         raise ValueError("expected a non-empty path string")
     return Path(value)
+
+
+def _paths(value: Any) -> tuple[Path, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of path strings")
+    return tuple(_path(v) for v in value)
 
 
 def _int(low: int, high: int | None = None) -> Callable[[Any], int]:
@@ -201,6 +208,9 @@ FIELDS: tuple[Field, ...] = (
     Field("model", "bundle", "bundle", _path, "--bundle", "exported bundle directory (default: the demo bundle)"),
     Field("model", "memory_budget", "memory_budget", _size, "--budget",
           "memory the runtime may use, e.g. 24GiB, 8GB (default: sized from free memory)"),
+    Field("model", "trusted_keys", "trusted_keys", _paths, "--trusted-key",
+          "Ed25519 public key (PEM) a bundle must be signed by, repeatable; refuses unsigned bundles "
+          "(default: none, signatures unchecked)", {"action": "append"}),
     Field("server", "listen", "listen", _listen, "--listen",
           f"address to serve on, repeatable: unix:/path or HOST:PORT (default: {DEFAULT_SOCKET})",
           {"action": "append"}),

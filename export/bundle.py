@@ -4,7 +4,9 @@ The bundle is assembled in a temporary sibling directory and renamed into place 
 interrupted export leaves nothing behind. The manifest (format: edge_runtime.bundle) describes everything
 the device needs without onnx installed: config, layer map, graph interfaces, state layout, the weight
 index (with the bits and block size of every MatMulNBits projection, and for int4 the calibration that
-chose them), custom-op domain/version, and the sha256 of every file.
+chose them), custom-op domain/version, and the sha256 of every file. With a signing key, manifest.sig
+(edge_runtime.bundle_signature) is written into the temporary directory after the manifest, so the bundle
+appears with its signature or not at all.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import torch
 from onnx import TensorProto
 from tqdm import tqdm
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edge_runtime import bundle as bundle_format
+from edge_runtime.bundle_signature import sign_bundle
 from edge_runtime.model_config import ModelConfig
 from edge_runtime.state_layout import state_layout
 from nemotron_export import ops
@@ -57,7 +62,8 @@ class ExportOptions:
 
 
 def export_bundle(ckpt_dir: str | Path, out_dir: str | Path, options: ExportOptions = ExportOptions(),
-                  progress: bool = True) -> Path:
+                  progress: bool = True, signing_key: Ed25519PrivateKey | None = None) -> Path:
+    """Export `ckpt_dir` to a new bundle `out_dir`; with `signing_key`, manifest.sig signs its manifest."""
     ckpt, out = Path(ckpt_dir), Path(out_dir)
     if out.exists():
         raise FileExistsError(f"--out: {out} already exists; remove it or choose another directory")
@@ -86,6 +92,8 @@ def export_bundle(ckpt_dir: str | Path, out_dir: str | Path, options: ExportOpti
             print(f"{ckpt}: no tokenizer files; the bundle serves token-id requests only", file=sys.stderr)
         manifest = _manifest(cfg, options, prefill, decode, table, calibration, tokenizer)
         bundle_format.write_manifest(tmp, manifest)
+        if signing_key is not None:  # after the manifest, which hashes every file already in the folder
+            sign_bundle(tmp, signing_key)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

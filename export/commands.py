@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MatMulNBits accuracy_level: 0 computes in the activation dtype, 4 in int8 (CPU, faster)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-context", type=int, default=4096)
+    p.add_argument("--sign-key", metavar="KEY",
+                   help="Ed25519 private key (PEM, `openssl genpkey -algorithm ed25519`): sign the manifest "
+                        "(manifest.sig), so devices with the public key as --trusted-key accept the bundle")
     p.set_defaults(func=_export)
 
 
@@ -69,21 +72,26 @@ def _synth(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     if _missing_exporter("export"):
         return 2
+    from edge_runtime.bundle_signature import KeyFileError, key_id, load_signing_key
     from nemotron_export.bundle import ExportOptions, export_bundle
     from nemotron_export.checkpoint import CheckpointError
     from nemotron_export.onnx_graph import WeightFormat
     from edge_runtime.model_config import ConfigError
 
     try:
+        # Read before the export's minutes, so a bad key fails at once.
+        signing_key = load_signing_key(args.sign_key) if args.sign_key else None
         fmt = WeightFormat(
             kind=args.weights, group_size=args.group_size or DEFAULT_GROUP_SIZE.get(args.weights, 32),
             quantize_lm_head=not args.no_quantize_lm_head, accuracy_level=args.accuracy_level,
         )
         out = export_bundle(args.checkpoint, args.out,
                             ExportOptions(weights=fmt, max_batch=args.max_batch, max_context=args.max_context,
-                                          calibration=args.calibration, gptq=not args.no_gptq))
-    except (CheckpointError, ConfigError, ValueError, FileExistsError) as e:
+                                          calibration=args.calibration, gptq=not args.no_gptq),
+                            signing_key=signing_key)
+    except (CheckpointError, ConfigError, KeyFileError, ValueError, FileExistsError) as e:
         print(f"nemotron-edge export: {e}", file=sys.stderr)
         return 2
-    print(f"wrote bundle to {out}")
+    signed = f", signed by key {key_id(signing_key.public_key())}" if signing_key else ""
+    print(f"wrote bundle to {out}{signed}")
     return 0

@@ -72,6 +72,7 @@ def test_every_key_of_every_section_is_read(tmp_path: Path) -> None:
 [model]
 bundle = "/data/bundle"
 memory_budget = "512MiB"
+trusted_keys = ["/etc/nemotron-edge/keys/release.pub", "/etc/nemotron-edge/keys/lab.pub"]
 [server]
 listen = ["unix:/tmp/a.sock", "127.0.0.1:50051", "[::1]:50052"]
 auth_token_file = "/etc/nemotron-edge/token"
@@ -103,6 +104,7 @@ max_answer_tokens = 300
     config = load_config(path)
     assert config == ServiceConfig(
         bundle=Path("/data/bundle"), memory_budget=512 * 1024**2,
+        trusted_keys=(Path("/etc/nemotron-edge/keys/release.pub"), Path("/etc/nemotron-edge/keys/lab.pub")),
         listen=("unix:/tmp/a.sock", "127.0.0.1:50051", "[::1]:50052"),
         auth_token_file=Path("/etc/nemotron-edge/token"), drain_grace_s=12.5, metrics_port=9464, max_queue=8,
         log_level="debug", tls_cert_file=Path("/tls/s.crt"), tls_key_file=Path("/tls/s.key"),
@@ -143,6 +145,8 @@ def test_every_field_has_a_file_key_and_a_flag() -> None:
     ("[server]\nlog_level = \"loud\"\n", "[server] log_level: expected one of debug"),
     ("[model]\nmemory_budget = \"24XB\"\n", "[model] memory_budget: invalid size '24XB'"),
     ("[model]\nbundle = 3\n", "[model] bundle: expected a non-empty path string"),
+    ("[model]\ntrusted_keys = \"/k.pub\"\n", "[model] trusted_keys: expected a list of path strings"),
+    ("[model]\ntrusted_keys = [\"\"]\n", "[model] trusted_keys: expected a non-empty path string"),
     ("[providers]\norder = [\"rocm\"]\n", "[providers] order: unknown provider 'rocm'"),
     ("[providers]\norder = [\"cpu\", \"CPU\"]\n", "[providers] order: provider listed twice"),
     ("[providers]\nspinning = \"often\"\n", "[providers] spinning: expected one of always, in_run, brief, never"),
@@ -179,6 +183,7 @@ def test_every_setting_is_overridable_on_the_command_line(tmp_path: Path) -> Non
         "--cuda-gpu-mem-limit", "2GiB", "--trt-device-id", "1", "--trt-engine-cache-dir", "/e",
         "--trt-timing-cache-dir", "/tc", "--no-trt-fp16", "--trt-max-workspace-size", "1GiB",
         "--custom-op-library", "/lib.so", "--max-sequences", "32", "--spinning", "always", "--stream-interval-ms", "5",
+        "--trusted-key", "/a.pub", "--trusted-key", "/b.pub",
     ])
     config = config_from_args(args)
     defaults = ServiceConfig()
@@ -187,6 +192,7 @@ def test_every_setting_is_overridable_on_the_command_line(tmp_path: Path) -> Non
     assert config.listen == ("unix:/x.sock", "0.0.0.0:50051")
     assert config.memory_budget == 8_000_000_000
     assert config.providers == ("cuda", "cpu")
+    assert config.trusted_keys == (Path("/a.pub"), Path("/b.pub"))
 
 
 def test_flags_not_given_keep_the_file_values(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edge_runtime.bundle import BundleError
+from edge_runtime.bundle_signature import KeyFileError, load_trusted_keys
 from edge_runtime.request import Delta, Event, Final, RequestError, ToolCallRecord
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -27,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--bundle", help="bundle directory for an in-process chat (default: the embedded demo bundle)")
     where.add_argument("--server", help="address of a running server, e.g. unix:/run/nemotron-edge/edge.sock")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                   help="in process: Ed25519 public key (PEM) the bundle must be signed by, repeatable")
     p.add_argument("--token-file", help="bearer token file for --server")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="with --server: wait up to this long for the server to be loaded and serving")
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     display = None if args.json else Display(sys.stdout, sys.stdout.isatty())
     try:
         final = _run_server(args, display) if args.server else _run_local(args, display)
-    except (BundleError, RequestError, TokenFileError) as e:
+    except (BundleError, RequestError, TokenFileError, KeyFileError) as e:
         print(f"nemotron-edge chat: {e}", file=sys.stderr)
         return 2
     except EdgeError as e:
@@ -99,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_local(args: argparse.Namespace, display: Display | None) -> Final:
     from edge_runtime.chat import Chat, ChatRequest
     from edge_runtime.demo import resolve_bundle
-    from edge_runtime.engine import Engine
+    from edge_runtime.engine import Engine, EngineConfig
 
-    engine = Engine(resolve_bundle(args.bundle))
+    engine = Engine(resolve_bundle(args.bundle), EngineConfig(trusted_keys=load_trusted_keys(args.trusted_key)))
     chat = Chat(engine)
     request = ChatRequest(
         messages_of(args), reasoning=False if args.no_think else None,
@@ -118,6 +121,9 @@ def _run_server(args: argparse.Namespace, display: Display | None) -> Final:
     from edge_runtime.client import EdgeClient
     from edge_runtime.grpc_auth import read_token
 
+    if args.trusted_key:
+        raise KeyFileError("--trusted-key: checks a bundle loaded in process; a server checks its own "
+                           "([model] trusted_keys in its config)")
     token = read_token(Path(args.token_file)) if args.token_file else None
     with EdgeClient(args.server, token=token) as client:
         if args.wait > 0:

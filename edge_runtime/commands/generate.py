@@ -7,6 +7,7 @@ import json
 import sys
 
 from edge_runtime.bundle import BundleError
+from edge_runtime.bundle_signature import KeyFileError, load_trusted_keys
 from edge_runtime.demo import resolve_bundle
 from edge_runtime.engine import Engine, EngineConfig
 from edge_runtime.request import Delta, GenerationRequest, RequestError
@@ -16,6 +17,8 @@ from edge_runtime.sampler import SamplingParams
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate from a raw prompt or token ids, in process")
     p.add_argument("--bundle", help="bundle directory (default: the embedded demo bundle)")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                   help="Ed25519 public key (PEM) the bundle must be signed by, repeatable")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs a bundle with a tokenizer)")
     src.add_argument("--token-ids", help="comma-separated prompt token ids, e.g. 1,2,3")
@@ -40,7 +43,7 @@ def parse_token_ids(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        engine = Engine(resolve_bundle(args.bundle), EngineConfig())
+        engine = Engine(resolve_bundle(args.bundle), EngineConfig(trusted_keys=load_trusted_keys(args.trusted_key)))
         if args.prompt is not None:
             if engine.tokenizer is None:
                 raise RequestError("--prompt", "this bundle has no tokenizer; use --token-ids")
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         stream = None if args.json else (lambda e: isinstance(e, Delta) and print(e.text, end="", flush=True))
         handle = engine.submit(request, stream)
         engine.run_until_done([handle])
-    except (BundleError, RequestError) as e:
+    except (BundleError, RequestError, KeyFileError) as e:
         print(f"nemotron-edge generate: {e}", file=sys.stderr)
         return 2
     final = handle.final

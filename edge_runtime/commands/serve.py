@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from edge_runtime.bundle_signature import KeyFileError, load_trusted_keys
 from edge_runtime.demo import DEMO_BUNDLE
 from edge_runtime.grpc_auth import TokenFileError, read_token
 from edge_runtime.grpc_server import ListenError, check_listen, run_service
@@ -36,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         bundle = resolve_bundle(config)
         check_listen(config)
+        load_trusted_keys(config.trusted_keys)
         if config.auth_token_file is not None:
             read_token(config.auth_token_file)
-    except (ConfigError, ListenError, TokenFileError) as e:
+    except (ConfigError, ListenError, TokenFileError, KeyFileError) as e:
         print(f"nemotron-edge serve: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
