@@ -1,4 +1,4 @@
-"""`nemotron-edge jetson ...`: detect the board, show telemetry, install the service, warm up its caches."""
+"""`nemotron-edge jetson ...`: detect the board, show telemetry, install the service and bundles, warm up its caches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from nemotron_jetson import install, warmup
+from nemotron_jetson import bundles, install, warmup
 from nemotron_jetson.detect import detect
 from nemotron_jetson.telemetry import TegrastatsParser, TelemetrySample, TelemetrySource
 
@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("install", help="install the systemd service (user, dirs, venv, unit, config)")
     install.add_arguments(p)
     p.set_defaults(func=install.run_command)
+
+    p = sub.add_parser("bundle", help="install a bundle as a new version and switch the service to it safely")
+    bundles.add_arguments(p)
+    p.set_defaults(func=bundles.run_command)
 
     p = sub.add_parser("warmup", help="build the TensorRT engine and timing caches for a bundle before the first start")
     warmup.add_arguments(p)

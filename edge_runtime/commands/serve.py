@@ -5,6 +5,10 @@ every flag of service_config.add_arguments overriding it. Without --bundle (and 
 the demo bundle shipped inside the package is served, so `nemotron-edge serve --listen unix:/tmp/e.sock`
 works straight after `pip install`.
 
+A bundle path that is a symlink (the `current` link of a versioned install, docs/jetson.md) is resolved once,
+at start: the process reads every file of the version it started on, however the link is switched later;
+a restart (systemctl try-restart drains first) picks up the new version.
+
 Exit codes: 0 after a drain (SIGTERM/SIGINT), 1 when the bundle cannot be loaded, 2 for a bad setting
 (config file, flag, listen address, token file) — reported before anything is loaded.
 """
@@ -54,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def resolve_bundle(config: ServiceConfig) -> Path:
+    """The bundle directory to serve, every symlink on its path resolved (once, here)."""
     if config.bundle is not None:
         if not config.bundle.is_dir():
             raise ConfigError(f"--bundle: {config.bundle} is not a directory")
-        return config.bundle
+        return config.bundle.resolve()
     if not (DEMO_BUNDLE / "manifest.json").is_file():
         raise ConfigError(f"--bundle: none given and the demo bundle is not installed at {DEMO_BUNDLE}; "
                           "export one with `nemotron-edge export` and pass --bundle DIR")
