@@ -98,7 +98,8 @@ def run(options: InstallOptions, out: Callable[[str], None] = print) -> int:
     else:
         out(f"done: {changes} change(s) made")
     if options.on_live_system and not options.dry_run:
-        out("next: put the bundle in place, set [model] bundle in /etc/nemotron-edge/config.toml, then "
+        out("next: `nemotron-edge jetson bundle install BUNDLE`, set "
+            "[model] bundle = \"/var/lib/nemotron-edge/current\" in /etc/nemotron-edge/config.toml, then "
             "`systemctl enable --now nemotron-edge`")
     return changes
 
