@@ -206,7 +206,8 @@ def check_signature(directory: str | Path, keys: Sequence[TrustedKey]) -> Signat
     if not matching:
         trusted = ", ".join(f"{k.path} ({k.key_id})" for k in keys)
         return SignatureCheck(SignatureStatus.UNTRUSTED_KEY,
-                              f"{directory}: signed by another key ({kid}), not by a trusted key: {trusted}", manifest, kid)
+                              f"{directory}: signed by another key ({kid}), not by a trusted key: {trusted}",
+                              manifest, kid)
     for k in matching:
         try:
             k.key.verify(signature, manifest)

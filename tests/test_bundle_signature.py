@@ -91,7 +91,8 @@ def test_export_signs_the_manifest_bytes_and_the_signature_is_not_in_the_manifes
         result = subprocess.run([OPENSSL, "pkeyutl", "-verify", "-pubin", "-inkey", str(keys["release"][1]), "-rawin",
                                  "-in", str(signed_bundle / "manifest.json"), "-sigfile", str(raw)],
                                 capture_output=True, text=True)
-        assert result.returncode == 0 and "Signature Verified Successfully" in result.stdout, result.stdout + result.stderr
+        assert result.returncode == 0, result.stderr
+        assert "Signature Verified Successfully" in result.stdout, result.stdout
 
 
 def test_signed_by_another_key_is_refused_naming_both(signed_bundle: Path, keys) -> None:
@@ -158,7 +159,8 @@ def test_bad_signature_files_are_refused_by_name(signed_bundle: Path, keys, tmp_
 def _rsa_pem(public: bool) -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     if public:
-        return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
