@@ -229,7 +229,8 @@ def open_trusted_bundle(path: str | Path, keys: Sequence[TrustedKey],
     if check.status is not SignatureStatus.TRUSTED:
         raise BundleSignatureError(f"refusing bundle: {check.detail}")
     bundle = open_bundle(path, verify=True, on_bytes=on_bytes)
-    # open_bundle read manifest.json again: it must be the bytes that were verified, not a swapped file.
-    if bundle.manifest != json.loads(check.manifest_bytes):
+    # open_bundle read manifest.json again: it must say what the verified bytes say, not a swapped file.
+    signed = json.loads(check.manifest_bytes)
+    if json.dumps(bundle.manifest, sort_keys=True) != json.dumps(signed, sort_keys=True):
         raise BundleSignatureError(f"refusing bundle: {Path(path) / MANIFEST_FILE} changed while it was checked")
     return bundle

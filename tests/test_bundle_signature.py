@@ -127,6 +127,22 @@ def test_a_file_changed_under_an_intact_signature_is_refused(changed_weights_bun
         Engine(changed_weights_bundle, EngineConfig(verify_bundle=False, trusted_keys=release))
 
 
+def test_a_manifest_swapped_between_the_check_and_the_load_is_refused(signed_bundle: Path, resealed_bundle: Path,
+                                                                      keys, tmp_path: Path, monkeypatch) -> None:
+    from edge_runtime import bundle_signature
+
+    bundle = shutil.copytree(signed_bundle, tmp_path / "bundle")
+    load = bundle_signature.open_bundle
+
+    def swap_then_load(path, **kwargs):  # the race: the re-sealed manifest lands right after the check
+        shutil.copyfile(resealed_bundle / "manifest.json", bundle / "manifest.json")
+        return load(path, **kwargs)
+
+    monkeypatch.setattr(bundle_signature, "open_bundle", swap_then_load)
+    with pytest.raises(BundleSignatureError, match="manifest.json changed while it was checked"):
+        open_trusted_bundle(bundle, trusted(keys, "release"))
+
+
 def _forged(keys) -> str:
     """A signature by the other key, labelled with the release key's id."""
     other = load_signing_key(keys["other"][0])
