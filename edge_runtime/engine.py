@@ -412,6 +412,25 @@ class Engine:
     def decode_tokens_per_second(self) -> float:
         return self._decode_rate.rate(self.clock())
 
+    @property
+    def working_bytes(self) -> int:
+        """Working memory held for model calls: the plan's prefill working memory and each row's decode
+        working memory, and the state pool's staging buffers as allocated (0 without a plan: unaccounted)."""
+        if self.plan is None:
+            return self.pool.staging_nbytes
+        rows = self.plan.rows(self.num_slots)
+        return self.plan.prefill_working_bytes + rows * self.plan.decode_working_bytes_per_sequence \
+            + self.pool.staging_nbytes
+
+    @property
+    def held_bytes(self) -> int:
+        """Everything the engine holds by its own accounting: weights (with their pre-packed copies) and
+        runtime overhead from the plan, working memory, and the slots' state. The plan sized the slots so
+        that this is at most `plan.total_bytes(num_slots, context)`, hence within the budget."""
+        plan = self.plan
+        base = plan.resident_weight_bytes + plan.overhead_bytes if plan else self.runner.weights.nbytes
+        return base + self.working_bytes + self.pool.slot_nbytes
+
 
 class _Rate:
     """Tokens per second over a sliding window of recent steps."""

@@ -109,7 +109,7 @@ class EdgeService(pb_grpc.EdgeLMServicer):
                 queue_depth=lambda: engine.queue_depth, slots_busy=lambda: engine.slots_busy,
                 slots_total=lambda: engine.num_slots,
                 budget_bytes=lambda: plan.budget_bytes if plan else 0,
-                planned_bytes=lambda: _held_bytes(engine),
+                planned_bytes=lambda: engine.held_bytes,
                 state_pool_bytes=lambda: engine.pool.nbytes,
             ))
         self.state = ServingState.SERVING
@@ -316,11 +316,11 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         e = self.engine
         plan = e.plan
         busy = e.slots_busy  # read once: the engine thread frees slots meanwhile, and the figures must agree
-        # The slots' own storage (pool.nbytes also counts the per-call staging buffers).
-        per_slot = sum(a.nbytes for a in e.pool.arrays.values()) // max(1, e.num_slots)
+        per_slot = e.pool.slot_nbytes // max(1, e.num_slots)
         memory = pb.MemoryStatus(
             state_bytes_in_use=per_slot * busy,
-            used_bytes=_held_bytes(e),
+            used_bytes=e.held_bytes,
+            working_bytes=e.working_bytes,
             process_rss_bytes=psutil.Process().memory_info().rss,
             weight_bytes=plan.resident_weight_bytes if plan else e.runner.weights.nbytes,
         )
@@ -328,7 +328,6 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             memory.budget_bytes = plan.budget_bytes
             memory.fixed_state_bytes_per_sequence = plan.fixed_state_bytes_per_sequence
             memory.kv_bytes_per_token = plan.kv_bytes_per_token
-            memory.working_bytes = plan.working_bytes
             memory.overhead_bytes = plan.overhead_bytes
             memory.planned_context = plan.context
             memory.planned_max_sequences = plan.max_sequences
@@ -390,14 +389,6 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
 def _deadline_passed(final: Final) -> bool:
     # The engine ends an expired request as "cancelled" with this error (or "deadline" in later versions).
     return final.finish_reason == "deadline" or (final.finish_reason == "cancelled" and final.error == "deadline exceeded")
-
-
-def _held_bytes(e: Engine) -> int:
-    """What the server holds by its own accounting: weights, working memory and overhead from the plan (or
-    the weights file alone without one), plus the preallocated state pool."""
-    plan = e.plan
-    base = plan.resident_weight_bytes + plan.working_bytes + plan.overhead_bytes if plan else e.runner.weights.nbytes
-    return base + e.pool.nbytes
 
 
 def _telemetry(source: TelemetryReader | None) -> dict[str, float]:

@@ -27,9 +27,12 @@ class StatePool:
     def __init__(self, specs: list[StateSpec], num_slots: int, max_context: int, max_rows: int,
                  max_call_tokens: int):
         """`max_rows`: sequences in one model call; `max_call_tokens`: the most new tokens one row brings to
-        one call (the prefill chunk). Staging is sized by these, the slots by `num_slots`."""
+        one call (the prefill chunk). Staging is sized by these, the slots by `num_slots`. A call never has
+        more rows than there are slots, so the pool stages min(max_rows, num_slots) rows: what the memory
+        plan counts (`MemoryPlan.rows`)."""
         self.specs = specs
-        self.num_slots, self.max_context, self.max_rows = num_slots, max_context, max_rows
+        self.num_slots, self.max_context = num_slots, max_context
+        self.max_rows = max_rows = min(max_rows, num_slots)
         self.arrays: dict[str, np.ndarray] = {}
         self._staging: dict[str, np.ndarray] = {}
         self._out: dict[str, np.ndarray] = {}
@@ -54,8 +57,17 @@ class StatePool:
 
     @property
     def nbytes(self) -> int:
-        buffers = (*self.arrays.values(), *self._staging.values(), *self._out.values())
-        return sum(a.nbytes for a in buffers)
+        return self.slot_nbytes + self.staging_nbytes
+
+    @property
+    def slot_nbytes(self) -> int:
+        """The slots' own state."""
+        return sum(a.nbytes for a in self.arrays.values())
+
+    @property
+    def staging_nbytes(self) -> int:
+        """The per-call buffers: a state copy going into a call, and the new state coming out of it, per row."""
+        return sum(a.nbytes for a in (*self._staging.values(), *self._out.values()))
 
     def allocate(self) -> int:
         if not self._free:
