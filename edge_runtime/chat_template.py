@@ -17,19 +17,39 @@ user/system message, first removing any `/think` from it when forcing it off; th
 message is unchanged because the template strips the markers and surrounding whitespace anyway. With
 no user or system message at all, a system message holding just the marker is put first, which the
 template renders exactly like a missing system message.
+
+Bounded rendering. A template is a program, and a request's messages are its input: a template that loops
+(`range(100000)` nested in itself, or over every character of every message) or builds strings that grow
+without end would hold a worker for as long as it runs. Each render gets a budget (`RenderLimits`): every
+for-loop iteration (all loops: the compiled code routes each loop's iterable through the budget, not only
+`range`), call, filter, intercepted operator (`*`, `**`, `%`, `+`), `~` concatenation and output
+expression costs a step, plus one per STEP_CHARS characters of the string it produced; no string or sequence
+built on the way, and not the prompt itself, may exceed `max_chars`; size-multiplying operations (`*`,
+`replace`, `join`, `expandtabs`, widths in `%`/`format`/`center`...) are checked before they run, so a
+refused one allocates nothing. Past a bound rendering stops with `TemplateLimitError`, whose message names
+the bound. A render also stops, with `RenderStopped`, at its next step once its `stop` event is set (the
+call that wanted it is over).
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping, Sequence
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import jinja2
 import jinja2.ext
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import _PassArg
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -41,6 +61,96 @@ _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 # The named special tokens transformers hands to every template (`special_tokens_map`).
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# A string result costs one more step per this many characters, so copying text is paid for by its size.
+STEP_CHARS = 64
+# Integers a template computes stay below this many bits (`2 ** 10 ** 10` would never finish).
+MAX_INT_BITS = 4096
+# A number inside a format string (a width or precision) has at most this many digits, whatever max_chars.
+_FORMAT_NUMBER = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """What one render may cost (see the module docstring)."""
+
+    max_steps: int
+    max_chars: int
+
+
+class TemplateLimitError(jinja2.exceptions.TemplateError):
+    """Rendering went past one of its `RenderLimits`; the message names the bound."""
+
+
+class RenderStopped(Exception):
+    """The render's `stop` event was set: whoever wanted the prompt is gone."""
+
+
+class _Budget:
+    """One render's steps and size bound."""
+
+    def __init__(self, limits: RenderLimits, stop: threading.Event | None):
+        self.limits, self.stop = limits, stop
+        self.steps = 0
+
+    def charge(self, steps: int = 1) -> None:
+        self.steps += steps
+        if self.steps > self.limits.max_steps:
+            raise TemplateLimitError(f"rendering took more than {self.limits.max_steps} steps (loop iterations, calls, "
+                                     "filters, operators, outputs); the template loops too much for this input")
+        if self.stop is not None and self.stop.is_set():
+            raise RenderStopped("rendering stopped: the call that asked for it is over")
+
+    def allow(self, size: int, what: str) -> None:
+        if size > self.limits.max_chars:
+            raise TemplateLimitError(f"{what} would hold {size} characters or items; at most {self.limits.max_chars}")
+
+    def result(self, value: Any, what: str) -> Any:
+        """Charge for `value` once it exists, and refuse it past the size bounds."""
+        if isinstance(value, (str, list, tuple, dict)):
+            self.allow(len(value), what)
+            self.charge(1 + len(value) // STEP_CHARS)
+        elif isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise TemplateLimitError(f"{what} gave an integer of more than {MAX_INT_BITS} bits")
+        else:
+            self.charge()
+        return value
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("chat_template_budget", default=None)
+
+
+def _sized(value: Any) -> int | None:
+    return len(value) if isinstance(value, (str, list, tuple, dict)) else None
+
+
+def _check_format(budget: _Budget, fmt: Any, what: str) -> None:
+    """Widths and precisions in a %- or {}-format string: `"%999999999d"` allocates before it can be refused."""
+    if isinstance(fmt, str):
+        digits = len(str(budget.limits.max_chars))
+        if any(len(m) > digits or int(m) > budget.limits.max_chars for m in _FORMAT_NUMBER.findall(fmt)):
+            raise TemplateLimitError(f"{what}: a width or precision above {budget.limits.max_chars}")
+
+
+def _precheck(budget: _Budget, name: str, target: Any, args: tuple, kwargs: dict) -> None:
+    """Refuse a filter, or a method of a str, whose result would exceed the size bound, before it runs (an
+    integer argument is a width or a count: none may exceed the bound)."""
+    what = f"{name}()"
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and value > budget.limits.max_chars:
+            raise TemplateLimitError(f"{what}: argument {value} is above {budget.limits.max_chars}")
+    if not isinstance(target, str):
+        return
+    if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        hits = target.count(old) if old else len(target) + 1
+        budget.allow(len(target) + hits * max(0, len(new) - len(old)), what)
+    elif name == "expandtabs":
+        size = args[0] if args and isinstance(args[0], int) else kwargs.get("tabsize", 8)
+        budget.allow(len(target) + target.count("\t") * max(0, size), what)
+    elif name == "join" and args and (n := _sized(args[0])) is not None:
+        budget.allow(len(target) * max(0, n - 1), what)
+    elif name in ("format", "format_map"):
+        _check_format(budget, target, what)
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -103,11 +213,100 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles every for-loop to iterate through `environment.bounded_iter` and every `~` concatenation
+    through `environment.checked`, so that no loop or growing string escapes the render's budget."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        node.iter = nodes.Call(nodes.EnvironmentAttribute("bounded_iter"), [node.iter], [], None, None,
+                               lineno=node.iter.lineno)
+        super().visit_For(node, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.checked(")
+        super().visit_Concat(node, frame)
+        self.write(', "~")')
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """transformers' sandbox, with every loop iteration, call, filter, operator and output charged to the
+    render's budget (`_BUDGET`; compile-time constant folding runs with none and is not charged)."""
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def bounded_iter(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        budget = _BUDGET.get()
+        for item in iterable:
+            if budget is not None:
+                budget.charge()
+            yield item
+
+    def checked(self, value: Any, what: str) -> Any:
+        budget = _BUDGET.get()
+        return value if budget is None else budget.result(value, what)
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        budget = _BUDGET.get()
+        if budget is None:
+            return super().call(__context, __obj, *args, **kwargs)
+        if isinstance(__obj, LoopContext) and args:  # `loop(children)` of a recursive for-loop
+            args = (__self.bounded_iter(args[0]), *args[1:])
+        method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+        name = getattr(method, "__name__", "call")
+        if isinstance(target := getattr(method, "__self__", None), str):
+            _precheck(budget, name, target, args, kwargs)
+        return budget.result(super().call(__context, __obj, *args, **kwargs), f"{name}()")
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            what = f"the {operator} operator"
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if (size := _sized(seq)) is not None and isinstance(n, int):
+                        budget.allow(size * max(0, n), what)
+            elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
+                    and left.bit_length() * right > MAX_INT_BITS:
+                raise TemplateLimitError(f"{what} gave an integer of more than {MAX_INT_BITS} bits")
+            elif operator == "%":
+                _check_format(budget, left, what)
+        result = super().call_binop(context, operator, left, right)
+        return result if budget is None else budget.result(result, f"the {operator} operator")
+
+
+def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+    """`f` charged to the render's budget. The wrapper takes the context, which also keeps jinja from running
+    the filter at compile time on constant arguments, outside any budget."""
+    pass_arg = _PassArg.from_obj(f)
+
+    @jinja2.pass_context
+    def bounded(context: jinja2.runtime.Context, value: Any, *args: Any, **kwargs: Any) -> Any:
+        lead = {_PassArg.context: (context,), _PassArg.environment: (context.environment,),
+                _PassArg.eval_context: (context.eval_ctx,)}.get(pass_arg, ())
+        budget = _BUDGET.get()
+        if budget is None:
+            return f(*lead, value, *args, **kwargs)
+        _precheck(budget, name, value, args, kwargs)
+        return budget.result(f(*lead, value, *args, **kwargs), f"the {name} filter")
+
+    return bounded
+
+
+def _output(value: Any) -> Any:
+    """Every `{{ ... }}` output passes here (jinja's `finalize`): charged by its size."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.result(value, "an output")
+    return value
+
+
+def _environment() -> _BoundedEnvironment:
+    env = _BoundedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols], finalize=_output
     )
-    env.filters["tojson"] = _tojson
+    env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
+    env.filters["tojson"] = _bounded_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.globals["dict"] = _TemplateDict()
@@ -192,8 +391,11 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         reasoning: bool | None = None,
+        limits: RenderLimits | None = None,
+        stop: threading.Event | None = None,
     ) -> str:
-        """Render `messages` to the prompt text; `reasoning` forces thinking on/off, None keeps the template's choice."""
+        """Render `messages` to the prompt text; `reasoning` forces thinking on/off, None keeps the template's
+        choice. With `limits`, rendering is bounded (module docstring); a set `stop` ends it at its next step."""
         if not messages:
             raise ValueError("cannot render an empty conversation")
         if continue_final_message and add_generation_prompt:
@@ -208,16 +410,30 @@ class ChatTemplate:
                 raise ValueError("continue_final_message needs a final message with string content")
             chat[-1] = {**chat[-1], "content": final_text + _CONTINUE_TAG}
         tool_schemas = None if tools is None else [_plain(dict(tool)) for tool in tools]
-        rendered = self._template.render(
-            **_plain(self.special_tokens),
-            messages=chat,
-            tools=tool_schemas,
-            documents=None,
-            add_generation_prompt=add_generation_prompt,
-        )
+        variables = dict(**_plain(self.special_tokens), messages=chat, tools=tool_schemas, documents=None,
+                         add_generation_prompt=add_generation_prompt)
+        if limits is None:
+            rendered = self._template.render(**variables)
+        else:
+            rendered = _bounded_render(self._template, variables, _Budget(limits, stop))
         if continue_final_message:
             rendered = _cut_at_continue_tag(rendered, final_text)
         return rendered
+
+
+def _bounded_render(template: jinja2.Template, variables: dict[str, Any], budget: _Budget) -> str:
+    token = _BUDGET.set(budget)
+    try:
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(**variables):
+            size += len(chunk)
+            budget.allow(size, "the rendered prompt")
+            budget.charge(1 + len(chunk) // STEP_CHARS)
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        _BUDGET.reset(token)
 
 
 def _cut_at_continue_tag(rendered: str, final_text: str) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import threading
+
 import pytest
 
-from edge_runtime.chat_template import ChatTemplate, thinking_enabled
+from edge_runtime.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
 from nemotron_export.tokenizer_synth import load_chat_template, tokenizer_config
 
 WEATHER_TOOL = {
@@ -112,6 +114,9 @@ CASES: list[tuple[str, list[dict[str, Any]], list | None, bool, bool]] = [
 ]
 
 
+GENEROUS = RenderLimits(max_steps=100_000, max_chars=100_000)
+
+
 @pytest.fixture(scope="module")
 def template(hf_tokenizer) -> ChatTemplate:
     return ChatTemplate(load_chat_template(), hf_tokenizer.special_tokens_map)
@@ -131,10 +136,10 @@ def _reference(hf_tokenizer, messages, tools, add_generation_prompt, continue_fi
 def test_matches_transformers(template: ChatTemplate, hf_tokenizer, case) -> None:
     _, messages, tools, add_generation_prompt, continue_final_message = case
     expected = _reference(hf_tokenizer, messages, tools, add_generation_prompt, continue_final_message)
-    ours = template.render(
-        messages, tools=tools, add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message
-    )
-    assert ours == expected
+    for limits in (None, GENEROUS):  # bounded rendering renders the same
+        ours = template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                               continue_final_message=continue_final_message, limits=limits)
+        assert ours == expected
 
 
 def test_reference_renders_are_nontrivial(hf_tokenizer) -> None:
@@ -223,3 +228,62 @@ def test_invalid_combinations_raise(template: ChatTemplate) -> None:
         template.render([{"role": "user", "content": "x"}], add_generation_prompt=True, continue_final_message=True)
     with pytest.raises(ValueError):
         template.render([])
+
+
+# ---- bounded rendering --------------------------------------------------------------------------------------
+
+HI = [{"role": "user", "content": "hello there"}]
+# (what, template, the error names)
+RUNAWAY = [
+    ("nested range loops", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "steps"),
+    ("nested loops over the input", "{% for m in messages %}{% for a in m.content * 1000 %}{% for b in m.content * 1000 %}"
+     "{% endfor %}{% endfor %}{% endfor %}", "steps"),
+    ("a recursive loop", "{% for x in range(3) recursive %}{% if loop.depth < 12 %}{{ loop(range(3)) }}{% endif %}"
+     "{% endfor %}", "steps"),
+    ("a string multiplied", "{{ 'x' * 10 ** 9 }}", "would hold 1000000000"),
+    ("a list multiplied", "{{ ([1] * 10 ** 9) | length }}", "would hold 1000000000"),
+    ("a huge power", "{{ 2 ** (10 ** 10) }}", "bits"),
+    ("a growing string", "{% set ns = namespace(s='') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ 'abcdefgh' %}"
+     "{% endfor %}{{ ns.s }}", "100000"),
+    ("a %-format width", "{{ '%999999999d' % 1 }}", "width"),
+    ("a format() width", "{{ '{:>999999999}'.format(1) }}", "width"),
+    ("a format filter width", "{{ '%999999999d' | format(1) }}", "width"),
+    ("a center() width", "{{ 'x'.center(10 ** 9) }}", "above 100000"),
+    ("replace() with the empty string", "{{ (messages[0].content * 1000).replace('', 'y' * 20) }}", "replace"),
+    ("the replace filter", "{{ (messages[0].content * 1000) | replace('e', 'y' * 50) }}", "replace"),
+    ("join()", "{{ ('x' * 50000).join(messages[0].content * 1000) }}", "join"),
+    ("the output", "{% for i in range(100000) %}{{ messages[0].content }}{% endfor %}", "the rendered prompt"),
+    ("the output of constant text", "{% for i in range(100000) %}constant text{% endfor %}", "the rendered prompt"),
+]
+
+
+@pytest.mark.parametrize("case", RUNAWAY, ids=[c[0] for c in RUNAWAY])
+def test_runaway_templates_stop_at_a_named_bound(case) -> None:
+    _, text, named = case
+    with pytest.raises(TemplateLimitError, match=named):
+        ChatTemplate(text, {}).render(HI, limits=GENEROUS)
+
+
+def test_the_step_bound_counts_what_the_template_does(template: ChatTemplate) -> None:
+    """The real template's steps grow with the conversation; a bound just above one render's cost passes and
+    one just below fails (found by bisection on the budget, which is deterministic)."""
+    messages = [SYS] + [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(20)]
+    expected = template.render(messages)
+    low, high = 1, GENEROUS.max_steps
+    while low < high:
+        mid = (low + high) // 2
+        try:
+            assert template.render(messages, limits=RenderLimits(mid, GENEROUS.max_chars)) == expected
+            high = mid
+        except TemplateLimitError:
+            low = mid + 1
+    assert 20 < low < 2000, low  # at least one step a message; far below the nested loops above
+    with pytest.raises(TemplateLimitError, match=f"more than {low - 1} steps"):
+        template.render(messages, limits=RenderLimits(low - 1, GENEROUS.max_chars))
+
+
+def test_a_set_stop_event_ends_rendering() -> None:
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RenderStopped):
+        ChatTemplate("{% for i in range(100000) %}{% endfor %}", {}).render(HI, limits=GENEROUS, stop=stop)
