@@ -3,18 +3,23 @@
 A `ChatRequest` is what the CLI and the gRPC service accept. `Chat.prepare()` turns it into the engine's
 `GenerationRequest`: the prompt rendered exactly as transformers would, sampling defaults from the model
 card (reasoning on: temperature 0.6, top-p 0.95; off: greedy), and the thinking budgets that the
-engine's ThinkingController enforces inside the decode loop.
+engine's ThinkingController enforces inside the decode loop. Its two steps, `render()` and `request()`
+(which tokenizes), can also be run apart, so that a caller can stop between them. Rendering is bounded
+by `RequestLimits.render` (edge_runtime.chat_template).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from edge_runtime.chat_template import ChatTemplate, thinking_enabled
+from edge_runtime.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
 from edge_runtime.engine import Engine, RequestHandle
 from edge_runtime.request import Event, GenerationRequest, Priority, RequestError
+from edge_runtime.request_limits import RequestLimits
+from edge_runtime.token_ids import encode
 from edge_runtime.sampler import SamplingParams
 from edge_runtime.thinking import DEFAULT_CLOSE_TEXT, ThinkingConfig
 
@@ -54,34 +59,48 @@ def tool_name(tool: dict[str, Any]) -> str:
 
 
 class Chat:
-    def __init__(self, engine: Engine, defaults: ThinkingDefaults | None = None):
+    def __init__(self, engine: Engine, defaults: ThinkingDefaults | None = None, limits: RenderLimits | None = None):
+        """`limits`: what one render may cost; default: the limits derived from the engine's context."""
         if engine.tokenizer is None or engine.bundle.chat_template is None:
             raise RequestError("bundle", "has no tokenizer or chat template; it serves token-id requests only")
         self.engine = engine
         self.defaults = defaults or ThinkingDefaults()
+        self.limits = limits or RequestLimits.for_context(engine.max_context).render
         config = json.loads((engine.bundle.path / "tokenizer_config.json").read_text()) \
             if (engine.bundle.path / "tokenizer_config.json").exists() else {}
         special = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
         self.template = ChatTemplate(engine.bundle.chat_template, special)
 
-    def render(self, chat: ChatRequest) -> str:
-        tools = chat.tools if chat.tool_choice != "none" else None
-        try:
-            return self.template.render(chat.messages, tools=tools, add_generation_prompt=True, reasoning=chat.reasoning)
-        except Exception as e:  # template errors are the request's fault (bad roles, missing content, ...)
-            raise RequestError("messages", f"cannot render the chat template: {e}") from None
-
-    def count_tokens(self, chat: ChatRequest) -> int:
-        return len(self.engine.tokenizer.encode(self.render(chat), add_special_tokens=False).ids)
-
-    def prepare(self, chat: ChatRequest) -> tuple[GenerationRequest, bool]:
-        """The engine request for `chat`, and whether its prompt leaves the model thinking."""
+    def render(self, chat: ChatRequest, stop: threading.Event | None = None) -> str:
+        """The prompt text of `chat`. A set `stop` ends rendering at its next step (RenderStopped)."""
         if not chat.messages:
             raise RequestError("messages", "is empty")
         names = [tool_name(t) for t in chat.tools or []]
         if chat.tool_choice not in ("auto", "none") and chat.tool_choice not in names:
             raise RequestError("tool_choice", f"names unknown tool {chat.tool_choice!r}; tools: {names}")
-        prompt = self.render(chat)
+        tools = chat.tools if chat.tool_choice != "none" else None
+        try:
+            return self.template.render(chat.messages, tools=tools, add_generation_prompt=True, reasoning=chat.reasoning,
+                                        limits=self.limits, stop=stop)
+        except TemplateLimitError as e:
+            raise RequestError("messages", f"the chat template cannot render this conversation within its "
+                                           f"limits ([limits] template_max_steps, max_text_chars): {e}") from None
+        except (RequestError, RenderStopped):
+            raise
+        except Exception as e:  # template errors are the request's fault (bad roles, missing content, ...)
+            raise RequestError("messages", f"cannot render the chat template: {e}") from None
+
+    def count_tokens(self, chat: ChatRequest) -> int:
+        return len(encode(self.engine.tokenizer, self.render(chat)))
+
+    def prepare(self, chat: ChatRequest) -> tuple[GenerationRequest, bool]:
+        """The engine request for `chat`, and whether its prompt leaves the model thinking."""
+        return self.request(chat, self.render(chat))
+
+    def request(self, chat: ChatRequest, prompt: str) -> tuple[GenerationRequest, bool]:
+        """The engine request for `chat` rendered as `prompt` (tokenized here), and whether the prompt leaves
+        the model thinking."""
+        names = [tool_name(t) for t in chat.tools or []]
         reasoning = thinking_enabled(prompt)
         d = self.defaults
         pick = lambda v, default: default if v is None else v
@@ -96,7 +115,7 @@ class Chat:
         except ValueError as e:
             raise RequestError(str(e).split(" ")[0], str(e)) from None
         request = GenerationRequest(
-            prompt_ids=self.engine.tokenizer.encode(prompt, add_special_tokens=False).ids,
+            prompt_ids=encode(self.engine.tokenizer, prompt),
             sampling=chat.sampling or replace(SamplingParams.model_card_default(reasoning), seed=chat.seed),
             max_tokens=chat.max_tokens,
             stop_strings=list(chat.stop_strings),

@@ -8,6 +8,8 @@ emits, so one display function serves both. Nothing here imports the engine or O
 uses this module too.
 
 Limits checked here (the engine checks context length, vocabulary and sampling ranges itself):
+  - `check_bounds`: a request's counts and characters against its RequestLimits (edge_runtime.request_limits),
+    before anything of it is parsed, rendered or tokenized;
   - roles are system, user, assistant, tool; only assistant messages carry tool calls;
   - JSON fields (tool parameters, tool-call arguments) must hold a JSON object;
   - at most MAX_STOP_STRINGS stop strings of 1..MAX_STOP_CHARS characters each (every generated token is
@@ -25,6 +27,7 @@ from typing import Any
 
 from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.request import Delta, Event, Final, Priority, RequestError, Timings, ToolCallRecord, Usage
+from edge_runtime.request_limits import RequestLimits
 from edge_runtime.sampler import SamplingParams, TokenLogprobs
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -79,6 +82,54 @@ def request_id_from_proto(value: str) -> str | None:
     if len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
         raise RequestError("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} printable characters")
     return value
+
+
+class _TextTally:
+    """The characters of a request's text fields, added up field by field against max_text_chars."""
+
+    def __init__(self, limits: RequestLimits):
+        self.limit, self.total = limits.max_text_chars, 0
+
+    def add(self, where: str, text: str) -> None:
+        self.total += len(text)
+        if self.total > self.limit:
+            raise RequestError(where, f"the request's text reaches {self.total} characters here; at most "
+                                      f"{self.limit} in all ([limits] max_text_chars)")
+
+
+def check_bounds(r: pb.ChatRequest | pb.GenerateRequest | pb.CountTokensRequest, limits: RequestLimits) -> None:
+    """Refuse a request that carries more than `limits` allow, naming the field: cheap (counts and lengths),
+    run before anything of it is parsed, rendered or tokenized."""
+    tally = _TextTally(limits)
+    if isinstance(r, pb.ChatRequest):
+        _check_chat_bounds(r, limits, tally, "")
+        tally.add("thinking_close_text", r.thinking_close_text)
+        tally.add("tool_choice", r.tool_choice)
+    elif isinstance(r, pb.GenerateRequest):
+        tally.add("prompt", r.prompt)
+    elif r.WhichOneof("input") == "text":
+        tally.add("text", r.text)
+    else:
+        _check_chat_bounds(r.chat, limits, tally, "chat.")
+
+
+def _check_chat_bounds(r: pb.ChatRequest | pb.ChatInput, limits: RequestLimits, tally: _TextTally, prefix: str) -> None:
+    items = len(r.messages) + sum(len(m.tool_calls) for m in r.messages)
+    if items > limits.max_messages:
+        raise RequestError(f"{prefix}messages", f"{items} messages and tool calls; at most {limits.max_messages} "
+                                                "([limits] max_messages)")
+    if len(r.tools) > limits.max_tools:
+        raise RequestError(f"{prefix}tools", f"{len(r.tools)} tools; at most {limits.max_tools} ([limits] max_tools)")
+    for i, m in enumerate(r.messages):
+        where = f"{prefix}messages[{i}]"
+        for name in ("content", "name", "tool_call_id"):
+            tally.add(f"{where}.{name}", getattr(m, name))
+        for j, c in enumerate(m.tool_calls):
+            for name in ("id", "name", "arguments_json"):
+                tally.add(f"{where}.tool_calls[{j}].{name}", getattr(c, name))
+    for i, t in enumerate(r.tools):
+        for name in ("name", "description", "parameters_json"):
+            tally.add(f"{prefix}tools[{i}].{name}", getattr(t, name))
 
 
 def _json_object(text: str, where: str, empty: dict | None = None) -> dict[str, Any]:

@@ -18,9 +18,10 @@ UNAVAILABLE while running streams continue; when they have all finished, or drai
 (remaining ones are then cancelled and end with FINISH_REASON_CANCELLED), the server stops and the
 process exits 0.
 
-Server options (grpc_options.py): explicit 16 MiB send/receive message limits, and keepalive settings that
-accept client pings every 10 s even on streams that send nothing for minutes (queue waits, long prefills),
-so well-behaved clients are never cut off with "too_many_pings".
+Server options (grpc_options.py): explicit 16 MiB send/receive message limits (the transport's ceiling; a request
+is refused past the smaller `[limits] max_request_bytes` before it is parsed, grpc_request_bytes.py), and
+keepalive settings that accept client pings every 10 s even on streams that send nothing for minutes (queue
+waits, long prefills), so well-behaved clients are never cut off with "too_many_pings".
 
 Also on: the standard health service (grpc.health.v1.Health, for "" and for the EdgeLM service), server
 reflection (grpc_reflection, so grpcurl and friends can list and call the service), Prometheus metrics on
@@ -51,12 +52,13 @@ from edge_runtime.bundle_signature import load_trusted_keys
 from edge_runtime.chat import Chat, ThinkingDefaults
 from edge_runtime.engine import Engine, EngineConfig
 from edge_runtime.grpc_auth import BearerTokenInterceptor, read_token
-from edge_runtime.grpc_malformed import MalformedRequestInterceptor
 from edge_runtime.grpc_options import SERVER_OPTIONS
+from edge_runtime.grpc_request_bytes import RequestBytesInterceptor
 from edge_runtime.grpc_service import SERVICE_NAME, EdgeService, TelemetryReader
 from edge_runtime.metrics import ServiceMetrics
 from edge_runtime.ort_backend import ProviderConfig
 from edge_runtime.request import GenerationRequest
+from edge_runtime.request_limits import RequestLimits
 from edge_runtime.scheduler import SchedulerConfig
 from edge_runtime.sampler import SamplingParams
 from edge_runtime.sd_notify import EngineProgress, Notifier, run_watchdog, watchdog_period_s
@@ -177,7 +179,7 @@ def build_server(service: EdgeService, config: ServiceConfig, addresses: list[Li
     token = read_token(config.auth_token_file) if config.auth_token_file is not None else None
     # Authentication first: an unauthenticated peer learns nothing, not even whether its bytes decode.
     interceptors = [BearerTokenInterceptor(token)] if token else []
-    interceptors.append(MalformedRequestInterceptor())
+    interceptors.append(RequestBytesInterceptor(service.max_request_bytes))
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     pb_grpc.add_EdgeLMServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -242,9 +244,17 @@ def thinking_defaults(config: ServiceConfig) -> ThinkingDefaults:
                             max_answer_tokens=config.max_answer_tokens)
 
 
-def load_engine(config: ServiceConfig, bundle: Path) -> tuple[Engine, Chat | None]:
+def request_limits(config: ServiceConfig, context: int) -> RequestLimits:
+    """The [limits] settings, each one left unset derived from the model's `context`."""
+    return RequestLimits.for_context(context, max_request_bytes=config.max_request_bytes,
+                                     max_text_chars=config.max_text_chars, max_messages=config.max_messages,
+                                     max_tools=config.max_tools, template_max_steps=config.template_max_steps)
+
+
+def load_engine(config: ServiceConfig, bundle: Path) -> tuple[Engine, Chat | None, RequestLimits]:
     """Open the bundle, warm up with one tiny generation (prefill and decode both run once, so the first
-    real request pays no session initialisation), then start the engine thread."""
+    real request pays no session initialisation), then start the engine thread; the request limits for
+    its context."""
     engine = Engine(bundle, engine_config(config))
     bos = engine.model_config.bos_token_id
     warm = engine.generate(GenerationRequest(prompt_ids=[bos if bos is not None else 0], max_tokens=2, ignore_eos=True,
@@ -252,8 +262,10 @@ def load_engine(config: ServiceConfig, bundle: Path) -> tuple[Engine, Chat | Non
     if warm.finish_reason != "length":
         raise RuntimeError(f"warm-up generation failed: {warm.finish_reason} {warm.error or ''}".strip())
     engine.start()
-    chat = Chat(engine, thinking_defaults(config)) if engine.tokenizer is not None and engine.bundle.chat_template else None
-    return engine, chat
+    limits = request_limits(config, engine.max_context)
+    chat = Chat(engine, thinking_defaults(config), limits.render) \
+        if engine.tokenizer is not None and engine.bundle.chat_template else None
+    return engine, chat, limits
 
 
 def _load_in_background(config: ServiceConfig, bundle: Path) -> asyncio.Future:
@@ -309,7 +321,7 @@ async def run_service(config: ServiceConfig, bundle: Path, telemetry: TelemetryR
         await _close(built)
         return 0
     try:
-        engine, chat = loading.result()
+        engine, chat, limits = loading.result()
     except Exception as e:
         log.error("cannot load %s: %s", bundle, e)
         notifier.status(f"failed: {e}")
@@ -317,7 +329,7 @@ async def run_service(config: ServiceConfig, bundle: Path, telemetry: TelemetryR
         await _close(built)
         return 1
 
-    service.attach(engine, chat)
+    service.attach(engine, chat, limits)
     await _set_health(built.health, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_port is not None:
         metrics.serve_http(config.metrics_port)

@@ -8,6 +8,15 @@ early (the client cancels, its deadline passes, the connection drops) grpc.aio c
 coroutine, and its `finally` cancels the engine request: the engine frees the slot at the start of its
 next step, i.e. within one decode step.
 
+Before the engine: a call is first checked against its RequestLimits (edge_runtime.request_limits: counts
+and characters, on the event loop, cheap; its size was checked before it was even parsed,
+grpc_request_bytes.py), then prepared in stages, each on a worker thread: render (the chat template; JSON
+of tools and tool calls), tokenize, then submit to the engine. Before each stage the call's deadline is
+checked, and a call that ends meanwhile (cancelled, deadline, connection lost: grpc.aio cancels the handler)
+starts no later stage; a render in progress stops at its next step. Tokenizing releases the GIL
+(edge_runtime.token_ids), so neither stage holds up the event loop or the engine: a small call sent while a
+large one is being prepared is answered first. Each stage is counted and timed in the metrics.
+
 Deadlines: a call's remaining time (`context.time_remaining()`) becomes the engine request's deadline on
 the engine's clock (time.monotonic), so the scheduler orders by it and the engine ends the request when it
 passes (the call then ends DEADLINE_EXCEEDED). A chat request that sets no thinking deadline of its own
@@ -34,9 +43,10 @@ import enum
 import json
 import logging
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import psutil
@@ -46,12 +56,16 @@ from edge_runtime.api import edge_pb2_grpc as pb_grpc
 from edge_runtime.chat import Chat, ChatRequest
 from edge_runtime.engine import Engine
 from edge_runtime.event_stream import EventInbox, paced_events
-from edge_runtime.grpc_convert import (apply_sampling, event_to_proto, messages_from_proto, output_limits,
-                                       priority_from_proto, request_id_from_proto, sampling_overrides, tools_from_proto)
+from edge_runtime.grpc_convert import (apply_sampling, check_bounds, event_to_proto, messages_from_proto,
+                                       output_limits, priority_from_proto, request_id_from_proto, sampling_overrides,
+                                       tools_from_proto)
+from edge_runtime.grpc_options import MAX_MESSAGE_BYTES
 from edge_runtime.metrics import EngineGauges, ServiceMetrics
 from edge_runtime.request import (EngineUnavailableError, Final, GenerationRequest, QueueFullError,
                                   RequestError)
+from edge_runtime.request_limits import RequestLimits
 from edge_runtime.sampler import SamplingParams
+from edge_runtime.token_ids import encode
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +75,15 @@ _SPECIAL_TEXTS = ("<think>", "</think>", "<TOOLCALL>", "</TOOLCALL>", "<TOOL_RES
                   "<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>")
 # A time_remaining beyond this is "no deadline" (some gRPC versions report a huge number, not None).
 _NO_DEADLINE_S = 1e8
+T = TypeVar("T")
+
+
+class Stage(enum.Enum):
+    """The work a call needs before the engine takes it, in order."""
+
+    RENDER = "render"
+    TOKENIZE = "tokenize"
+    SUBMIT = "submit"
 
 
 class ServingState(enum.Enum):
@@ -92,6 +115,7 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         self.state = ServingState.LOADING
         self.engine: Engine | None = None
         self.chat: Chat | None = None
+        self.limits: RequestLimits | None = None
         self.started = time.monotonic()
         self.active_streams = 0
         self._idle: asyncio.Event | None = None
@@ -99,9 +123,9 @@ class EdgeService(pb_grpc.EdgeLMServicer):
 
     # ---- lifecycle (called by grpc_server) --------------------------------------------------------------
 
-    def attach(self, engine: Engine, chat: Chat | None) -> None:
-        """The engine is loaded and warmed up: start serving it."""
-        self.engine, self.chat = engine, chat
+    def attach(self, engine: Engine, chat: Chat | None, limits: RequestLimits) -> None:
+        """The engine is loaded and warmed up: start serving it, requests bounded by `limits`."""
+        self.engine, self.chat, self.limits = engine, chat, limits
         self._model_info = _model_info(engine)
         if self.metrics is not None:
             plan = engine.plan
@@ -113,6 +137,10 @@ class EdgeService(pb_grpc.EdgeLMServicer):
                 state_pool_bytes=lambda: engine.pool.nbytes,
             ))
         self.state = ServingState.SERVING
+
+    def max_request_bytes(self) -> int:
+        """The largest request accepted now: the limit for the model once loaded, gRPC's before."""
+        return self.limits.max_request_bytes if self.limits is not None else MAX_MESSAGE_BYTES
 
     def begin_drain(self) -> None:
         self.state = ServingState.DRAINING
@@ -141,13 +169,12 @@ class EdgeService(pb_grpc.EdgeLMServicer):
     # ---- RPCs ---------------------------------------------------------------------------------------------
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatEvent]:
-        async for event in self._stream("Chat", context, lambda remaining: self._prepare_chat(request, remaining),
-                                        chat=True):
+        async for event in self._stream("Chat", context, lambda: self._prepare_chat(request, context), chat=True):
             yield event
 
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatEvent]:
-        async for event in self._stream("Generate", context, lambda _remaining: self._prepare_generate(request),
+        async for event in self._stream("Generate", context, lambda: self._prepare_generate(request, context),
                                         chat=False):
             yield event
 
@@ -155,7 +182,10 @@ class EdgeService(pb_grpc.EdgeLMServicer):
                           context: grpc.aio.ServicerContext) -> pb.CountTokensResponse:
         try:
             self._require_serving()
-            count = await asyncio.to_thread(self._count_tokens, request)
+            count = await self._count_tokens(request, context)
+        except asyncio.CancelledError:
+            self._ended_early("CountTokens", context)
+            raise
         except _Abort as a:
             await self._abort(context, "CountTokens", a.code, a.message)
         except RequestError as e:
@@ -179,7 +209,7 @@ class EdgeService(pb_grpc.EdgeLMServicer):
     # ---- streaming ----------------------------------------------------------------------------------------
 
     async def _stream(self, rpc: str, context: grpc.aio.ServicerContext,
-                      prepare: Callable[[float | None], tuple[GenerationRequest, bool]],
+                      prepare: Callable[[], Awaitable[tuple[GenerationRequest, bool]]],
                       chat: bool) -> AsyncIterator[pb.ChatEvent]:
         try:
             self._require_serving()
@@ -195,24 +225,27 @@ class EdgeService(pb_grpc.EdgeLMServicer):
                 self._idle.set()
 
     async def _run(self, rpc: str, context: grpc.aio.ServicerContext,
-                   prepare: Callable[[float | None], tuple[GenerationRequest, bool]],
+                   prepare: Callable[[], Awaitable[tuple[GenerationRequest, bool]]],
                    chat: bool) -> AsyncIterator[pb.ChatEvent]:
         engine = self.engine
         try:
-            # Rendering and tokenizing a long prompt takes a while: off the event loop. Nothing is submitted
-            # there, so a call cancelled meanwhile leaves nothing behind.
-            request, reasoning = await asyncio.to_thread(prepare, _remaining(context))
+            request, reasoning = await prepare()
+            self._check_deadline(context, Stage.SUBMIT)
         except _Abort as a:
             await self._abort(context, rpc, a.code, a.message)
         except RequestError as e:
             await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except asyncio.CancelledError:  # the call ended while it was prepared; no later stage starts
+            self._ended_early(rpc, context)
+            raise
 
         inbox = EventInbox(asyncio.get_running_loop())
         remaining = _remaining(context)
         if remaining is not None:
             request.deadline = engine.clock() + remaining
         try:
-            handle = engine.submit(request, inbox.put, reasoning=reasoning)
+            with self.metrics.stage(Stage.SUBMIT.value) if self.metrics is not None else contextlib.nullcontext():
+                handle = engine.submit(request, inbox.put, reasoning=reasoning)
         except QueueFullError as e:
             await self._abort(context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except EngineUnavailableError as e:
@@ -235,35 +268,69 @@ class EdgeService(pb_grpc.EdgeLMServicer):
                 # The call ended early (cancelled, deadline, connection lost): free the slot.
                 handle.cancel()
                 engine.wake()
-                if self.metrics is not None:
-                    left = _remaining(context)
-                    outcome = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
-                    self.metrics.refused(rpc, outcome)
+                self._ended_early(rpc, context)
 
-    def _prepare_chat(self, r: pb.ChatRequest, remaining_s: float | None) -> tuple[GenerationRequest, bool]:
-        if self.chat is None:
-            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                         "bundle: has no tokenizer or chat template; use Generate with token_ids")
-        chat_request = _chat_request(r)
+    def _ended_early(self, rpc: str, context: grpc.aio.ServicerContext) -> None:
+        """Count a call that ended before its reply was complete: its deadline passed, or the client left."""
+        if self.metrics is not None:
+            left = _remaining(context)
+            self.metrics.refused(rpc, "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED")
+
+    async def _stage(self, context: grpc.aio.ServicerContext, stage: Stage, work: Callable[[threading.Event], T]) -> T:
+        """Run one stage of preparing a call on a worker thread, unless the call's deadline has passed. When the
+        call ends meanwhile, grpc.aio cancels the handler at this await, so no later stage starts, and `work`
+        sees its stop event set (a render stops at its next step)."""
+        self._check_deadline(context, stage)
+        stop = threading.Event()
+
+        def run() -> T:
+            if self.metrics is None:
+                return work(stop)
+            with self.metrics.stage(stage.value):
+                return work(stop)
+
+        try:
+            return await asyncio.to_thread(run)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    @staticmethod
+    def _check_deadline(context: grpc.aio.ServicerContext, stage: Stage) -> None:
+        left = _remaining(context)
+        if left is not None and left <= 0:
+            raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before {stage.value}")
+
+    async def _prepare_chat(self, r: pb.ChatRequest, context: grpc.aio.ServicerContext) -> tuple[GenerationRequest, bool]:
+        chat = self._require_chat("bundle")
+        check_bounds(r, self.limits)
+        chat_request, prompt = await self._stage(context, Stage.RENDER, lambda stop: self._render_chat(r, stop))
+        remaining_s = _remaining(context)
         if chat_request.thinking_deadline_ms is None and remaining_s is not None:
             # Half the call's remaining time for thinking (see the module docstring).
             half_ms = remaining_s * 1000 / 2
-            default = self.chat.defaults.thinking_deadline_ms
+            default = chat.defaults.thinking_deadline_ms
             chat_request.thinking_deadline_ms = min(default, half_ms) if default is not None else half_ms
-        request, reasoning = self.chat.prepare(chat_request)
+        request, reasoning = await self._stage(context, Stage.TOKENIZE, lambda _: chat.request(chat_request, prompt))
         self._finish_request(request, r.sampling)
         return request, reasoning
 
-    def _prepare_generate(self, r: pb.GenerateRequest) -> tuple[GenerationRequest, bool]:
+    def _render_chat(self, r: pb.ChatRequest, stop: threading.Event) -> tuple[ChatRequest, str]:
+        chat_request = _chat_request(r)
+        return chat_request, self.chat.render(chat_request, stop)
+
+    async def _prepare_generate(self, r: pb.GenerateRequest,
+                                context: grpc.aio.ServicerContext) -> tuple[GenerationRequest, bool]:
         engine = self.engine
         kind = r.WhichOneof("input")
         if kind is None:
             raise RequestError("input", "set prompt (text) or token_ids")
+        check_bounds(r, self.limits)
         if kind == "prompt":
             if engine.tokenizer is None:
                 raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "prompt: this bundle has no tokenizer; send token_ids")
             # The text's own tokens, no BOS added: what the caller wrote is exactly what the model sees.
-            ids = engine.tokenizer.encode(r.prompt, add_special_tokens=False).ids
+            ids = await self._stage(context, Stage.TOKENIZE, lambda _: encode(engine.tokenizer, r.prompt))
         else:
             ids = list(r.token_ids.ids)
         request = GenerationRequest(
@@ -293,24 +360,36 @@ class EdgeService(pb_grpc.EdgeLMServicer):
 
     # ---- unary helpers ------------------------------------------------------------------------------------
 
-    def _count_tokens(self, r: pb.CountTokensRequest) -> int:
+    async def _count_tokens(self, r: pb.CountTokensRequest, context: grpc.aio.ServicerContext) -> int:
         kind = r.WhichOneof("input")
         if kind is None:
             raise RequestError("input", "set text or chat")
         if kind == "text":
             if self.engine.tokenizer is None:
                 raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "text: this bundle has no tokenizer")
-            return len(self.engine.tokenizer.encode(r.text, add_special_tokens=False).ids)
-        if self.chat is None:
-            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "chat: this bundle has no tokenizer or chat template")
-        if not r.chat.messages:
-            raise RequestError("chat.messages", "is empty")
+            check_bounds(r, self.limits)
+            text = r.text
+        else:
+            self._require_chat("chat")
+            check_bounds(r, self.limits)
+            if not r.chat.messages:
+                raise RequestError("chat.messages", "is empty")
+            text = await self._stage(context, Stage.RENDER, lambda stop: self._render_count(r.chat, stop))
+        return len(await self._stage(context, Stage.TOKENIZE, lambda _: encode(self.engine.tokenizer, text)))
+
+    def _render_count(self, r: pb.ChatInput, stop: threading.Event) -> str:
         try:
-            request = ChatRequest(messages=messages_from_proto(r.chat.messages), tools=tools_from_proto(r.chat.tools),
-                                  reasoning=r.chat.reasoning if r.chat.HasField("reasoning") else None)
+            request = ChatRequest(messages=messages_from_proto(r.messages), tools=tools_from_proto(r.tools),
+                                  reasoning=r.reasoning if r.HasField("reasoning") else None)
+            return self.chat.render(request, stop)
         except RequestError as e:
             raise RequestError(f"chat.{e.field}", str(e).split(": ", 1)[-1]) from None
-        return self.chat.count_tokens(request)
+
+    def _require_chat(self, field: str) -> Chat:
+        if self.chat is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"{field}: this bundle has no tokenizer or chat template; use Generate with token_ids")
+        return self.chat
 
     def _status(self) -> pb.ServiceStatus:
         e = self.engine

@@ -13,12 +13,17 @@ request ends.
                                                  state_pool, process_rss
     nemotron_edge_time_to_first_token_seconds, nemotron_edge_token_latency_seconds,
     nemotron_edge_queue_wait_seconds             histograms
+    nemotron_edge_stage_seconds{stage}           histogram: the work a call needs before the engine takes it,
+                                                 stage by stage: render (the chat template), tokenize, submit;
+                                                 its _count is the stages that ended
+    nemotron_edge_stages_running{stage}          stages running now (started = running + ended)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -33,6 +38,8 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 # Per-token latency of a 9B model on a Thor sits around 20-100 ms; a tiny test model far below.
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 _QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# A stage renders or tokenizes at most a context's worth of text: well under a millisecond to seconds.
+_STAGE_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 @dataclass
@@ -67,6 +74,10 @@ class ServiceMetrics:
                                        registry=r)
         self.queue_wait = Histogram("nemotron_edge_queue_wait_seconds", "Arrival to admission into the batch",
                                     buckets=_QUEUE_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("nemotron_edge_stage_seconds", "Time of each stage of preparing a call",
+                                       ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.stages_running = Gauge("nemotron_edge_stages_running", "Stages of preparing a call running now",
+                                    ["stage"], registry=r)
         process = psutil.Process()
         self.memory.labels(kind="process_rss").set_function(lambda: process.memory_info().rss)
         self._http = None
@@ -93,6 +104,12 @@ class ServiceMetrics:
         for ms in t.token_latencies_ms:
             self.token_latency.observe(ms / 1000)
         self.queue_wait.observe(t.queue_wait_ms / 1000)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Count and time one stage of preparing a call while it runs."""
+        with self.stages_running.labels(stage=name).track_inprogress(), self.stage_seconds.labels(stage=name).time():
+            yield
 
     def refused(self, rpc: str, code_name: str) -> None:
         """A call answered with an error status (name as grpc.StatusCode.name, e.g. INVALID_ARGUMENT)."""

@@ -1,7 +1,8 @@
 """Settings of `nemotron-edge serve`: read from a TOML file, each one overridable by a command-line flag.
 
 The file (default /etc/nemotron-edge/config.toml, see systemd/config.toml for an annotated example) has the
-sections [model], [server], [server.tls], [providers], [providers.cuda], [providers.tensorrt] and [thinking].
+sections [model], [server], [server.tls], [providers], [providers.cuda], [providers.tensorrt], [thinking] and
+[limits].
 Every key maps to one field of `ServiceConfig` and one `serve` flag; `FIELDS` is that map, so the file
 reader, the flags and the overrides cannot drift apart. Unknown keys and bad values are errors that name
 the file, section and key: a typo in a service's config should stop it, not be silently ignored.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.grpc_options import MAX_MESSAGE_BYTES
 from edge_runtime.ort_backend import BRIEF_SPIN_US, SPINNING
 from edge_runtime.units import SizeError, parse_bytes
 
@@ -65,6 +67,12 @@ class ServiceConfig:
     thinking_grace_tokens: int = 0
     thinking_deadline_ms: int | None = None
     max_answer_tokens: int = 1024
+    # [limits]: what one request may carry; None: derived from the model's context (edge_runtime.request_limits)
+    max_request_bytes: int | None = None
+    max_text_chars: int | None = None
+    max_messages: int | None = None
+    max_tools: int | None = None
+    template_max_steps: int | None = None
 
     def ort_providers(self) -> list[tuple[str, dict[str, str]]]:
         """`providers` as ONNX Runtime names with their options, ready for `InferenceSession(providers=...)`."""
@@ -137,6 +145,14 @@ def _size(value: Any) -> int:
         return parse_bytes(value)
     except SizeError as e:
         raise ValueError(str(e)) from None
+
+
+def _request_bytes(value: Any) -> int:
+    size = _size(value)
+    if not 1024 <= size <= MAX_MESSAGE_BYTES:
+        raise ValueError(f"expected a size between 1KiB and {MAX_MESSAGE_BYTES // 2**20}MiB (gRPC's message limit), "
+                         f"got {size} bytes")
+    return size
 
 
 def _one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
@@ -262,6 +278,19 @@ FIELDS: tuple[Field, ...] = (
           "default wall-clock cap on reasoning per request (default: none)", {"type": int}),
     Field("thinking", "max_answer_tokens", "max_answer_tokens", _int(1), "--max-answer-tokens",
           "default cap on answer tokens per request", {"type": int}),
+    Field("limits", "max_request_bytes", "max_request_bytes", _request_bytes, "--max-request-bytes",
+          "largest request accepted, serialized, e.g. 512KiB; larger ones are refused before they are parsed "
+          "(default: room for max_text_chars)"),
+    Field("limits", "max_text_chars", "max_text_chars", _int(1), "--max-text-chars",
+          "characters of text one request's prompt may total: its prompt, messages, tools, the rendered chat "
+          "(default: 16 per token of the context)", {"type": int}),
+    Field("limits", "max_messages", "max_messages", _int(1), "--max-messages",
+          "messages plus tool calls in one chat (default: the context in tokens)", {"type": int}),
+    Field("limits", "max_tools", "max_tools", _int(1), "--max-tools",
+          "tools offered in one chat (default: the context in tokens / 16)", {"type": int}),
+    Field("limits", "template_max_steps", "template_max_steps", _int(1), "--template-max-steps",
+          "steps (loop iterations, calls, filters, outputs) one chat template render may take (default: 16 per "
+          "message and tool allowed, plus one per 4 characters of text)", {"type": int}),
 )
 _BY_ATTR = {f.attr: f for f in FIELDS}
 _SECTIONS = {f.section for f in FIELDS}

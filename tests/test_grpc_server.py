@@ -170,7 +170,7 @@ def _bad_requests(client: EdgeClient, address: str):
     big = EdgeClient(address, options=[("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES)])
     return [
         ("no messages", lambda: chat([]), INVALID, "messages"),
-        ("prompt too long", lambda: chat("word " * 2000), INVALID, "prompt"),
+        ("prompt too long", lambda: chat("word " * 1000), INVALID, "prompt"),  # 1000+ tokens, 5000 characters
         ("token prompt too long", lambda: gen([7] * 600), INVALID, "prompt"),
         ("negative temperature", lambda: chat("hi", sampling={"temperature": -1.0}), INVALID, "temperature"),
         ("top_p zero", lambda: chat("hi", sampling={"top_p": 0.0}), INVALID, "top_p"),

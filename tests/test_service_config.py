@@ -100,6 +100,12 @@ max_thinking_tokens = 256
 thinking_grace_tokens = 16
 thinking_deadline_ms = 5000
 max_answer_tokens = 300
+[limits]
+max_request_bytes = "512KiB"
+max_text_chars = 100000
+max_messages = 500
+max_tools = 20
+template_max_steps = 30000
 """)
     config = load_config(path)
     assert config == ServiceConfig(
@@ -112,6 +118,7 @@ max_answer_tokens = 300
         cuda_gpu_mem_limit=20 * 1024**3, trt_device_id=2, trt_engine_cache_dir=Path("/cache/engines"),
         trt_timing_cache_dir=Path("/cache/timing"), trt_fp16=False, trt_max_workspace_size=4 * 1024**3,
         max_thinking_tokens=256, thinking_grace_tokens=16, thinking_deadline_ms=5000, max_answer_tokens=300,
+        max_request_bytes=512 * 1024, max_text_chars=100000, max_messages=500, max_tools=20, template_max_steps=30000,
     )
     assert config.ort_providers() == [
         ("TensorrtExecutionProvider", {
@@ -155,6 +162,8 @@ def test_every_field_has_a_file_key_and_a_flag() -> None:
     ("[gpu]\nx = 1\n", "unknown section [gpu]"),
     ("bundle = \"/x\"\n", "unknown key 'bundle'"),
     ("[thinking]\nmax_answer_tokens = 0\n", "[thinking] max_answer_tokens: expected an integer at least 1"),
+    ("[limits]\nmax_request_bytes = \"64MiB\"\n", "[limits] max_request_bytes: expected a size between 1KiB and 16MiB"),
+    ("[limits]\nmax_text_chars = 0\n", "[limits] max_text_chars: expected an integer at least 1"),
     ("[server.tls]\ncert_file = \"/c\"\n", "cert_file and key_file must be given together"),
     ("[server.tls]\nclient_ca_file = \"/c\"\n", "client_ca_file needs cert_file"),
     ("[server\n", "not valid TOML"),
@@ -184,6 +193,8 @@ def test_every_setting_is_overridable_on_the_command_line(tmp_path: Path) -> Non
         "--trt-timing-cache-dir", "/tc", "--no-trt-fp16", "--trt-max-workspace-size", "1GiB",
         "--custom-op-library", "/lib.so", "--max-sequences", "32", "--spinning", "always", "--stream-interval-ms", "5",
         "--trusted-key", "/a.pub", "--trusted-key", "/b.pub",
+        "--max-request-bytes", "1MiB", "--max-text-chars", "9", "--max-messages", "9", "--max-tools", "9",
+        "--template-max-steps", "9",
     ])
     config = config_from_args(args)
     defaults = ServiceConfig()
