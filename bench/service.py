@@ -43,11 +43,12 @@ OVERHEAD_TARGET = "<= 1.10"  # in-process tok/s over gRPC tok/s at batch 1
 
 
 class Server:
-    def __init__(self, workdir: Path, bundle: Path, custom_op_library: str | None, *extra_args: str):
+    def __init__(self, workdir: Path, bundle: Path, custom_op_library: str | None, *extra_args: str,
+                 budget: int | str = BUDGET):
         workdir.mkdir(exist_ok=True)
         self.address = f"unix:{workdir / 'edge.sock'}"
         self.log = (workdir / "server.log").open("wb")
-        args = ["--bundle", str(bundle), "--listen", self.address, "--budget", str(BUDGET), "--log-level", "warning",
+        args = ["--bundle", str(bundle), "--listen", self.address, "--budget", str(budget), "--log-level", "warning",
                 *extra_args]
         if custom_op_library:
             args += ["--custom-op-library", custom_op_library]
