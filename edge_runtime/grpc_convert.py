@@ -13,7 +13,8 @@ Limits checked here (the engine checks context length, vocabulary and sampling r
   - roles are system, user, assistant, tool; only assistant messages carry tool calls;
   - JSON fields (tool parameters, tool-call arguments) must hold a JSON object;
   - at most MAX_STOP_STRINGS stop strings of 1..MAX_STOP_CHARS characters each (every generated token is
-    matched against all of them, so their total size is a per-token cost);
+    matched against all of them, so their total size is a per-token cost), and a thinking close text of at
+    most MAX_STOP_CHARS;
   - request_id is at most MAX_REQUEST_ID_CHARS printable characters (it is written to logs);
   - a temperature in (0, MIN_TEMPERATURE) samples greedily; repetition_penalty is in REPETITION_PENALTY_RANGE.
 """
@@ -103,7 +104,9 @@ def check_bounds(r: pb.ChatRequest | pb.GenerateRequest | pb.CountTokensRequest,
     tally = _TextTally(limits)
     if isinstance(r, pb.ChatRequest):
         _check_chat_bounds(r, limits, tally, "")
-        tally.add("thinking_close_text", r.thinking_close_text)
+        # Tokenized when the request is submitted, on the event loop: as short as a stop string.
+        if len(r.thinking_close_text) > MAX_STOP_CHARS:
+            raise RequestError("thinking_close_text", f"at most {MAX_STOP_CHARS} characters, got {len(r.thinking_close_text)}")
         tally.add("tool_choice", r.tool_choice)
     elif isinstance(r, pb.GenerateRequest):
         tally.add("prompt", r.prompt)

@@ -26,8 +26,11 @@ deadline kills the call with no answer at all.
 
 Status codes (messages name the field):
   INVALID_ARGUMENT    bad request: empty messages, prompt too long, sampling out of range, unknown tool in
-                      tool_choice, token ids outside the vocabulary, malformed JSON, ...
-  RESOURCE_EXHAUSTED  the waiting queue is full (ServiceConfig.max_queue); retry with backoff
+                      tool_choice, token ids outside the vocabulary, malformed JSON, more text, messages or
+                      tools than [limits] allow, a conversation the chat template cannot render within its
+                      step budget, ...
+  RESOURCE_EXHAUSTED  the waiting queue is full (ServiceConfig.max_queue); retry with backoff. Or the request is
+                      larger than [limits] max_request_bytes (the message says so): do not retry it
   UNAVAILABLE         the model is loading, or the server is draining for shutdown
   DEADLINE_EXCEEDED   the call's deadline passed before the reply was complete
   CANCELLED           the client cancelled (seen by the client only)
