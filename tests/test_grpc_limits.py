@@ -220,7 +220,10 @@ def test_a_call_that_ends_while_rendering_starts_no_further_stage(looping_bundle
             code, _ = _code(lambda: c.chat("hi", max_tokens=2, timeout=1.0).result())
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED
             _wait_for("the expired render stopped", lambda: _stages(port)["render"] == (before["render"][0] + 2, 0))
-            assert _outcomes(port, "Chat").get("deadline_exceeded") == 1
+            # The client ends the call at its deadline, which can reach the server before the server's own copy
+            # of the deadline (set on arrival) passes: either way it is counted as ended early.
+            outcomes = _outcomes(port, "Chat")
+            assert outcomes.get("cancelled", 0) + outcomes.get("deadline_exceeded", 0) == 2, outcomes
 
             assert c.status().slots_busy == 0  # a round trip: whatever the event loop had queued has run
             after = _stages(port)
