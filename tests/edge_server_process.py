@@ -22,7 +22,7 @@ from pathlib import Path
 from edge_runtime.chat import Chat
 from edge_runtime.client import EdgeClient, EdgeError
 from edge_runtime.engine import Engine
-from edge_runtime.grpc_server import build_server, check_listen
+from edge_runtime.grpc_server import build_server, check_listen, request_limits, thinking_defaults
 from edge_runtime.grpc_service import EdgeService
 from edge_runtime.service_config import ServiceConfig
 
@@ -107,10 +107,10 @@ class ServerProcess:
 
 
 class InProcessServer:
-    """EdgeService over `engine` (started here, shut down on exit) on a real Unix socket under `workdir`;
-    the event loop runs on a thread of its own, as grpc.aio's does in `serve`."""
+    """EdgeService over `engine` (started here, shut down on exit) on a real Unix socket under `workdir`,
+    wired as `serve` wires it from `config`; the event loop runs on a thread of its own."""
 
-    def __init__(self, workdir: Path, engine: Engine, chat: Chat | None, config: ServiceConfig | None = None):
+    def __init__(self, workdir: Path, engine: Engine, config: ServiceConfig | None = None):
         self.address = f"unix:{workdir / 'edge.sock'}"
         config = config or ServiceConfig()
         self.config = ServiceConfig(**{**config.__dict__, "listen": (self.address,)})
@@ -119,11 +119,12 @@ class InProcessServer:
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-grpc-loop", daemon=True)
         self._thread.start()
         engine.start()
-        self._built = self._on_loop(self._start(chat))
+        self._built = self._on_loop(self._start())
 
-    async def _start(self, chat: Chat | None):
+    async def _start(self):
         service = EdgeService(stream_interval_s=self.config.stream_interval_ms / 1000)
-        service.attach(self.engine, chat)
+        limits = request_limits(self.config, self.engine.max_context)
+        service.attach(self.engine, Chat(self.engine, thinking_defaults(self.config), limits.render), limits)
         built = build_server(service, self.config, check_listen(self.config))
         await built.server.start()
         return built

@@ -14,10 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edge_runtime.chat import Chat
 from edge_runtime.client import EdgeClient, EdgeError
 from edge_runtime.engine import Engine
-from edge_runtime.grpc_server import engine_config, thinking_defaults
+from edge_runtime.grpc_server import engine_config
 from edge_runtime.service_config import ServiceConfig
 from edge_server_process import InProcessServer
 
@@ -30,7 +29,7 @@ def client(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
     config = ServiceConfig()
     engine: Engine | None = None
     engine = Engine(tiny_bundle, engine_config(config), clock=lambda: engine.steps * STEP_S)
-    with InProcessServer(tmp_path_factory.mktemp("deadlines"), engine, Chat(engine, thinking_defaults(config))) as server:
+    with InProcessServer(tmp_path_factory.mktemp("deadlines"), engine, config) as server:
         with server.client() as c:
             yield c
 
