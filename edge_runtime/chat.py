@@ -10,7 +10,6 @@ by `RequestLimits.render` (edge_runtime.chat_template).
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -66,10 +65,7 @@ class Chat:
         self.engine = engine
         self.defaults = defaults or ThinkingDefaults()
         self.limits = limits or RequestLimits.for_context(engine.max_context).render
-        config = json.loads((engine.bundle.path / "tokenizer_config.json").read_text()) \
-            if (engine.bundle.path / "tokenizer_config.json").exists() else {}
-        special = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
-        self.template = ChatTemplate(engine.bundle.chat_template, special)
+        self.template = ChatTemplate(engine.bundle.chat_template, engine.bundle.special_tokens)
 
     def render(self, chat: ChatRequest, stop: threading.Event | None = None) -> str:
         """The prompt text of `chat`. A set `stop` ends rendering at its next step (RenderStopped)."""

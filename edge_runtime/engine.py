@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from tokenizers import Tokenizer
 
-from edge_runtime.bundle import Bundle, open_bundle
+from edge_runtime.bundle import Bundle, BundleError, open_bundle
 from edge_runtime.bundle_signature import TrustedKey, open_trusted_bundle
 from edge_runtime.memory_plan import MemoryPlan, plan_for_bundle
 from edge_runtime.ort_backend import OrtModelRunner, ProviderConfig
@@ -105,8 +105,7 @@ class Engine:
         self.bundle = bundle if isinstance(bundle, Bundle) else self._open(bundle)
         self.model_config = self.bundle.config
         self.clock = clock
-        tok_path = self.bundle.path / "tokenizer.json"
-        self.tokenizer = Tokenizer.from_file(str(tok_path)) if self.bundle.has_tokenizer and tok_path.exists() else None
+        self.tokenizer = _tokenizer(self.bundle)
         limits = self.bundle.limits
         self.max_context = min(self.config.max_context or limits["max_context"], limits["max_context"])
         self.max_rows = min(self.config.max_batch or limits["max_batch"], limits["max_batch"])
@@ -430,6 +429,16 @@ class Engine:
         plan = self.plan
         base = plan.resident_weight_bytes + plan.overhead_bytes if plan else self.runner.weights.nbytes
         return base + self.working_bytes + self.pool.slot_nbytes
+
+
+def _tokenizer(bundle: Bundle) -> Tokenizer | None:
+    path = bundle.tokenizer_file("tokenizer.json")
+    if path is None:
+        return None
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises plain Exceptions for a file it cannot read
+        raise BundleError(f"{path}: not a tokenizer ({e})") from None
 
 
 class _Rate:

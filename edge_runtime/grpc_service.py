@@ -494,12 +494,7 @@ def _model_info(engine: Engine) -> pb.ModelInfo:
     template = bundle.chat_template or ""
     specials: list[pb.SpecialToken] = []
     if engine.tokenizer is not None:
-        texts = list(_SPECIAL_TEXTS)
-        config_path = bundle.path / "tokenizer_config.json"
-        if config_path.exists():
-            config = json.loads(config_path.read_text())
-            texts += [v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)]
-        for text in dict.fromkeys(texts):  # de-duplicated, in order
+        for text in dict.fromkeys([*_SPECIAL_TEXTS, *bundle.special_tokens.values()]):  # de-duplicated, in order
             token_id = engine.tokenizer.token_to_id(text)
             if token_id is not None:
                 specials.append(pb.SpecialToken(text=text, id=token_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,16 @@ class ModelConfig:
                 "only M (Mamba-2), * (attention) and - (MLP) layers are"
             )
         for name in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-                     "mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size", "conv_kernel", "chunk_size"):
+                     "mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size", "conv_kernel", "chunk_size",
+                     "max_position_embeddings"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {getattr(self, name)!r}")
+        eos = self.eos_token_id
+        for name, ids in (("bos_token_id", [self.bos_token_id]), ("pad_token_id", [self.pad_token_id]),
+                          ("eos_token_id", eos if isinstance(eos, list) else [eos])):
+            if not all(t is None or isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+                raise ConfigError(f"{name}: must be a token id (an integer >= 0), a list of them or null, "
+                                  f"got {reprlib.repr(getattr(self, name))}")
         if self.mamba_num_heads % self.n_groups:
             raise ConfigError(f"mamba_num_heads ({self.mamba_num_heads}) must be a multiple of n_groups ({self.n_groups})")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -148,7 +156,15 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
-        d = dict(raw)
+        try:
+            return cls._from_hf_dict(dict(raw))
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, LookupError) as e:  # a value of the wrong kind
+            raise ConfigError(f"config.json: bad value: {e}") from None
+
+    @classmethod
+    def _from_hf_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         for old, new in _LEGACY_KEYS.items():
             if old in d and new not in d:
                 d[new] = d.pop(old)
@@ -167,39 +183,34 @@ class ModelConfig:
         head_dim = d.get("head_dim") or hidden // heads
         limit = d.get("time_step_limit", (0.0, math.inf))
         known = {f for f in cls.__dataclass_fields__} | {"hybrid_override_pattern", "layers_block_type"}
-        try:
-            return cls(
-                vocab_size=int(need("vocab_size")),
-                hidden_size=hidden,
-                intermediate_size=int(need("intermediate_size")),
-                pattern=pattern,
-                num_attention_heads=heads,
-                num_key_value_heads=int(d.get("num_key_value_heads") or heads),
-                head_dim=int(head_dim),
-                mamba_num_heads=int(need("mamba_num_heads")),
-                mamba_head_dim=int(need("mamba_head_dim")),
-                n_groups=int(d.get("n_groups", 8)),
-                ssm_state_size=int(d.get("ssm_state_size", 128)),
-                conv_kernel=int(d.get("conv_kernel", 4)),
-                chunk_size=int(d.get("chunk_size", 128)),
-                layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),
-                use_conv_bias=bool(d.get("use_conv_bias", True)),
-                mamba_proj_bias=bool(d.get("use_bias", d.get("mamba_proj_bias", False))),
-                attention_bias=bool(d.get("attention_bias", False)),
-                mlp_bias=bool(d.get("mlp_bias", False)),
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-                time_step_limit=(_json_float(limit[0]), _json_float(limit[1])),
-                max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
-                bos_token_id=d.get("bos_token_id"),
-                eos_token_id=d.get("eos_token_id"),
-                pad_token_id=d.get("pad_token_id"),
-                torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "bfloat16"),
-                extra={k: v for k, v in d.items() if k not in known},
-            )
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"config.json: bad value: {e}") from e
+        return cls(
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")),
+            pattern=pattern,
+            num_attention_heads=heads,
+            num_key_value_heads=int(d.get("num_key_value_heads") or heads),
+            head_dim=int(head_dim),
+            mamba_num_heads=int(need("mamba_num_heads")),
+            mamba_head_dim=int(need("mamba_head_dim")),
+            n_groups=int(d.get("n_groups", 8)),
+            ssm_state_size=int(d.get("ssm_state_size", 128)),
+            conv_kernel=int(d.get("conv_kernel", 4)),
+            chunk_size=int(d.get("chunk_size", 128)),
+            layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),
+            use_conv_bias=bool(d.get("use_conv_bias", True)),
+            mamba_proj_bias=bool(d.get("use_bias", d.get("mamba_proj_bias", False))),
+            attention_bias=bool(d.get("attention_bias", False)),
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            time_step_limit=(_json_float(limit[0]), _json_float(limit[1])),
+            max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=d.get("eos_token_id"),
+            pad_token_id=d.get("pad_token_id"),
+            torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "bfloat16"),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":

@@ -17,11 +17,11 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_runtime.bundle import Bundle
+from edge_runtime.bundle_checks import GRAPHS, check_weight_table
+from edge_runtime.onnx_header import ONNX_TYPES
 from edge_runtime.state_pool import StatePool, consecutive
 
-ONNX_TYPE_BFLOAT16 = 16
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
-GRAPHS = ("prefill", "decode")
 SPINNING = ("always", "in_run", "brief", "never")
 BRIEF_SPIN_US = 20  # "brief": how long an idle worker spins before it blocks
 
@@ -117,11 +117,13 @@ class WeightMap:
 
     def __init__(self, bundle: Bundle):
         self._map = np.memmap(bundle.path / bundle.weights["file"], mode="r", dtype=np.uint8)
+        # Checked against the mapping itself: what was opened may have changed since open_bundle looked.
+        check_weight_table(bundle.weights["tensors"], int(self._map.size))
         self.values: dict[str, ort.OrtValue] = {}
         for t in bundle.weights["tensors"]:
             if t["dtype"] == "bfloat16":
                 arr = np.ndarray(t["shape"], np.uint16, buffer=self._map, offset=t["offset"])
-                self.values[t["name"]] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arr, ONNX_TYPE_BFLOAT16)
+                self.values[t["name"]] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arr, ONNX_TYPES["bfloat16"])
             else:
                 arr = np.ndarray(t["shape"], np.dtype(t["dtype"]), buffer=self._map, offset=t["offset"])
                 self.values[t["name"]] = ort.OrtValue.ortvalue_from_numpy(arr)

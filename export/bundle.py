@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_runtime import bundle as bundle_format
 from edge_runtime.bundle_signature import sign_bundle
+from edge_runtime.bundle_checks import MAX_BATCH
 from edge_runtime.model_config import ModelConfig
 from edge_runtime.state_layout import state_layout
 from nemotron_export import ops
@@ -55,8 +56,9 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.calibration not in (None, *SOURCES):
             raise ValueError(f"--calibration: unknown source {self.calibration!r}; choose {' or '.join(SOURCES)}")
-        if self.max_batch < 1:
-            raise ValueError(f"--max-batch: must be at least 1, got {self.max_batch}")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise ValueError(f"--max-batch: must be between 1 and {MAX_BATCH} (the runtime's ceiling), "
+                             f"got {self.max_batch}")
         if self.max_context < 2:
             raise ValueError(f"--max-context: must be at least 2, got {self.max_context}")
 
