@@ -4,7 +4,8 @@
 batch and one batch of prompt chunks, choose each sequence's next token (forced by its thinking
 controller, or sampled), and turn committed tokens into events. `start()` runs steps on a background
 thread; tests may call `step()` directly. The memory plan sizes the state pool once at start-up, so
-admission by free slot keeps the engine inside its budget by construction.
+admission by free slot keeps the engine inside its budget by construction; with or without a budget, a
+pool this machine's free memory cannot hold is refused, with a message, before it is allocated.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import psutil
 from tokenizers import Tokenizer
 
 from edge_runtime.bundle import Bundle, BundleError, open_bundle
 from edge_runtime.bundle_signature import TrustedKey, open_trusted_bundle
+from edge_runtime.bundle_checks import is_int
 from edge_runtime.memory_plan import MemoryPlan, plan_for_bundle
 from edge_runtime.ort_backend import OrtModelRunner, ProviderConfig
 from edge_runtime.output import OutputProcessor
@@ -30,13 +33,14 @@ from edge_runtime.sampler import SamplerState, sample
 from edge_runtime.scheduler import Scheduler, SchedulerConfig, Sequence
 from edge_runtime.state_pool import StatePool
 from edge_runtime.thinking import Channel, ThinkingController
+from edge_runtime.units import format_bytes
 
 END_OF_TURN = "<SPECIAL_12>"
 
 
 @dataclass
 class EngineConfig:
-    memory_budget: int | None = None  # bytes; None: bundle limits alone decide the slot count
+    memory_budget: int | None = None  # bytes; None: bundle limits alone decide the slot count (if memory holds it)
     max_context: int | None = None  # per-sequence tokens (prompt + output); default: the bundle's limit
     max_batch: int | None = None  # sequences in one model call; default: the bundle's limit
     max_sequences: int | None = None  # sequences holding a slot at once (the budget may allow fewer); default: max_batch
@@ -106,6 +110,10 @@ class Engine:
         self.model_config = self.bundle.config
         self.clock = clock
         self.tokenizer = _tokenizer(self.bundle)
+        for name in ("memory_budget", "max_context", "max_batch", "max_sequences"):
+            value = getattr(self.config, name)
+            if value is not None and (not is_int(value) or value < 1):
+                raise RequestError(name, f"must be a positive integer, got {value!r}")
         limits = self.bundle.limits
         self.max_context = min(self.config.max_context or limits["max_context"], limits["max_context"])
         self.max_rows = min(self.config.max_batch or limits["max_batch"], limits["max_batch"])
@@ -119,8 +127,10 @@ class Engine:
             if slots < 1:
                 raise RequestError("memory_budget", f"no sequence of {self.max_context} tokens fits the budget")
         self.num_slots = slots
+        call_tokens = min(self.config.scheduler.prefill_chunk, self.max_context)
+        self._check_memory(call_tokens)
         self.pool = StatePool(self.bundle.state_layout, slots, self.max_context, self.max_rows,
-                              max_call_tokens=min(self.config.scheduler.prefill_chunk, self.max_context))
+                              max_call_tokens=call_tokens)
         self.runner = OrtModelRunner(self.bundle, self.pool, self.config.providers)
         self.scheduler = Scheduler(self.config.scheduler, self.max_rows)
         self.eos_ids = set(self.model_config.eos_token_ids)
@@ -140,6 +150,18 @@ class Engine:
         if self.config.trusted_keys:
             return open_trusted_bundle(path, self.config.trusted_keys)
         return open_bundle(path, verify=self.config.verify_bundle)
+
+    def _check_memory(self, call_tokens: int) -> None:
+        """Refuse a state pool and logits buffers that the memory available now cannot hold. (The weights are
+        mapped from their file, not allocated; a budget's plan counts them.)"""
+        need = StatePool.planned_bytes(self.bundle.state_layout, self.num_slots, self.max_context, self.max_rows,
+                                       call_tokens) + OrtModelRunner.logits_bytes(self.model_config.vocab_size, self.max_rows)
+        available = psutil.virtual_memory().available
+        if need > available:
+            raise RequestError("memory", (
+                f"{self.num_slots} sequence(s) of {self.max_context} tokens in calls of {self.max_rows} need "
+                f"{format_bytes(need)} of state and buffers; {format_bytes(available)} is available: lower "
+                "max_context, max_batch or max_sequences, or set a memory budget"))
 
     # ---- submission ---------------------------------------------------------------------------------------
 

@@ -149,6 +149,11 @@ class OrtModelRunner:
         self.staged_calls = {"prefill": 0, "decode": 0}  # calls whose slots were not consecutive: state copied
         self._decode_bindings: dict[tuple[int, int | None], tuple[ort.IOBinding, dict[str, np.ndarray]]] = {}
 
+    @staticmethod
+    def logits_bytes(vocab: int, rows: int) -> int:
+        """The float32 logits buffers __init__ allocates, one per graph."""
+        return len(GRAPHS) * rows * vocab * np.dtype(np.float32).itemsize
+
     def _session(self, graph: str) -> ort.InferenceSession:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -11,6 +11,7 @@ K/V rows are copied into the slots. Every buffer is allocated once, here.
 from __future__ import annotations
 
 import heapq
+import math
 
 import numpy as np
 
@@ -37,19 +38,26 @@ class StatePool:
         self._staging: dict[str, np.ndarray] = {}
         self._out: dict[str, np.ndarray] = {}
         for s in specs:
-            shape = list(s.shape)
-            out_shape = list(s.shape)
-            if s.per_token:
-                shape[1] = max_context  # [kv_heads, context, head_dim]
-                out_shape[1] = max_call_tokens
+            shape, out_shape = _shapes(s, max_context, max_call_tokens)
             dtype = NP_DTYPE[s.dtype]
             self.arrays[s.name] = np.zeros((num_slots, *shape), dtype=dtype)
             # Staging buffers are flat: each call views a contiguous prefix of the shape it needs.
-            self._staging[s.name] = np.zeros(max_rows * int(np.prod(shape)), dtype=dtype)
-            self._out[s.output_name] = np.zeros(max_rows * int(np.prod(out_shape)), dtype=dtype)
+            self._staging[s.name] = np.zeros(max_rows * math.prod(shape), dtype=dtype)
+            self._out[s.output_name] = np.zeros(max_rows * math.prod(out_shape), dtype=dtype)
         self._fixed = [s for s in specs if not s.per_token]
         self._kv = [s for s in specs if s.per_token]
         self._free = list(range(num_slots))  # a min-heap: the lowest free slot goes first, keeping busy slots dense
+
+    @staticmethod
+    def planned_bytes(specs: list[StateSpec], num_slots: int, max_context: int, max_rows: int,
+                      max_call_tokens: int) -> int:
+        """What a pool of these arguments allocates, before allocating it (its `nbytes` once made)."""
+        total = 0
+        for s in specs:
+            shape, out_shape = _shapes(s, max_context, max_call_tokens)
+            total += np.dtype(NP_DTYPE[s.dtype]).itemsize * (
+                (num_slots + max_rows) * math.prod(shape) + max_rows * math.prod(out_shape))
+        return total
 
     @property
     def free_slots(self) -> int:
@@ -147,6 +155,15 @@ class StatePool:
             out, pool = outputs[s.output_name], self.arrays[s.name]
             for row, (slot, start, n) in enumerate(zip(slots, past_lengths, new_lengths)):
                 pool[slot, :, start:start + n] = out[row, :, :n]
+
+
+def _shapes(spec: StateSpec, max_context: int, max_call_tokens: int) -> tuple[list[int], list[int]]:
+    """A slot's shape of `spec` and a call's output shape of it: K/V [kv_heads, tokens, head_dim] holds
+    `max_context` tokens in a slot, `max_call_tokens` in an output."""
+    shape, out_shape = list(spec.shape), list(spec.shape)
+    if spec.per_token:
+        shape[1], out_shape[1] = max_context, max_call_tokens
+    return shape, out_shape
 
 
 def consecutive(slots: list[int]) -> slice | None:

@@ -7,7 +7,8 @@ Each class of lie, as a deliberate writer makes it (the manifest re-sealed, the 
   not match the tensor or the graph's own initializer, names missing, doubled or unused;
 - the state layout and graph I/O: dtypes, shapes and names the graphs do not declare;
 - limits beyond the config (max_position_embeddings) or the runtime's batch ceiling;
-All are refused with one line naming the entry, before anything is mapped. Cases that once
+- a pool that the memory available cannot hold, with no budget to plan it.
+All are refused with one line naming the entry, before anything is mapped or allocated. Cases that once
 crashed the process (SIGSEGV) run in a subprocess, so a regression fails the test instead of killing pytest.
 """
 
@@ -25,10 +26,11 @@ from bundle_edit import copy_bundle, edit_manifest, tensor
 from edge_runtime.bundle import MANIFEST_FILE, BundleError, open_bundle, sha256_file, write_manifest
 from edge_runtime.chat import Chat
 from edge_runtime.doctor import FAIL, DoctorContext, check_bundle
-from edge_runtime.engine import Engine
+from edge_runtime.engine import Engine, EngineConfig
 from edge_runtime.memory_plan import MemoryPlanError, plan_for_bundle
 from edge_runtime.model_config import ModelConfig
 from edge_runtime.ort_backend import WeightMap
+from edge_runtime.request import RequestError
 from edge_runtime.service_config import ServiceConfig
 from edge_runtime.state_layout import state_layout
 from edge_server_process import ServerProcess
@@ -347,6 +349,33 @@ def test_the_context_has_a_ceiling_whatever_the_config_says(lying):
         m["limits"]["max_context"] = 2**32
     msg = refusal(lying(edit), verify=False)
     assert "limits.max_context: 4294967296 is not between 1 and 4294967295 (the runtime's ceiling)" in msg, msg
+
+
+def _huge_context(m: dict) -> None:
+    """A config that allows a context no memory holds, and limits that take it."""
+    m["config"]["max_position_embeddings"] = m["limits"]["max_context"] = 2**32 - 1
+
+
+def test_no_budget_still_refuses_what_memory_cannot_hold(lying):
+    """Before: numpy's _ArrayMemoryError, uncaught."""
+    bundle = lying(_huge_context)
+    open_bundle(bundle)  # within its own config
+    with pytest.raises(RequestError, match=r"memory: 8 sequence\(s\) of 4294967295 tokens .* is available"):
+        Engine(bundle)
+    with pytest.raises(RequestError, match="memory: 1000000000 sequence"):
+        Engine(lying(), EngineConfig(max_sequences=10**9))
+
+
+def test_generate_refuses_what_memory_cannot_hold_with_a_message(lying):
+    out = cli("generate", "--bundle", str(lying(_huge_context)), "--token-ids", "1,2,3", "--json")
+    assert out.returncode == 2 and out.stderr.startswith("nemotron-edge generate: memory: "), (out.returncode, out.stderr)
+
+
+@pytest.mark.parametrize("field,value", [("max_context", -5), ("max_batch", 0), ("max_sequences", -1),
+                                         ("memory_budget", 0), ("max_context", 2.5)])
+def test_engine_config_values_must_be_positive_integers(tiny_bundle, field, value):
+    with pytest.raises(RequestError, match=f"^{field}: must be a positive integer"):
+        Engine(tiny_bundle, EngineConfig(**{field: value}))
 
 
 def test_the_exporter_writes_no_batch_the_runtime_refuses():
