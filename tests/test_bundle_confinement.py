@@ -25,6 +25,8 @@ import pytest
 from bundle_edit import copy_bundle, edit_manifest, tensor
 from edge_runtime.bundle import MANIFEST_FILE, BundleError, open_bundle, sha256_file, write_manifest
 from edge_runtime.chat import Chat
+from edge_runtime.cli import build_parser
+from edge_runtime.commands import generate as generate_command
 from edge_runtime.doctor import FAIL, DoctorContext, check_bundle
 from edge_runtime.engine import Engine, EngineConfig
 from edge_runtime.memory_plan import MemoryPlanError, plan_for_bundle
@@ -318,6 +320,19 @@ def test_a_state_layout_lie_is_named_by_generate(lying):
     bundle = lying(STATE_LIES["ssm dtype"][0])
     out = cli("generate", "--bundle", str(bundle), "--token-ids", "1,2,3", "--max-new-tokens", "2", "--json")
     assert out.returncode == 2 and "past.0.ssm" in out.stderr and "float16" in out.stderr, (out.returncode, out.stderr)
+
+
+def test_a_failed_model_call_is_reported_with_its_error(tiny_bundle, capsys):
+    """A generation that fails for a reason no load check sees (here: decode running the prefill graph, which
+    wants inputs decode does not give) still says why, in the JSON and on stderr."""
+    engine = Engine(tiny_bundle)
+    engine.runner.replace_session("decode", engine.runner.sessions["prefill"])
+    args = build_parser().parse_args(["generate", "--token-ids", "1,2,3", "--max-new-tokens", "3", "--json"])
+    assert generate_command.generate(engine, args) == 1
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record["finish_reason"] == "error" and "model call failed" in record["error"], record
+    assert "model call failed" in captured.err
 
 
 # ---- limits and memory ---------------------------------------------------------------------------------------

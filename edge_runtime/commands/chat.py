@@ -96,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         return 2 if e.code.name in CALLER_ERRORS else 1
     if args.json:
         print(json.dumps(final_record(final)))
-    return 0 if final.finish_reason != "error" else 1
+    if final.finish_reason == "error":
+        print(f"nemotron-edge chat: {final.error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run_local(args: argparse.Namespace, display: Display | None) -> Final:

@@ -43,30 +43,39 @@ def parse_token_ids(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        engine = Engine(resolve_bundle(args.bundle), EngineConfig(trusted_keys=load_trusted_keys(args.trusted_key)))
-        if args.prompt is not None:
-            if engine.tokenizer is None:
-                raise RequestError("--prompt", "this bundle has no tokenizer; use --token-ids")
-            prompt_ids = engine.tokenizer.encode(args.prompt, add_special_tokens=False).ids
-        else:
-            prompt_ids = parse_token_ids(args.token_ids)
-        sampling = SamplingParams(greedy=True) if args.greedy or args.temperature is None else SamplingParams(
-            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-        request = GenerationRequest(prompt_ids, sampling, max_tokens=args.max_new_tokens,
-                                    stop_strings=args.stop, ignore_eos=args.ignore_eos)
-        stream = None if args.json else (lambda e: isinstance(e, Delta) and print(e.text, end="", flush=True))
-        handle = engine.submit(request, stream)
-        engine.run_until_done([handle])
+        return generate(Engine(resolve_bundle(args.bundle), EngineConfig(trusted_keys=load_trusted_keys(args.trusted_key))), args)
     except (BundleError, RequestError, KeyFileError) as e:
         print(f"nemotron-edge generate: {e}", file=sys.stderr)
         return 2
+
+
+def generate(engine: Engine, args: argparse.Namespace) -> int:
+    """The generation `args` ask for, on `engine`, printed; the exit code. A failed generation prints its error."""
+    if args.prompt is not None:
+        if engine.tokenizer is None:
+            raise RequestError("--prompt", "this bundle has no tokenizer; use --token-ids")
+        prompt_ids = engine.tokenizer.encode(args.prompt, add_special_tokens=False).ids
+    else:
+        prompt_ids = parse_token_ids(args.token_ids)
+    sampling = SamplingParams(greedy=True) if args.greedy or args.temperature is None else SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    request = GenerationRequest(prompt_ids, sampling, max_tokens=args.max_new_tokens,
+                                stop_strings=args.stop, ignore_eos=args.ignore_eos)
+    stream = None if args.json else (lambda e: isinstance(e, Delta) and print(e.text, end="", flush=True))
+    handle = engine.submit(request, stream)
+    engine.run_until_done([handle])
     final = handle.final
     if args.json:
         out = {"token_ids": final.token_ids, "finish_reason": final.finish_reason,
                "usage": {"prompt_tokens": final.usage.prompt_tokens, "completion_tokens": final.usage.completion_tokens}}
         if engine.tokenizer is not None:
             out["text"] = final.answer_text
+        if final.error is not None:
+            out["error"] = final.error
         print(json.dumps(out))
     else:
         print()
-    return 0 if final.finish_reason != "error" else 1
+    if final.finish_reason == "error":
+        print(f"nemotron-edge generate: {final.error}", file=sys.stderr)
+        return 1
+    return 0
