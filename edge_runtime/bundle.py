@@ -106,12 +106,7 @@ class Bundle:
         path = self.tokenizer_file("tokenizer_config.json")
         if path is None:
             return {}
-        try:
-            config = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise BundleError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(config, dict):
-            raise BundleError(f"{path}: not a JSON object")
+        config = read_json_object(path)
         return {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
 
     @property
@@ -129,6 +124,16 @@ class Bundle:
         return hashlib.sha256(files).hexdigest()[:16]
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise BundleError(f"{path}: not a JSON object")
+    return value
+
+
 def open_bundle(path: str | Path, verify: bool = True, on_bytes: Callable[[int], None] | None = None) -> Bundle:
     """Read and check a bundle: its manifest against its folder and graphs always, and with `verify` every
     file's sha256 too (`on_bytes` reports progress)."""
@@ -138,12 +143,7 @@ def open_bundle(path: str | Path, verify: bool = True, on_bytes: Callable[[int],
         raise BundleError(f"{root}: not a bundle (no {MANIFEST_FILE})")
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mpath}: {mpath.stat().st_size} bytes, more than a manifest's {MAX_MANIFEST_BYTES}")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BundleError(f"{mpath}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{mpath}: not a JSON object")
+    manifest = read_json_object(mpath)
     version = manifest.get("schema_version")
     if type(version) is not int or version != SCHEMA_VERSION:
         raise BundleError(f"{mpath}: schema_version {reprlib.repr(version)} is not supported (this runtime reads {SCHEMA_VERSION})")
