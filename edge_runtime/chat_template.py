@@ -33,7 +33,6 @@ call that wanted it is over).
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import threading
