@@ -63,12 +63,17 @@ def quantize(w: np.ndarray, bits: int, block_size: int, scale_dtype: np.dtype = 
 def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, block_size: int,
          scale_dtype: np.dtype = np.float32) -> QuantizedWeight:
     """w [N, K] float and the Hessian [K, K] of its layer's squared output error (X^T X over calibration
-    inputs X [tokens, K], any positive scale) -> MatMulNBits blocks."""
+    inputs X [tokens, K], any positive scale) -> MatMulNBits blocks. A writable C-ordered float64
+    `hessian` is worked on in place when K is a whole number of blocks (pass a copy to keep it): the 9B
+    model's down_proj Hessian is 2 GB."""
     check_format(bits, block_size)
     n, k = w.shape
     pad = (-k) % block_size
     W = np.pad(w.astype(np.float64), ((0, 0), (0, pad)))
-    H = np.pad(hessian.astype(np.float64, copy=False), ((0, pad), (0, pad)))  # a copy: the caller's stays
+    if pad == 0 and hessian.dtype == np.float64 and hessian.flags.c_contiguous and hessian.flags.writeable:
+        H = hessian
+    else:
+        H = np.pad(hessian.astype(np.float64, copy=False), ((0, pad), (0, pad)))
     dead = np.diag(H) == 0  # inputs never seen (and the padding): nothing to fit, quantized as zero
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -94,9 +99,13 @@ def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, block_size: int,
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
-    """The upper Cholesky factor of h^-1, by torch: numpy's LAPACK Cholesky measured 25x slower here."""
+    """The upper Cholesky factor of h^-1, computed in h's memory (torch's out=: no K x K copy beside it),
+    by torch: numpy's LAPACK Cholesky measured 25x slower here."""
     t = torch.from_numpy(h)
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(t)), upper=True).numpy()
+    torch.linalg.cholesky(t, out=t)
+    torch.cholesky_inverse(t, out=t)
+    torch.linalg.cholesky(t, upper=True, out=t)
+    return h
 
 
 def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
@@ -112,6 +121,8 @@ def _scales(wb: np.ndarray, bits: int, scale_dtype: np.dtype, ratios: np.ndarray
     best, best_err = None, None
     for ratio in ratios:
         scale = (amax * ratio / qmax).astype(scale_dtype).astype(np.float32)  # the scale as stored
+        if len(ratios) == 1:  # nothing to choose: no rounding to measure (it is most of rounding's time)
+            return scale
         err = ((_rounded(wb, scale, bits) - wb) ** 2).sum(axis=-1, keepdims=True)
         if best is None:
             best, best_err = scale, err
