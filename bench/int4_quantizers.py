@@ -46,8 +46,8 @@ import torch
 
 from nemotron_export.allocation import BlockFormat
 from nemotron_export.bundle import ExportOptions, export_bundle
-from nemotron_export.calibrate import Calibration, calibration_rows, projections, quantize_int4, quantize_layers
-from nemotron_export.checkpoint import load_checkpoint
+from nemotron_export.calibrate import Calibration, calibration_rows, projections, quantize_int4, quantize_walk
+from nemotron_export.checkpoint import load_checkpoint, open_checkpoint
 from nemotron_export.model import NemotronH
 from nemotron_export.quantize import CLIP_RATIOS, quantize
 from nemotron_export.synth import synth
@@ -224,7 +224,8 @@ def uniform_gptq(fmt: Format) -> Callable[[Harness], tuple]:
     def build(h: Harness) -> tuple[Quantizer, dict[str, Format]]:
         plan = {n: BlockFormat(fmt.bits, fmt.group) for n in projections(h.model)}
         ids = calibration_rows("random", h.model.cfg.vocab_size, None)
-        q = quantize_layers(h.model, plan, ids, use_gptq=True)
+        q = {n: w for _, _, layer, _ in quantize_walk(open_checkpoint(h.checkpoint), plan, ids, use_gptq=True)
+             for n, w in layer.items()}
         return (lambda n, _w: q[n].dequantize()), {n: fmt for n in q}
     return build
 
@@ -232,7 +233,7 @@ def uniform_gptq(fmt: Format) -> Callable[[Harness], tuple]:
 def exporter(calibration: Calibration) -> Callable[[Harness], tuple]:
     """The exporter's int4 as it is: the mixed plan within uniform int4 g32's bytes, GPTQ or clipped RTN."""
     def build(h: Harness) -> tuple[Quantizer, dict[str, Format]]:
-        q = quantize_int4(h.model, GROUP, calibration, h.checkpoint / "tokenizer.json")
+        q = quantize_int4(open_checkpoint(h.checkpoint), GROUP, calibration, h.checkpoint / "tokenizer.json")
         return (lambda n, _w: q[n].dequantize()), {n: Format(v.bits, v.block_size) for n, v in q.items()}
     return build
 

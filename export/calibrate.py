@@ -1,35 +1,42 @@
 """Calibrated int4: the projections' formats and codes fitted on the model's own activations.
 
-`quantize_int4` runs on the exporter's one float32 model, in three steps:
+Three steps, each walking the checkpoint one layer at a time (a float32 reference layer built from that
+layer's tensors only: nemotron_export.checkpoint), carrying the calibration rows' float32 hidden states
+from layer to layer; the embedding of the rows reads only the table's rows of the ids used:
 1. calibration rows: the shipped corpus (export/corpus) through the checkpoint's tokenizer, or uniformly
    random tokens (seeded) when there is no tokenizer or when asked;
-2. `sensitivities` on the first SENSITIVITY_ROWS rows, then the knapsack of nemotron_export.allocation:
-   each projection's format within the bytes of uniform int4 at the export's group size;
-3. `quantize_layers`: the layers in order, carrying the calibration rows' float32 hidden states; per
-   layer, one pass collects the Hessians X^T X of its projections' inputs and moves the hidden states on,
-   then GPTQ quantizes each projection in its planned format and the Hessians are dropped. Only one
-   layer's Hessians exist at a time (the real model's MLP down_proj alone has 15680^2). Moving the hidden
-   states on through the quantized layer instead (so each layer is fitted to its quantized inputs) costs
-   a second pass per layer and measured no better on `small` (logit error 0.140 against 0.139).
-Without GPTQ, step 3 rounds to nearest with the clip search instead (no Hessians, no hidden states).
+2. `sensitivity_walk` on the first SENSITIVITY_ROWS rows: per projection, its sensitivity and its
+   rounding error in each format of the menu; then `plan_formats`, the knapsack of
+   nemotron_export.allocation: each projection's format within the bytes of uniform int4 at the export's
+   group size;
+3. `quantize_walk`: per layer, one pass collects the Hessians X^T X of its projections' inputs and moves
+   the hidden states on, then GPTQ quantizes each projection in its planned format and the Hessians are
+   dropped. Only one layer's weights and Hessians exist at a time (the real model's MLP down_proj alone
+   has 15680^2). Moving the hidden states on through the quantized layer instead (so each layer is fitted
+   to its quantized inputs) costs a second pass per layer and measured no better on `small` (logit error
+   0.140 against 0.139). Without GPTQ, step 3 rounds to nearest with the clip search instead (no Hessians,
+   no hidden states).
+The walks are generators that start at any layer given the hidden states entering it, so the exporter
+writes and journals each layer as it comes and a resumed export continues where it stopped;
+`quantize_int4` runs all three steps in memory (benchmarks).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch import nn
-from tqdm import tqdm
 
-from edge_runtime.model_config import ATTENTION, MAMBA
+from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
 from nemotron_export.allocation import BlockFormat, allocate, budget_bytes, menu
-from nemotron_export.model import NemotronH
+from nemotron_export.checkpoint import Checkpoint
+from nemotron_export.model import Block, NemotronH
 from nemotron_export.quantize import QuantizedWeight, check_format, gptq, quantize
 from nemotron_export.tokenizer_synth import corpus_text
 
@@ -76,18 +83,17 @@ def calibration_rows(source: str, vocab_size: int, tokenizer_file: Path | None) 
 def projections(model: NemotronH) -> dict[str, nn.Linear]:
     """The projections int4 plans, by weight name (as the bundle names them): every Linear but lm_head,
     which int4 bundles keep at 8 bits."""
-    return {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head"}
+    return {name: m for i, block in enumerate(model.backbone.layers) for name, m in layer_projections(block, i).items()}
 
 
-def layer_projections(model: NemotronH, i: int) -> dict[str, nn.Linear]:
-    mixer = model.backbone.layers[i].mixer
-    return {f"backbone.layers.{i}.mixer.{name}.weight": m for name, m in mixer.named_modules()
+def layer_projections(block: Block, i: int) -> dict[str, nn.Linear]:
+    """Layer i's projections, by weight name."""
+    return {f"backbone.layers.{i}.mixer.{name}.weight": m for name, m in block.mixer.named_modules()
             if isinstance(m, nn.Linear)}
 
 
-def run_mixer(model: NemotronH, i: int, u: torch.Tensor) -> torch.Tensor:
-    """Layer i's mixer on full rows `u` [b, t, d] from empty states."""
-    cfg, block = model.cfg, model.backbone.layers[i]
+def run_mixer(cfg: ModelConfig, block: Block, u: torch.Tensor) -> torch.Tensor:
+    """The layer's mixer on full rows `u` [b, t, d] from empty states."""
     b, t, _ = u.shape
     if block.kind == MAMBA:
         conv = torch.zeros(b, cfg.conv_dim, cfg.conv_kernel - 1)
@@ -101,8 +107,8 @@ def run_mixer(model: NemotronH, i: int, u: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def swapped(linear: nn.Linear, weight: np.ndarray) -> Iterator[None]:
-    """`linear` computing with `weight` inside the block, with its own weight back after it. The model's
-    parameters are the exporter's only float32 copy: one matrix is copied aside at a time."""
+    """`linear` computing with `weight` inside the block, with its own weight back after it (one matrix
+    is copied aside at a time)."""
     saved = linear.weight.detach().clone()
     try:
         with torch.no_grad():
@@ -113,66 +119,87 @@ def swapped(linear: nn.Linear, weight: np.ndarray) -> Iterator[None]:
             linear.weight.copy_(saved)
 
 
-def sensitivities(model: NemotronH, ids: torch.Tensor, reference: BlockFormat,
-                  progress: bool = False) -> dict[str, float]:
-    """Per projection, the squared change of its layer's output over `ids` when that matrix alone is
-    rounded to `reference`, relative to the squared residual stream after the layer. Layer-local, so one
-    pass over the model instead of one per matrix: on `small` the full-network effect (quantize one matrix,
-    measure the logits) ranks the matrices the same way (log correlation 0.99) and gives the same plan but
-    for one or two matrices."""
-    out: dict[str, float] = {}
+@dataclass(frozen=True)
+class ProjectionCost:
+    """What the plan knows of a projection: its `sensitivity` (see `measure_layer`) and, per format of the
+    menu, the squared error of its weights rounded to that format."""
+
+    sensitivity: float
+    errors: dict[BlockFormat, float]
+
+    def to_dict(self) -> dict:
+        """JSON (the export journal): floats as they are, formats as "bits/block_size"."""
+        return {"sensitivity": self.sensitivity, "errors": {f"{f.bits}/{f.block_size}": e for f, e in self.errors.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProjectionCost":
+        errors = {BlockFormat(*map(int, key.split("/"))): float(e) for key, e in d["errors"].items()}
+        return cls(float(d["sensitivity"]), errors)
+
+
+def measure_layer(cfg: ModelConfig, block: Block, i: int, x: torch.Tensor,
+                  group_size: int) -> tuple[torch.Tensor, dict[str, ProjectionCost]]:
+    """x [rows, t, d] entering layer i -> (x leaving it, each projection's cost). The sensitivity is the
+    squared change of the layer's output when that matrix alone is rounded to uniform int4 at
+    `group_size`, relative to the squared residual stream after the layer. Layer-local, so one pass over
+    the model instead of one per matrix: on `small` the full-network effect (quantize one matrix, measure
+    the logits) ranks the matrices the same way (log correlation 0.99) and gives the same plan but for one
+    or two matrices."""
+    reference = BlockFormat(4, group_size)
+    out: dict[str, ProjectionCost] = {}
     with torch.no_grad():
-        x = model.backbone.embeddings(ids)
-        for i, block in enumerate(tqdm(model.backbone.layers, desc="measuring sensitivity", unit="layer",
-                                       disable=not progress)):
-            u = block.norm(x)
-            y = run_mixer(model, i, u)
-            x = x + y
-            scale = float((x ** 2).sum())
-            for name, linear in layer_projections(model, i).items():
-                rounded = quantize(linear.weight.detach().numpy(), reference.bits, reference.block_size).dequantize()
-                with swapped(linear, rounded):
-                    out[name] = float(((run_mixer(model, i, u) - y) ** 2).sum()) / scale
-    return out
+        u = block.norm(x)
+        y = run_mixer(cfg, block, u)
+        x = x + y
+        scale = float((x ** 2).sum())
+        for name, linear in layer_projections(block, i).items():
+            w = linear.weight.detach().numpy()
+            errors = {}
+            for f in menu(group_size):
+                rounded = quantize(w, f.bits, f.block_size).dequantize()
+                errors[f] = float(((rounded - w) ** 2).sum())
+                if f == reference:
+                    with swapped(linear, rounded):
+                        sensitivity = float(((run_mixer(cfg, block, u) - y) ** 2).sum()) / scale
+            out[name] = ProjectionCost(sensitivity, errors)
+    return x, out
 
 
-def plan_formats(model: NemotronH, sensitivity: dict[str, float], group_size: int,
+def plan_formats(costs: dict[str, ProjectionCost], shapes: dict[str, tuple[int, int]], group_size: int,
                  scale_bytes: int) -> dict[str, BlockFormat]:
     """`allocate` over the menu for `group_size`. A projection's error in format f is estimated as its
     sensitivity times f's squared rounding error of the weights over the reference format's (uniform int4
     at `group_size`, where the sensitivity was measured)."""
     reference = BlockFormat(4, group_size)
-    shapes, cost = {}, {}
-    for name, linear in projections(model).items():
-        w = linear.weight.detach().numpy()
-        shapes[name] = w.shape
-        err = {f: float(((quantize(w, f.bits, f.block_size).dequantize() - w) ** 2).sum()) for f in menu(group_size)}
-        cost[name] = {f: sensitivity[name] * (e / err[reference] if err[reference] > 0 else 0.0)
-                      for f, e in err.items()}
+    cost = {}
+    for name, c in costs.items():
+        ref = c.errors[reference]
+        cost[name] = {f: c.sensitivity * (e / ref if ref > 0 else 0.0) for f, e in c.errors.items()}
     return allocate(shapes, cost, budget_bytes(shapes, group_size, scale_bytes), scale_bytes)
 
 
-def layer_hessians(model: NemotronH, i: int, xs: list[torch.Tensor]) -> tuple[dict[str, np.ndarray], list[torch.Tensor]]:
+def layer_hessians(cfg: ModelConfig, block: Block, i: int,
+                   xs: list[torch.Tensor]) -> tuple[dict[str, np.ndarray], list[torch.Tensor]]:
     """X^T X / tokens of the input of each projection of layer i over the hidden states `xs` entering it,
     and the hidden states leaving it."""
-    linears = layer_projections(model, i)
+    linears = layer_projections(block, i)
     sums: dict[str, torch.Tensor] = {}
     last: list[torch.Tensor | None] = [None, None]  # q/k/v take the same input tensor: one product for all
 
     def accumulate(name: str, x: torch.Tensor) -> None:
         if last[0] is not x:
             flat = x.reshape(-1, x.shape[-1])
-            last[0], last[1] = x, (flat.T @ flat).double()  # float32 products, summed in float64
+            last[0], last[1] = x, flat.T @ flat  # float32 products [K, K]
         if name in sums:
-            sums[name].add_(last[1])  # in place: on the 9B model one down_proj Hessian is 2 GB
+            sums[name].add_(last[1])  # summed in float64, in place: on the 9B model one down_proj Hessian is 2 GB
         else:
-            sums[name] = last[1].clone()
+            sums[name] = last[1].double()
 
     hooks = [m.register_forward_hook(lambda _m, inp, _out, name=name: accumulate(name, inp[0]))
              for name, m in linears.items()]
     try:
         with torch.no_grad():
-            after = [x + run_mixer(model, i, model.backbone.layers[i].norm(x)) for x in xs]
+            after = [x + run_mixer(cfg, block, block.norm(x)) for x in xs]
     finally:
         for h in hooks:
             h.remove()
@@ -180,31 +207,64 @@ def layer_hessians(model: NemotronH, i: int, xs: list[torch.Tensor]) -> tuple[di
     return {name: s.div_(tokens).numpy() for name, s in sums.items()}, after
 
 
-def quantize_layers(model: NemotronH, plan: dict[str, BlockFormat], ids: torch.Tensor, use_gptq: bool,
-                    scale_dtype: np.dtype = np.float32, progress: bool = False) -> dict[str, QuantizedWeight]:
-    """Every projection of `plan` quantized to its format, layer by layer (see the module docstring)."""
+def quantize_layer(cfg: ModelConfig, block: Block, i: int, plan: dict[str, BlockFormat],
+                   xs: list[torch.Tensor] | None, scale_dtype: np.dtype = np.float32,
+                   ) -> tuple[dict[str, QuantizedWeight], list[torch.Tensor] | None]:
+    """Layer i's projections in their planned formats: GPTQ on the hidden states `xs` entering the layer
+    (returning those leaving it), or with `xs` None rounded to nearest with the clip search."""
     out: dict[str, QuantizedWeight] = {}
     with torch.no_grad():
-        xs = [model.backbone.embeddings(rows) for rows in ids.split(BATCH_ROWS)] if use_gptq else []
-        for i in tqdm(range(len(model.backbone.layers)), desc="quantizing layers", unit="layer",
-                      disable=not progress):
-            hessians: dict[str, np.ndarray] = {}
-            if use_gptq:
-                hessians, xs = layer_hessians(model, i, xs)
-            for name, linear in layer_projections(model, i).items():
-                w, f = linear.weight.detach().numpy(), plan[name]
-                out[name] = (gptq(w, hessians[name], f.bits, f.block_size, scale_dtype) if use_gptq
-                             else quantize(w, f.bits, f.block_size, scale_dtype, search_clip=True))
-            del hessians
-    return out
+        hessians: dict[str, np.ndarray] = {}
+        if xs is not None:
+            hessians, xs = layer_hessians(cfg, block, i, xs)
+        for name, linear in layer_projections(block, i).items():
+            w, f = linear.weight.detach().numpy(), plan[name]
+            out[name] = (gptq(w, hessians.pop(name), f.bits, f.block_size, scale_dtype) if xs is not None
+                         else quantize(w, f.bits, f.block_size, scale_dtype, search_clip=True))
+    return out, xs
 
 
-def quantize_int4(model: NemotronH, group_size: int, calibration: Calibration, tokenizer_file: Path | None,
-                  scale_dtype: np.dtype = np.float32, progress: bool = False) -> dict[str, QuantizedWeight]:
-    """The int4 bundle's projections, by weight name: formats planned within the bytes of uniform int4 at
+def sensitivity_walk(ckpt: Checkpoint, ids: torch.Tensor, group_size: int, start: int = 0,
+                     x: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, dict[str, ProjectionCost]]]:
+    """(i, hidden states leaving layer i, its projections' costs) for each layer from `start`, whose
+    entering hidden states `x` are given (else: the embedding of `ids` [rows, t], at layer 0)."""
+    x = ckpt.embedding_rows(ids) if x is None else x  # [rows, t, d]
+    for i in range(start, ckpt.cfg.num_layers):
+        x, costs = measure_layer(ckpt.cfg, ckpt.layer(i), i, x, group_size)
+        yield i, x, costs
+
+
+def quantize_walk(ckpt: Checkpoint, plan: dict[str, BlockFormat], ids: torch.Tensor, use_gptq: bool,
+                  scale_dtype: np.dtype = np.float32, start: int = 0, xs: list[torch.Tensor] | None = None,
+                  ) -> Iterator[tuple[int, Block, dict[str, QuantizedWeight], list[torch.Tensor] | None]]:
+    """(i, layer i, its projections as `plan` and GPTQ or rounding make them, the hidden states leaving
+    it) for each layer from `start`; with GPTQ, the hidden states `xs` entering it are given (else: the
+    embedding of `ids`, BATCH_ROWS rows a tensor, at layer 0)."""
+    if use_gptq and xs is None:
+        xs = list(ckpt.embedding_rows(ids).split(BATCH_ROWS))  # [BATCH_ROWS, t, d] each
+    for i in range(start, ckpt.cfg.num_layers):
+        block = ckpt.layer(i)
+        quantized, xs = quantize_layer(ckpt.cfg, block, i, plan, xs if use_gptq else None, scale_dtype)
+        yield i, block, quantized, xs
+
+
+def projection_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, int]]:
+    """[out, in] of every projection int4 plans."""
+    with torch.device("meta"):
+        names = projections(NemotronH(ckpt.cfg))
+    return {name: ckpt.shape(name) for name in names}
+
+
+def quantize_int4(ckpt: Checkpoint, group_size: int, calibration: Calibration, tokenizer_file: Path | None,
+                  scale_dtype: np.dtype = np.float32) -> dict[str, QuantizedWeight]:
+    """All of an int4 bundle's projections, by weight name, in memory (benchmarks; the exporter walks the
+    layers itself, writing each as it comes): formats planned within the bytes of uniform int4 at
     `group_size`, codes fitted as `calibration` says."""
     check_format(4, group_size)
-    ids = calibration_rows(calibration.source, model.cfg.vocab_size, tokenizer_file)
-    sensitivity = sensitivities(model, ids[:SENSITIVITY_ROWS], BlockFormat(4, group_size), progress)
-    plan = plan_formats(model, sensitivity, group_size, np.dtype(scale_dtype).itemsize)
-    return quantize_layers(model, plan, ids, calibration.gptq, scale_dtype, progress)
+    ids = calibration_rows(calibration.source, ckpt.cfg.vocab_size, tokenizer_file)
+    costs: dict[str, ProjectionCost] = {}
+    for _, _, layer_costs in sensitivity_walk(ckpt, ids[:SENSITIVITY_ROWS], group_size):
+        costs.update(layer_costs)
+    plan = plan_formats(costs, projection_shapes(ckpt), group_size, np.dtype(scale_dtype).itemsize)
+    return {name: q for _, _, layer_q, _ in quantize_walk(ckpt, plan, ids, calibration.gptq, scale_dtype)
+            for name, q in layer_q.items()}

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MatMulNBits accuracy_level: 0 computes in the activation dtype, 4 in int8 (CPU, faster)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-context", type=int, default=4096)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted export in OUT.partial/ from its last finished layer (same "
+                        "checkpoint and options; a fresh export when there is none)")
     p.add_argument("--sign-key", metavar="KEY",
                    help="Ed25519 private key (PEM, `openssl genpkey -algorithm ed25519`): sign the manifest "
                         "(manifest.sig), so devices with the public key as --trusted-key accept the bundle")
@@ -88,7 +91,7 @@ def _export(args: argparse.Namespace) -> int:
         out = export_bundle(args.checkpoint, args.out,
                             ExportOptions(weights=fmt, max_batch=args.max_batch, max_context=args.max_context,
                                           calibration=args.calibration, gptq=not args.no_gptq),
-                            signing_key=signing_key)
+                            signing_key=signing_key, resume=args.resume)
     except (CheckpointError, ConfigError, KeyFileError, ValueError, FileExistsError) as e:
         print(f"nemotron-edge export: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """Build the prefill and decode ONNX graphs of a Nemotron-H model, node by node, mirroring nemotron_export.model.
 
-Both graphs name their weights identically, so they share one external weights file. The builder emits
-standard ONNX ops, MatMulNBits for quantized projections, and our custom SSM ops (nemotron_export.ops).
+Both graphs name their weights identically and reference them by offset in one external weights file,
+written before the graphs are built (nemotron_export.weights_file): building a graph holds no weights, only
+the file's index. The builder emits standard ONNX ops, MatMulNBits for quantized projections, and our
+custom SSM ops (nemotron_export.ops).
 
 Graph interface (b batch, t tokens, T past tokens; state names from edge_runtime.state_layout):
   inputs   input_ids int64 [b, t]; lengths int64 [b] (prefill only: valid tokens per right-padded row);
@@ -12,8 +14,8 @@ Graph interface (b batch, t tokens, T past tokens; state names from edge_runtime
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -24,7 +26,6 @@ from edge_runtime.bundle import WEIGHTS_FILE
 from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
 from edge_runtime.state_layout import state_layout
 from nemotron_export import ops
-from nemotron_export.quantize import QuantizedWeight, quantize
 
 OPSET = 18
 MS_DOMAIN = "com.microsoft"
@@ -80,34 +81,22 @@ class WeightFormat:
         return np.dtype(np.float16) if self.kind in ("fp16", "int8", "int4") else np.dtype(np.float32)
 
 
-@dataclass
-class WeightTable:
-    """The bundle's tensors, written to the shared weights file the first time a graph uses them, so the
-    exporter never holds a second copy of the weights; both graphs then reference the same entries."""
+@dataclass(frozen=True)
+class WeightIndex:
+    """What the graphs know of weights.bin: `tensors` (name -> offset, nbytes, dtype, shape), `blocks`
+    (MatMulNBits weight name -> bits, block_size) and `shapes` (checkpoint weight name -> its shape, for
+    MatMulNBits' N and K)."""
 
-    file: BinaryIO
-    index: dict[str, dict] = field(default_factory=dict)  # name -> offset, nbytes, dtype, shape
-    align: int = 64
-    blocks: dict[str, dict] = field(default_factory=dict)  # MatMulNBits weight name -> bits, block_size
-
-    def add(self, name: str, array: np.ndarray, bf16: bool = False) -> str:
-        if name not in self.index:
-            offset = self.file.tell()
-            pad = (-offset) % self.align
-            self.file.write(b"\0" * pad)
-            data = np.ascontiguousarray(array)
-            self.file.write(memoryview(data).cast("B"))
-            self.index[name] = {"offset": offset + pad, "nbytes": data.nbytes,
-                                "dtype": "bfloat16" if bf16 else data.dtype.name, "shape": list(data.shape)}
-        return name
+    tensors: Mapping[str, dict]
+    blocks: Mapping[str, dict]
+    shapes: Mapping[str, tuple[int, ...]]
 
 
 class GraphBuilder:
     """Accumulates the nodes of one graph; `node()` returns output names, fresh for every call."""
 
-    def __init__(self, cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray], table: WeightTable,
-                 quantized: dict[str, QuantizedWeight]):
-        self.cfg, self.fmt, self.source, self.table, self.quantized = cfg, fmt, source, table, quantized
+    def __init__(self, cfg: ModelConfig, fmt: WeightFormat, weights: WeightIndex):
+        self.cfg, self.fmt, self.weights = cfg, fmt, weights
         self.nodes: list[onnx.NodeProto] = []
         self.act = ONNX_DTYPE[fmt.activation_dtype]
         self.consts: dict[str, np.ndarray] = {}  # small inline initializers: shape inference must read them
@@ -136,41 +125,29 @@ class GraphBuilder:
 
     # ---- weights --------------------------------------------------------------------------------------
 
-    def param(self, name: str, dtype: str = "act") -> str:
-        """A weight used as it is (norm weights, biases, conv). dtype 'act' = activation dtype, 'f32' = float32."""
-        w = self.source[name]
-        if dtype == "f32" or self.act == TensorProto.FLOAT:
-            return self.table.add(name, w.astype(np.float32))
-        return self.table.add(name, w.astype(np.float16))
+    def param(self, name: str) -> str:
+        """A weight of weights.bin used as it is (norm weights, biases, conv, A, D)."""
+        if name not in self.weights.tensors:
+            raise KeyError(f"{name}: not in weights.bin")
+        return name
 
     def linear(self, x: str, name: str, bias: str | None = None) -> str:
-        """x [..., in] @ W^T for the checkpoint weight `name` [out, in], in the bundle's weight format: as
-        `quantized` holds it (calibrated int4), else rounded to nearest at the format's bits and group size."""
-        w = self.source[name]
-        n, k = w.shape
-        bits = self.fmt.head_bits if name == "lm_head.weight" else self.fmt.bits
-        if bits is not None:
-            if name not in self.table.blocks:
-                q = self.quantized.get(name) or quantize(
-                    w, bits, self.fmt.group_size, np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
-                self.table.add(name + ".qweight", q.packed)
-                self.table.add(name + ".scales", q.scales)
-                self.table.blocks[name] = {"bits": q.bits, "block_size": q.block_size}
-            y = self.one("MatMulNBits", [x, name + ".qweight", name + ".scales"], domain=MS_DOMAIN,
-                         K=k, N=n, accuracy_level=self.fmt.accuracy_level, **self.table.blocks[name])
+        """x [..., in] @ W^T for the checkpoint weight `name` [out, in], as weights.bin stores it: MatMulNBits
+        blocks at their bits and block size, or W^T [in, out] for MatMul."""
+        n, k = self.weights.shapes[name]
+        if name in self.weights.blocks:
+            y = self.one("MatMulNBits", [x, self.param(name + ".qweight"), self.param(name + ".scales")],
+                         domain=MS_DOMAIN, K=k, N=n, accuracy_level=self.fmt.accuracy_level,
+                         **self.weights.blocks[name])
         else:
-            y = self.one("MatMul", [x, self._dense(name + ".T", w.T)])
+            y = self.one("MatMul", [x, self._dense(name + ".T")])
         return self.one("Add", [y, self.param(bias)]) if bias else y
 
-    def _dense(self, name: str, w: np.ndarray) -> str:
+    def _dense(self, name: str) -> str:
         """A float weight in the storage dtype; bf16 weights are stored 16-bit and cast up in the graph."""
         if self.fmt.kind == "bf16":
-            if name not in self.table.index:
-                bits = (np.ascontiguousarray(w, dtype=np.float32).view(np.uint32) + 0x8000 >> 16).astype(np.uint16)
-                self.table.add(name, bits, bf16=True)
-            return self.one("Cast", [name], to=TensorProto.FLOAT)
-        dtype = np.float16 if self.fmt.kind == "fp16" else np.float32
-        return self.table.add(name, w.astype(dtype))
+            return self.one("Cast", [self.param(name)], to=TensorProto.FLOAT)
+        return self.param(name)
 
     # ---- layers ---------------------------------------------------------------------------------------
 
@@ -179,7 +156,7 @@ class GraphBuilder:
         var = self.one("ReduceMean", [self.one("Pow", [xf, self.const("f32_two", np.array(2.0, np.float32))]),
                                       self.ints(-1)])
         denom = self.one("Sqrt", [self.one("Add", [var, self.const(f"f32_eps", np.array(self.cfg.layer_norm_epsilon, np.float32))])])
-        y = self.one("Mul", [self.one("Div", [xf, denom]), self.param(weight, "f32")])
+        y = self.one("Mul", [self.one("Div", [xf, denom]), self.param(weight)])
         return self.one("Cast", [y], to=self.act)
 
     def mamba(self, i: int, u: str, valid: str | None, decode: bool) -> str:
@@ -188,12 +165,8 @@ class GraphBuilder:
         (CausalConv1d, TimeStep, GatedGroupNorm) around SsdChunkScan instead of SsmStep."""
         c, p = self.cfg, f"backbone.layers.{i}.mixer."
         proj = self.linear(u, p + "in_proj.weight", p + "in_proj.bias" if c.mamba_proj_bias else None)  # z | xBC | dt_raw
-        conv_w = self.table.add(p + "conv1d.weight", self._conv_weight(p))
-        conv_b = self.table.add(p + "conv1d.bias", self._conv_bias(p))
-        dt_bias = self.param(p + "dt_bias", "f32")
-        A = self.table.add(p + "A", -np.exp(self.source[p + "A_log"].astype(np.float32)))  # folded at export
-        D = self.param(p + "D")
-        norm_w = self.param(p + "norm.weight", "f32")
+        conv_w, conv_b = self.param(p + "conv1d.weight"), self.param(p + "conv1d.bias")
+        dt_bias, A, D, norm_w = (self.param(p + n) for n in ("dt_bias", "A", "D", "norm.weight"))
         if decode:
             y = self.mamba_decode_step(i, proj, conv_w, conv_b, dt_bias, A, D, norm_w)
         else:
@@ -241,14 +214,6 @@ class GraphBuilder:
         normed = self.one("GatedGroupNorm", [y, z, norm_w], domain=ops.DOMAIN,
                           n_groups=c.n_groups, epsilon=c.layer_norm_epsilon)
         return self.one("Cast", [normed], to=self.act)
-
-    def _conv_weight(self, p: str) -> np.ndarray:
-        w = self.source[p + "conv1d.weight"][:, 0, :]  # [c, 1, k] -> [c, k]
-        return w.astype(np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
-
-    def _conv_bias(self, p: str) -> np.ndarray:
-        b = self.source.get(p + "conv1d.bias", np.zeros(self.cfg.conv_dim, np.float32))
-        return b.astype(np.float16 if self.act == TensorProto.FLOAT16 else np.float32)
 
     def attention(self, i: int, u: str, attn_bias: str) -> str:
         c, p = self.cfg, f"backbone.layers.{i}.self_attn." if False else f"backbone.layers.{i}.mixer."
@@ -323,26 +288,16 @@ class GraphBuilder:
     def embed(self, name: str) -> str:
         """Token embeddings [b, t, d] in the activation dtype. Quantized embeddings are int8 rows with one
         float32 scale per row, looked up with standard ops (Gather, Sub, Mul)."""
-        w = self.source[name]
         if not self.fmt.embeddings_int8:
-            dtype = self.fmt.storage_dtype if self.fmt.kind != "bf16" else np.dtype(np.float32)
-            table = self.table.add(name, w.astype(dtype))
-            return self.one("Cast", [self.one("Gather", [table, "input_ids"])], to=self.act)
-        if name + ".q8" not in self.table.index:
-            w = w.astype(np.float32)
-            scale = np.abs(w).max(axis=1, keepdims=True) / 127  # [V, 1]
-            scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-            q = (np.clip(np.rint(w / scale), -127, 127) + 128).astype(np.uint8)
-            self.table.add(name + ".q8", q)
-            self.table.add(name + ".row_scales", scale)
-        rows = self.one("Cast", [self.one("Gather", [name + ".q8", "input_ids"])], to=TensorProto.FLOAT)
+            return self.one("Cast", [self.one("Gather", [self.param(name), "input_ids"])], to=self.act)
+        rows = self.one("Cast", [self.one("Gather", [self.param(name + ".q8"), "input_ids"])], to=TensorProto.FLOAT)
         centred = self.one("Sub", [rows, self.const("f32_128", np.array(128.0, np.float32))])
-        x = self.one("Mul", [centred, self.one("Gather", [name + ".row_scales", "input_ids"])])
+        x = self.one("Mul", [centred, self.one("Gather", [self.param(name + ".row_scales"), "input_ids"])])
         return self.one("Cast", [x], to=self.act)
 
     # ---- whole model --------------------------------------------------------------------------------------
 
-    def build(self, decode: bool, progress: Callable[[int], None] | None = None) -> onnx.ModelProto:
+    def build(self, decode: bool) -> onnx.ModelProto:
         c = self.cfg
         emb_name = "backbone.embeddings.weight"
         x = self.embed(emb_name)  # [b, t, d]
@@ -358,8 +313,6 @@ class GraphBuilder:
             else:
                 out = self.mlp(i, u)
             x = self.one("Add", [x, out])
-            if progress:
-                progress(1)
         if decode:
             last = self.one("Squeeze", [x, self.ints(1)])  # [b, d]
         else:
@@ -368,8 +321,7 @@ class GraphBuilder:
                                       self.one("Concat", [self.one("Shape", [x], start=0, end=1), self.ints(1, c.hidden_size)], axis=0)])
             last = self.one("Squeeze", [self.one("GatherElements", [x, idx], axis=1), self.ints(1)])  # [b, d]
         last = self.rms_norm(last, "backbone.norm_f.weight")
-        head = "lm_head.weight" if "lm_head.weight" in self.source else emb_name
-        logits = self.linear(last, head)
+        logits = self.linear(last, "lm_head.weight")
         self.nodes.append(helper.make_node("Cast", [logits], ["logits"], name="logits_cast", to=TensorProto.FLOAT))
         return self._model(decode)
 
@@ -390,7 +342,7 @@ class GraphBuilder:
             inputs.append(helper.make_tensor_value_info(s.name, ONNX_DTYPE[s.dtype], shape_in))
             outputs.append(helper.make_tensor_value_info(s.output_name, ONNX_DTYPE[s.dtype], shape_out))
         used = {n for node in self.nodes for n in node.input}
-        initializers = [_external_stub(name, entry) for name, entry in self.table.index.items() if name in used]
+        initializers = [_external_stub(name, entry) for name, entry in self.weights.tensors.items() if name in used]
         initializers += [onnx.numpy_helper.from_array(arr, name) for name, arr in self.consts.items()]
         graph = helper.make_graph(self.nodes, "decode" if decode else "prefill", inputs, outputs, initializers)
         return helper.make_model(
@@ -412,13 +364,6 @@ def _external_stub(name: str, entry: dict) -> onnx.TensorProto:
     return t
 
 
-def build_graphs(cfg: ModelConfig, fmt: WeightFormat, source: dict[str, np.ndarray], weights_file: BinaryIO,
-                 quantized: dict[str, QuantizedWeight] | None = None, progress: Callable[[int], None] | None = None,
-                 ) -> tuple[onnx.ModelProto, onnx.ModelProto, WeightTable]:
-    """(prefill, decode, table): building prefill writes every weight to `weights_file` (reporting each
-    finished layer to `progress`), projections in `quantized` as they are there; decode then references
-    the same entries."""
-    table = WeightTable(weights_file)
-    prefill = GraphBuilder(cfg, fmt, source, table, quantized or {}).build(decode=False, progress=progress)
-    decode = GraphBuilder(cfg, fmt, source, table, quantized or {}).build(decode=True)
-    return prefill, decode, table
+def build_graphs(cfg: ModelConfig, fmt: WeightFormat, weights: WeightIndex) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(prefill, decode), both referencing the tensors of `weights` in weights.bin."""
+    return GraphBuilder(cfg, fmt, weights).build(decode=False), GraphBuilder(cfg, fmt, weights).build(decode=True)

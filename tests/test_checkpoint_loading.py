@@ -3,7 +3,8 @@
 Loading: every spelling a published Nemotron-H checkpoint uses (legacy config keys, layers_block_type,
 hybrid_override_pattern; one file or an index + shards; bf16/fp16/fp32 tensors; `model.*` names) gives the
 same model; every broken checkpoint is refused with a message naming the tensor or file and what is wrong.
-Export: a failure at any point leaves neither the --out directory nor a `.<name>.partial.*` temp directory.
+Export: a broken checkpoint or bad options are refused before anything is written: neither the --out
+directory nor a partial one (failures midway and --resume: tests/test_export_resume.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch
 from safetensors.torch import save_file
 
 from edge_runtime.model_config import ConfigError
-from nemotron_export import bundle as bundle_mod
 from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.checkpoint import CheckpointError, load_checkpoint
 from nemotron_export.onnx_graph import WeightFormat
@@ -243,7 +243,8 @@ def test_sharded_checkpoint_problems_are_named(ckpt, weights, problem):
 
 
 def leftovers(parent: Path, name: str) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.partial."))
+    return sorted(p.name for p in parent.iterdir() if p.name in (name, f"{name}.partial")
+                  or p.name.startswith(f".{name}.partial"))
 
 
 def test_export_of_truncated_checkpoint_leaves_nothing(ckpt, tmp_path):
@@ -270,38 +271,7 @@ def test_invalid_weight_format_is_refused(base, tmp_path):
     assert leftovers(tmp_path, "bundle") == []
 
 
-STAGES = {  # the steps export_bundle takes once its temp directory exists, and where each is looked up
-    "build_graphs": (bundle_mod, "build_graphs"),  # weights.bin is being written
-    "save_model": (bundle_mod.onnx, "save_model"),
-    "_copy_tokenizer": (bundle_mod, "_copy_tokenizer"),
-    "_manifest": (bundle_mod, "_manifest"),
-    "write_manifest": (bundle_mod.bundle_format, "write_manifest"),
-}
-
-
-@pytest.mark.parametrize("stage", list(STAGES))
-@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-def test_failure_midway_leaves_nothing(base, tmp_path, monkeypatch, stage, error):
-    """Fail at each step after the temp directory exists, once the step itself has run (so the directory
-    holds what it wrote), with an exception and with Ctrl-C."""
-    target, attr = STAGES[stage]
-    real = getattr(target, attr)
-    seen = {}
-
-    def failing(*args, **kwargs):
-        real(*args, **kwargs)
-        seen["tmp"] = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.partial.")]
-        raise error(f"injected failure in {stage}")
-
-    monkeypatch.setattr(target, attr, failing)
-    with pytest.raises(error, match="injected"):
-        export_bundle(base, tmp_path / "bundle", progress=False)
-    assert seen["tmp"], "the failure was injected before the temp directory existed"
-    assert leftovers(tmp_path, "bundle") == []
-
-
-def test_failure_inside_graph_building_leaves_nothing(base, tmp_path, monkeypatch):
-    """A group size quantize() refuses is raised after the weights file has been opened."""
+def test_group_size_quantize_refuses_is_refused_before_writing(base, tmp_path):
     with pytest.raises(ValueError, match="group size"):
         export_bundle(base, tmp_path / "bundle", ExportOptions(weights=WeightFormat("int8", group_size=48)),
                       progress=False)
