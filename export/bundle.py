@@ -45,7 +45,7 @@ from nemotron_export.calibrate import (BATCH_ROWS, SENSITIVITY_ROWS, SOURCES, Ca
                                        calibration_rows, plan_formats, projection_shapes, quantize_walk,
                                        sensitivity_walk)
 from nemotron_export.checkpoint import EMBEDDING, LM_HEAD, NORM_F, Checkpoint, open_checkpoint
-from nemotron_export.journal import PartialExport
+from nemotron_export.journal import PartialExport, ResumeError
 from nemotron_export.onnx_graph import WeightFormat, WeightIndex, build_graphs
 from nemotron_export.quantize import check_format
 from nemotron_export.weights_file import WeightsWriter, WeightTable
@@ -98,6 +98,9 @@ def export_bundle(ckpt_dir: str | Path, out_dir: str | Path, options: ExportOpti
         ids = calibration_rows(calibration.source, cfg.vocab_size, tokenizer if tokenizer.exists() else None)
     partial = PartialExport.start(out, _identity(ckpt, options, calibration), resume)
     try:
+        if partial.journal.units_done > cfg.num_layers + 2 or partial.journal.measured > cfg.num_layers:
+            raise ResumeError(f"{partial.path}: its journal counts more layers than the model has; the partial "
+                              "export is damaged: delete it")
         # The journal's own tables: what the writer adds is journaled with each unit.
         table = WeightTable(partial.weights_fd, partial.journal.weights_bytes, partial.journal.tensors,
                             partial.journal.blocks)
@@ -147,7 +150,10 @@ def _plan(ckpt: Checkpoint, partial: PartialExport, ids: torch.Tensor, group_siz
     states it carries on), then the knapsack over every projection's costs."""
     journal, layers = partial.journal, ckpt.cfg.num_layers
     if journal.measured < layers:
-        x = torch.from_numpy(partial.carried("sensitivity", journal.measured)) if journal.measured else None
+        x = None
+        if journal.measured:
+            shape = (SENSITIVITY_ROWS, *ids.shape[1:], ckpt.cfg.hidden_size)
+            x = torch.from_numpy(partial.carried("sensitivity", journal.measured, shape))
         with tqdm(total=layers, initial=journal.measured, desc="measuring sensitivity", unit="layer",
                   disable=not progress) as bar:
             for i, x, costs in sensitivity_walk(ckpt, ids[:SENSITIVITY_ROWS], group_size, journal.measured, x):
@@ -156,8 +162,13 @@ def _plan(ckpt: Checkpoint, partial: PartialExport, ids: torch.Tensor, group_siz
                 last = journal.measured == layers
                 partial.commit(carry=None if last else ("sensitivity", i + 1, x.numpy()), drop=("sensitivity", i))
                 bar.update()
-    costs = {name: ProjectionCost.from_dict(c) for name, c in journal.costs.items()}
-    return plan_formats(costs, projection_shapes(ckpt), group_size, SCALE_DTYPE.itemsize)
+    shapes = projection_shapes(ckpt)
+    try:
+        costs = {name: ProjectionCost.from_dict(journal.costs[name]) for name in shapes}
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ResumeError(f"{partial.path}: its journal lacks or garbles a projection's measurement ({e!r}); "
+                          "the partial export is damaged: delete it") from None
+    return plan_formats(costs, shapes, group_size, SCALE_DTYPE.itemsize)
 
 
 def _write_weights(ckpt: Checkpoint, partial: PartialExport, table: WeightTable, fmt: WeightFormat,
@@ -186,7 +197,10 @@ def _write_weights(ckpt: Checkpoint, partial: PartialExport, table: WeightTable,
         gptq = calibration is not None and calibration.gptq
         if start < layers:
             if calibration is not None:
-                xs = list(torch.from_numpy(partial.carried("gptq", start)).split(BATCH_ROWS)) if gptq and start else None
+                xs = None
+                if gptq and start:
+                    saved = partial.carried("gptq", start, (*ids.shape, cfg.hidden_size))
+                    xs = list(torch.from_numpy(saved).split(BATCH_ROWS))
                 walk = ((i, block.state_dict(prefix=f"backbone.layers.{i}."), q, xs)
                         for i, block, q, xs in quantize_walk(ckpt, plan, ids, gptq, SCALE_DTYPE, start, xs))
             else:

@@ -69,6 +69,11 @@ class Journal:
             if not all(type(v) is int and v >= 0 for v in ints) or not all(
                     isinstance(d, dict) for d in (journal.identity, journal.tensors, journal.blocks, journal.costs)):
                 raise ValueError("a count is not a non-negative integer or a table is not an object")
+            for name, entry in journal.tensors.items():
+                offset, nbytes = entry.get("offset"), entry.get("nbytes")
+                if not (type(offset) is int and type(nbytes) is int and 0 <= offset
+                        and 0 <= nbytes <= journal.weights_bytes - offset):
+                    raise ValueError(f"tensor {name} is not within the {journal.weights_bytes} bytes journaled")
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
             raise ResumeError(f"{path}: not a valid export journal ({e}); delete {path.parent.parent} "
                               "and export again") from None
@@ -177,10 +182,14 @@ class PartialExport:
         if drop is not None:
             self._state(*drop).unlink(missing_ok=True)
 
-    def carried(self, name: str, layer: int) -> np.ndarray:
+    def carried(self, name: str, layer: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The float32 hidden states [`shape`] a pass saved for `layer`, checked before they are read."""
         path = self._state(name, layer)
         try:
-            return np.load(path, allow_pickle=False)
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            if mapped.shape != shape or mapped.dtype != np.float32:
+                raise ValueError(f"{mapped.dtype}{list(mapped.shape)}, expected float32{list(shape)}")
+            return np.array(mapped)
         except (OSError, ValueError) as e:
             raise ResumeError(f"{path}: unreadable ({e}); the partial export is damaged: delete {self.path}") from None
 

@@ -9,7 +9,8 @@
   directory; the partial directory is removed when no unit of weights.bin was finished yet, else kept,
   and --resume completes it to the bytes of an uninterrupted export.
 - Refusals, each saying what to do: a partial directory without --resume; --resume with other options
-  or from another checkpoint; a damaged journal; weights.bin shorter than its journal; a partial
+  or from another checkpoint; a damaged journal (cut, a tensor outside weights.bin, more layers than the
+  model); saved hidden states of the wrong shape; weights.bin shorter than its journal; a partial
   directory another export holds.
 - Streaming: the bytes do not depend on the block of rows the embedding table and lm_head are read and
   converted in (the real model's take 18 blocks each).
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -226,10 +228,46 @@ def test_resume_from_another_checkpoint_is_refused(interrupted, tmp_path):
         export_bundle(other, interrupted, progress=False, resume=True)
 
 
-def test_damaged_journal_is_refused(base, interrupted):
-    (partial_path(interrupted) / RESUME_DIR / JOURNAL_FILE).write_text('{"version": 1, "units_done": ')
-    with pytest.raises(ResumeError, match="not a valid export journal .* delete"):
+@pytest.mark.parametrize("damage", ["cut", "tensor-outside-weights", "more-layers-than-the-model"])
+def test_damaged_journal_is_refused(base, interrupted, damage):
+    path = partial_path(interrupted) / RESUME_DIR / JOURNAL_FILE
+    journal = json.loads(path.read_text())
+    if damage == "cut":
+        path.write_text('{"version": 1, "units_done": ')
+        want = "not a valid export journal .* delete"
+    elif damage == "tensor-outside-weights":
+        journal["tensors"]["backbone.layers.0.norm.weight"]["nbytes"] = journal["weights_bytes"]
+        path.write_text(json.dumps(journal))
+        want = r"not a valid export journal \(tensor backbone.layers.0.norm.weight is not within"
+    else:
+        journal["units_done"] = 100
+        path.write_text(json.dumps(journal))
+        want = "its journal counts more layers than the model has; the partial export is damaged: delete it"
+    with pytest.raises(ResumeError, match=want):
         export_bundle(base, interrupted, progress=False, resume=True)
+
+
+def test_damaged_hidden_states_are_refused(base, tmp_path, monkeypatch):
+    """int4 with GPTQ stopped after two layers: the hidden states entering the third, replaced by an array
+    of another shape, are refused by name before they are used."""
+    real = WeightsWriter.layer
+
+    def failing(self, i, *args):
+        if i == 2:
+            raise KeyboardInterrupt("injected")
+        real(self, i, *args)
+
+    options = ExportOptions(WeightFormat("int4"), calibration="random")
+    out = tmp_path / "bundle"
+    monkeypatch.setattr(WeightsWriter, "layer", failing)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(base, out, options, progress=False)
+    monkeypatch.undo()
+    saved = partial_path(out) / RESUME_DIR / "gptq-2.npy"
+    assert np.load(saved).shape == (64, 128, PRESETS["tiny"].hidden_size)
+    np.save(saved, np.zeros((2, 2)))
+    with pytest.raises(ResumeError, match=r"gptq-2.npy: unreadable \(float64\[2, 2\], expected float32\[64, 128, 128\]\)"):
+        export_bundle(base, out, options, progress=False, resume=True)
 
 
 def test_weights_shorter_than_the_journal_are_refused(base, interrupted):
