@@ -34,7 +34,7 @@ FORMATS = {f.name: f for f in (Format("fp32", "fp32"), Format("int8", "int8", 4)
 
 def exporter_fingerprint() -> str:
     h = hashlib.sha256()
-    for path in sorted((REPO / "export").glob("*.py")) + [REPO / "edge_runtime" / "bundle.py"]:
+    for path in sorted((REPO / "export").glob("*.py")) + sorted((REPO / "edge_runtime" / "bundle").glob("*.py")):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -51,7 +51,7 @@ def checkpoint(cache: Path, preset: str) -> Path:
 
 def bundle(cache: Path, preset: str, fmt: str) -> Path:
     """The bundle of `fmt` for `preset`, exported now if missing or stale."""
-    from edge_runtime.bundle import BundleError, open_bundle
+    from edge_runtime.bundle.reader import BundleError, open_bundle
     from nemotron_export.bundle import ExportOptions, export_bundle
     from nemotron_export.commands import DEFAULT_GROUP_SIZE
     from nemotron_export.onnx_graph import WeightFormat

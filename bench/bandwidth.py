@@ -24,8 +24,8 @@ import numpy as np
 from bench.settings import Settings
 from bench.timing import Case, timed
 from bench.variants import Env, Variant
-from edge_runtime.bundle import open_bundle
-from edge_runtime.state_layout import bytes_per_token, fixed_bytes_per_sequence
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.bundle.state_layout import bytes_per_token, fixed_bytes_per_sequence
 
 FP32_TARGET = ">= 0.7"
 

@@ -18,8 +18,8 @@ from bench.reference import Reference
 from bench.settings import Settings
 from bench.timing import Case, timed
 from bench.variants import GREEDY, Env, Variant, generate_batch, prompt_ids
-from edge_runtime.request import GenerationRequest
-from edge_runtime.scheduler import SchedulerConfig
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.engine.scheduler import SchedulerConfig
 
 DECODE_TARGET = {"fp32": ">= 3.5", "int8": ">= 8", "int4": ">= 8"}  # x transformers at batch 1
 BATCH_TARGET = ">= 3"  # aggregate at batch 8 over batch 1

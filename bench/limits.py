@@ -36,10 +36,10 @@ import grpc
 
 from bench.service import Server
 from edge_runtime.api import edge_pb2 as pb
-from edge_runtime.bundle import MANIFEST_FILE, manifest_digest, open_bundle
+from edge_runtime.bundle.reader import MANIFEST_FILE, manifest_digest, open_bundle
 from edge_runtime.client import EdgeClient, EdgeError
-from edge_runtime.demo import DEMO_BUNDLE
-from edge_runtime.units import format_bytes, parse_bytes
+from edge_runtime.bundle.demo import DEMO_BUNDLE
+from edge_runtime.bundle.units import format_bytes, parse_bytes
 
 MiB = 2**20
 BIG_SEND = [("grpc.max_send_message_length", 64 * MiB)]

@@ -37,10 +37,10 @@ def _child(spec: dict) -> dict:
 
     proc = psutil.Process()
     start = proc.memory_info().rss
-    from edge_runtime.engine import Engine, EngineConfig
-    from edge_runtime.ort_backend import ProviderConfig
-    from edge_runtime.request import GenerationRequest
-    from edge_runtime.sampler import SamplingParams
+    from edge_runtime.engine.engine import Engine, EngineConfig
+    from edge_runtime.engine.providers import ProviderConfig
+    from edge_runtime.engine.records import GenerationRequest
+    from edge_runtime.engine.sampler import SamplingParams
 
     greedy = SamplingParams(greedy=True)
     batch, context = spec["batch"], spec["context"]

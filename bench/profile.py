@@ -25,9 +25,9 @@ import onnxruntime as ort
 from bench.settings import Settings
 from bench.timing import Case
 from bench.variants import GREEDY, Env, prompt_ids
-from edge_runtime.engine import Engine
-from edge_runtime.request import GenerationRequest
-from edge_runtime.scheduler import SchedulerConfig
+from edge_runtime.engine.engine import Engine
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.engine.scheduler import SchedulerConfig
 
 TOP = 12
 KERNEL_OPS = {"SsmStep", "CausalConv1d", "SsdChunkScan", "MambaDecodeStep"}

@@ -32,11 +32,11 @@ from bench.settings import Settings
 from bench.timing import Case, timed
 from bench.variants import Env, prompt_ids
 from edge_runtime.client import EdgeClient
-from edge_runtime.engine import Engine
-from edge_runtime.grpc_server import engine_config
-from edge_runtime.request import GenerationRequest
-from edge_runtime.sampler import SamplingParams
-from edge_runtime.service_config import ServiceConfig
+from edge_runtime.engine.engine import Engine
+from edge_runtime.service.server import engine_config
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.engine.sampler import SamplingParams
+from edge_runtime.service.config import ServiceConfig
 
 BUDGET = 4 << 30
 OVERHEAD_TARGET = "<= 1.10"  # in-process tok/s over gRPC tok/s at batch 1

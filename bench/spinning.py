@@ -21,8 +21,8 @@ import time
 from bench import artifacts
 from bench.settings import Settings
 from bench.variants import Env, Variant, generate_batch, prompt_ids
-from edge_runtime.engine import Engine, EngineConfig
-from edge_runtime.ort_backend import SPINNING
+from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.engine.providers import SPINNING
 
 BUSY_LOOP = "while True: pass"
 

@@ -32,10 +32,10 @@ from bench.reference import Reference
 from bench.settings import Settings
 from bench.timing import Case
 from bench.variants import Env
-from edge_runtime.chat import Chat, ChatRequest
-from edge_runtime.engine import Engine
-from edge_runtime.request import GenerationRequest
-from edge_runtime.thinking import THINK_CLOSE
+from edge_runtime.engine.chat import Chat, ChatRequest
+from edge_runtime.engine.engine import Engine
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.engine.thinking import THINK_CLOSE
 
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant. /think"},
             {"role": "user", "content": "What is 2+2?"}]  # the model card's example

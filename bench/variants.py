@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from bench import artifacts
-from edge_runtime.engine import Engine, EngineConfig
-from edge_runtime.ort_backend import ProviderConfig
-from edge_runtime.request import GenerationRequest
-from edge_runtime.sampler import SamplingParams
-from edge_runtime.scheduler import SchedulerConfig
+from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.engine.providers import ProviderConfig
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.engine.sampler import SamplingParams
+from edge_runtime.engine.scheduler import SchedulerConfig
 
 GREEDY = SamplingParams(greedy=True)
 

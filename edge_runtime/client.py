@@ -6,7 +6,7 @@
         for event in client.chat("Plan a path to the dock.", max_thinking_tokens=256):
             ...  # Delta(text, channel "reasoning" | "answer"), RemoteToolCall, then one Final
 
-Streams yield the same record types the in-process engine emits (`edge_runtime.request.Delta`,
+Streams yield the same record types the in-process engine emits (`edge_runtime.engine.records.Delta`,
 `ToolCallRecord`, `Final`), so display code works for both; the Final is rebuilt with the full reasoning
 and answer text, token ids and tool calls, and its timings are `RemoteTimings` (the server's per-token
 latency summary instead of every latency). Failed calls raise `EdgeError` with the gRPC status code and
@@ -14,7 +14,7 @@ the server's message, which names the bad field.
 
 Addresses: `unix:/path` (a bare absolute path works too), `HOST:PORT`. `token` sends
 `authorization: Bearer <token>`; `root_certificates` (PEM bytes) turns on TLS, with `certificate_chain`
-and `private_key` for mutual TLS. Keepalive settings (grpc_options.py) keep long silent streams alive.
+and `private_key` for mutual TLS. Keepalive settings (service/options.py) keep long silent streams alive.
 Imports neither the engine nor ONNX Runtime.
 """
 
@@ -29,10 +29,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
-from edge_runtime.grpc_options import CLIENT_OPTIONS
-from edge_runtime.grpc_convert import (EventAssembler, message_to_proto, priority_to_proto, sampling_to_proto,
+from edge_runtime.service.options import CLIENT_OPTIONS
+from edge_runtime.service.convert import (EventAssembler, message_to_proto, priority_to_proto, sampling_to_proto,
                                        tool_to_proto)
-from edge_runtime.request import Event, Final
+from edge_runtime.engine.records import Event, Final
 
 DEFAULT_ADDRESS = "unix:/run/nemotron-edge/edge.sock"
 

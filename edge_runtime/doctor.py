@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from edge_runtime.service_config import ServiceConfig
-from edge_runtime.units import format_bytes
+from edge_runtime.service.config import ServiceConfig
+from edge_runtime.bundle.units import format_bytes
 from nemotron_jetson.detect import JetsonInfo, detect
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
@@ -162,8 +162,8 @@ def check_bundle(ctx: DoctorContext) -> CheckResult:
     if path.is_symlink():  # the `current` link of a versioned install: say which version it serves
         label += f" -> {path.resolve()}"
     try:
-        from edge_runtime.bundle import BundleError, verify_bundle
-        from edge_runtime.bundle_signature import KeyFileError, SignatureStatus, check_signature, load_trusted_keys
+        from edge_runtime.bundle.reader import BundleError, verify_bundle
+        from edge_runtime.bundle.signature import KeyFileError, SignatureStatus, check_signature, load_trusted_keys
     except ImportError:
         return CheckResult("bundle", SKIP, f"{label}: skip: bundle verification unavailable in this version")
     try:

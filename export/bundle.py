@@ -10,10 +10,10 @@ The bundle is assembled in `<out>.partial/` and renamed into place at the end, s
 like a bundle is a complete one. The partial directory keeps a journal of the layers done
 (nemotron_export.journal): an interrupted export is continued with `resume=True` (`export --resume`)
 from its last finished layer, to the same bytes; one that fails before finishing any is removed. The
-manifest (format: edge_runtime.bundle) describes everything the device needs without onnx installed:
+manifest (format: edge_runtime.bundle.reader) describes everything the device needs without onnx installed:
 config, layer map, graph interfaces, state layout, the weight index (with the bits and block size of every
 MatMulNBits projection, and for int4 the calibration that chose them), custom-op domain/version, and the
-sha256 of every file. With a signing key, manifest.sig (edge_runtime.bundle_signature) is written after
+sha256 of every file. With a signing key, manifest.sig (edge_runtime.bundle.signature) is written after
 the manifest, before the rename, so the bundle appears with its signature or not at all.
 """
 
@@ -35,11 +35,11 @@ from tqdm import tqdm
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_runtime import bundle as bundle_format
-from edge_runtime.bundle_signature import sign_bundle
-from edge_runtime.bundle_checks import MAX_BATCH
-from edge_runtime.model_config import ModelConfig
-from edge_runtime.state_layout import state_layout
+from edge_runtime.bundle import reader as bundle_format
+from edge_runtime.bundle.signature import sign_bundle
+from edge_runtime.bundle.checks import MAX_BATCH
+from edge_runtime.bundle.model_config import ModelConfig
+from edge_runtime.bundle.state_layout import state_layout
 from nemotron_export import ops
 from nemotron_export.calibrate import (BATCH_ROWS, SENSITIVITY_ROWS, SOURCES, Calibration, ProjectionCost,
                                        calibration_rows, plan_formats, projection_shapes, quantize_walk,

@@ -33,7 +33,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
+from edge_runtime.bundle.model_config import ATTENTION, MAMBA, ModelConfig
 from nemotron_export.allocation import BlockFormat, allocate, budget_bytes, menu
 from nemotron_export.checkpoint import Checkpoint
 from nemotron_export.model import Block, NemotronH

@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from edge_runtime.model_config import ModelConfig
+from edge_runtime.bundle.model_config import ModelConfig
 from nemotron_export.model import Block, NemotronH
 
 SUPPORTED_DTYPES = {"BF16", "F16", "F32"}

@@ -75,11 +75,11 @@ def _synth(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     if _missing_exporter("export"):
         return 2
-    from edge_runtime.bundle_signature import KeyFileError, key_id, load_signing_key
+    from edge_runtime.bundle.signature import KeyFileError, key_id, load_signing_key
     from nemotron_export.bundle import ExportOptions, export_bundle
     from nemotron_export.checkpoint import CheckpointError
     from nemotron_export.onnx_graph import WeightFormat
-    from edge_runtime.model_config import ConfigError
+    from edge_runtime.bundle.model_config import ConfigError
 
     try:
         # Read before the export's minutes, so a bad key fails at once.

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edge_runtime.demo import DEMO_BUNDLE
+from edge_runtime.bundle.demo import DEMO_BUNDLE
 from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.synth import synth
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bundle import WEIGHTS_FILE
+from edge_runtime.bundle.reader import WEIGHTS_FILE
 
 RESUME_DIR, JOURNAL_FILE = "resume", "journal.json"
 JOURNAL_VERSION = 1

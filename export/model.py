@@ -1,6 +1,6 @@
 """A compact Nemotron-H in PyTorch, written for export and for parity against transformers.
 
-State is explicit: every call takes the per-layer states (named as in edge_runtime.state_layout) and
+State is explicit: every call takes the per-layer states (named as in edge_runtime.bundle.state_layout) and
 returns the new ones, so prefill, chunked prefill and decode are the same function over different inputs.
 Parameter names match the Hugging Face checkpoint (`backbone.*`, `lm_head.*`), so a checkpoint's
 state dict loads as it is.
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_runtime.model_config import ATTENTION, MAMBA, MLP, ModelConfig
-from edge_runtime.state_layout import state_layout
+from edge_runtime.bundle.model_config import ATTENTION, MAMBA, MLP, ModelConfig
+from edge_runtime.bundle.state_layout import state_layout
 from nemotron_export.ssm import causal_conv1d, process_dt, ssd_chunk_scan, ssm_step
 
 States = dict[str, torch.Tensor]

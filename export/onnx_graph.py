@@ -5,7 +5,7 @@ written before the graphs are built (nemotron_export.weights_file): building a g
 the file's index. The builder emits standard ONNX ops, MatMulNBits for quantized projections, and our
 custom SSM ops (nemotron_export.ops).
 
-Graph interface (b batch, t tokens, T past tokens; state names from edge_runtime.state_layout):
+Graph interface (b batch, t tokens, T past tokens; state names from edge_runtime.bundle.state_layout):
   inputs   input_ids int64 [b, t]; lengths int64 [b] (prefill only: valid tokens per right-padded row);
            past_lengths int64 [b] (tokens already in each row's K/V); past.* states
   outputs  logits float32 [b, vocab] at each row's last valid token; present.* states (conv/ssm: after
@@ -22,9 +22,9 @@ import onnx
 import onnx.numpy_helper
 from onnx import TensorProto, helper
 
-from edge_runtime.bundle import WEIGHTS_FILE
-from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
-from edge_runtime.state_layout import state_layout
+from edge_runtime.bundle.reader import WEIGHTS_FILE
+from edge_runtime.bundle.model_config import ATTENTION, MAMBA, ModelConfig
+from edge_runtime.bundle.state_layout import state_layout
 from nemotron_export import ops
 
 OPSET = 18

@@ -8,7 +8,7 @@ the function body), or a TensorRT plugin of the same name, replaces the op witho
 bodies follow nemotron_export.ssm line by line, MambaDecodeStep the mixer in nemotron_export.model.
 
 State in place: the runtime may bind a state input and its new-state output to the same memory
-(edge_runtime.state_pool updates consecutive slots in place). Every op allows it: the function bodies
+(edge_runtime.engine.state_pool updates consecutive slots in place). Every op allows it: the function bodies
 read the state only in nodes that the new state depends on, and a kernel must read each state element
 before it writes that element (the native kernels in kernels/ do).
 

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from edge_runtime.model_config import ModelConfig
+from edge_runtime.bundle.model_config import ModelConfig
 
 # The real model's pattern; `small` takes its first 27 layers.
 REAL_PATTERN = "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-"

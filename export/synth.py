@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from edge_runtime.model_config import ModelConfig
+from edge_runtime.bundle.model_config import ModelConfig
 from nemotron_export.model import NemotronH
 from nemotron_export.presets import PRESETS, SYNTH_DTYPE, TOKENIZER_VOCAB
 from nemotron_export.safetensors_writer import SHARD_BYTES, STORAGE, TensorSpec, to_bf16_bits, write_checkpoint_tensors

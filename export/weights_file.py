@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
+from edge_runtime.bundle.model_config import ATTENTION, MAMBA, ModelConfig
 from nemotron_export.checkpoint import EMBEDDING, LM_HEAD, NORM_F, Checkpoint
 from nemotron_export.onnx_graph import WeightFormat
 from nemotron_export.quantize import QuantizedWeight, quantize

@@ -14,7 +14,7 @@ temporary name), checked there (every file's sha256 against the manifest, and th
 keys are configured), fsynced and renamed into place; then `current` is switched atomically (a new link
 at a temporary name renamed over it). The service resolves `current` once, at start (commands/serve.py),
 so it keeps reading the old version's untouched files until `systemctl try-restart` restarts it: systemd
-sends SIGTERM, the service drains its running requests (grpc_server.py), and the new process serves the
+sends SIGTERM, the service drains its running requests (service/server.py), and the new process serves the
 new version. Old versions are pruned down to `--keep`, never the current one nor one that a process still
 maps (/proc/*/maps).
 """
@@ -34,11 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.bundle import MANIFEST_FILE, Bundle, BundleError, open_bundle
-from edge_runtime.bundle_signature import (SIGNATURE_FILE, KeyFileError, SignatureStatus, TrustedKey,
+from edge_runtime.bundle.reader import MANIFEST_FILE, Bundle, BundleError, open_bundle
+from edge_runtime.bundle.signature import (SIGNATURE_FILE, KeyFileError, SignatureStatus, TrustedKey,
                                            check_signature, load_trusted_keys, open_trusted_bundle)
-from edge_runtime.service_config import ConfigError, load_config
-from edge_runtime.units import format_bytes
+from edge_runtime.service.config import ConfigError, load_config
+from edge_runtime.bundle.units import format_bytes
 
 DEFAULT_STORE = Path("/var/lib/nemotron-edge")
 BUNDLES_DIR = "bundles"

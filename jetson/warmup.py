@@ -13,22 +13,22 @@ import argparse
 import sys
 import time
 
-from edge_runtime.bundle import BundleError
-from edge_runtime.demo import resolve_bundle
-from edge_runtime.request import GenerationRequest
-from edge_runtime.sampler import SamplingParams
-from edge_runtime.service_config import ConfigFileError, config_from_args
+from edge_runtime.bundle.reader import BundleError
+from edge_runtime.bundle.demo import resolve_bundle
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.engine.sampler import SamplingParams
+from edge_runtime.service.config import ConfigFileError, config_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edge_runtime.service_config import add_arguments as add_service_arguments
+    from edge_runtime.service.config import add_arguments as add_service_arguments
 
     add_service_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.engine import Engine
-    from edge_runtime.grpc_server import engine_config
+    from edge_runtime.engine.engine import Engine
+    from edge_runtime.service.server import engine_config
 
     try:
         config = config_from_args(args)

@@ -1,6 +1,6 @@
 """Test helper: copies of a bundle, and manifest edits as a deliberate writer makes them.
 
-An edit re-seals the manifest's own digest (edge_runtime.bundle.manifest_digest), so the check under test is
+An edit re-seals the manifest's own digest (edge_runtime.bundle.reader.manifest_digest), so the check under test is
 the one that answers, not the seal. Used by test_bundle_integrity.py and test_bundle_confinement.py.
 """
 
@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_runtime import bundle as bundle_format
-from edge_runtime.bundle import MANIFEST_FILE
+from edge_runtime.bundle import reader as bundle_format
+from edge_runtime.bundle.reader import MANIFEST_FILE
 
 
 def copy_bundle(source: Path, parent: Path) -> Path:

@@ -19,12 +19,12 @@ import threading
 import time
 from pathlib import Path
 
-from edge_runtime.chat import Chat
+from edge_runtime.engine.chat import Chat
 from edge_runtime.client import EdgeClient, EdgeError
-from edge_runtime.engine import Engine
-from edge_runtime.grpc_server import build_server, check_listen, request_limits, thinking_defaults
-from edge_runtime.grpc_service import EdgeService
-from edge_runtime.service_config import ServiceConfig
+from edge_runtime.engine.engine import Engine
+from edge_runtime.service.server import build_server, check_listen, request_limits, thinking_defaults
+from edge_runtime.service.servicer import EdgeService
+from edge_runtime.service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,18 +23,18 @@ from pathlib import Path
 import pytest
 
 from bundle_edit import copy_bundle, edit_manifest, tensor
-from edge_runtime.bundle import MANIFEST_FILE, BundleError, open_bundle, sha256_file, write_manifest
-from edge_runtime.chat import Chat
+from edge_runtime.bundle.reader import MANIFEST_FILE, BundleError, open_bundle, sha256_file, write_manifest
+from edge_runtime.engine.chat import Chat
 from edge_runtime.cli import build_parser
 from edge_runtime.commands import generate as generate_command
 from edge_runtime.doctor import FAIL, DoctorContext, check_bundle
-from edge_runtime.engine import Engine, EngineConfig
-from edge_runtime.memory_plan import MemoryPlanError, plan_for_bundle
-from edge_runtime.model_config import ModelConfig
-from edge_runtime.ort_backend import WeightMap
-from edge_runtime.request import RequestError
-from edge_runtime.service_config import ServiceConfig
-from edge_runtime.state_layout import state_layout
+from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.bundle.memory_plan import MemoryPlanError, plan_for_bundle
+from edge_runtime.bundle.model_config import ModelConfig
+from edge_runtime.engine.runner import WeightMap
+from edge_runtime.engine.records import RequestError
+from edge_runtime.service.config import ServiceConfig
+from edge_runtime.bundle.state_layout import state_layout
 from edge_server_process import ServerProcess
 from nemotron_jetson.detect import detect
 

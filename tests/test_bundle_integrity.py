@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bundle_edit import copy_bundle, edit_manifest
-from edge_runtime.bundle import MANIFEST_FILE, BundleError, open_bundle
+from edge_runtime.bundle.reader import MANIFEST_FILE, BundleError, open_bundle
 
 
 @pytest.fixture

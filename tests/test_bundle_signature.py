@@ -17,13 +17,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edge_runtime.bundle import BundleError, manifest_digest, open_bundle
-from edge_runtime.bundle_signature import (SIGNATURE_FILE, BundleSignatureError, KeyFileError, SignatureStatus,
+from edge_runtime.bundle.reader import BundleError, manifest_digest, open_bundle
+from edge_runtime.bundle.signature import (SIGNATURE_FILE, BundleSignatureError, KeyFileError, SignatureStatus,
                                            check_signature, key_id, load_signing_key, load_trusted_key,
                                            load_trusted_keys, open_trusted_bundle, sign_bundle)
-from edge_runtime.engine import Engine, EngineConfig
-from edge_runtime.request import GenerationRequest
-from edge_runtime.sampler import SamplingParams
+from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.engine.sampler import SamplingParams
 from edge_server_process import ServerProcess
 from signing_keys import OPENSSL, make_key_pair
 
@@ -129,7 +129,7 @@ def test_a_file_changed_under_an_intact_signature_is_refused(changed_weights_bun
 
 def test_a_manifest_swapped_between_the_check_and_the_load_is_refused(signed_bundle: Path, resealed_bundle: Path,
                                                                       keys, tmp_path: Path, monkeypatch) -> None:
-    from edge_runtime import bundle_signature
+    from edge_runtime.bundle import signature as bundle_signature
 
     bundle = shutil.copytree(signed_bundle, tmp_path / "bundle")
     load = bundle_signature.open_bundle

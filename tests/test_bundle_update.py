@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.bundle import BundleError, open_bundle
-from edge_runtime.bundle_signature import load_signing_key, load_trusted_keys, sign_bundle
+from edge_runtime.bundle.reader import BundleError, open_bundle
+from edge_runtime.bundle.signature import load_signing_key, load_trusted_keys, sign_bundle
 from edge_runtime.client import EdgeError
-from edge_runtime.request import Final
+from edge_runtime.engine.records import Final
 from edge_server_process import ServerProcess
 from nemotron_jetson.bundles import (LOCK_FILE, BundleStoreError, StoreOptions, install, mapped_versions,
                                      use)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from edge_runtime.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
+from edge_runtime.bundle.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
 from nemotron_export.tokenizer_synth import load_chat_template, tokenizer_config
 
 WEATHER_TOOL = {

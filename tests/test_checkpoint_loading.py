@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edge_runtime.model_config import ConfigError
+from edge_runtime.bundle.model_config import ConfigError
 from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.checkpoint import CheckpointError, load_checkpoint
 from nemotron_export.onnx_graph import WeightFormat

@@ -379,7 +379,7 @@ def test_mamba_decode_step_checks_groups_attribute(kernel_lib):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_mamba_decode_step_updates_states_in_place(kernel_lib, dtype):
-    """The runtime binds each slot's conv and SSM state as both input and output (edge_runtime.state_pool):
+    """The runtime binds each slot's conv and SSM state as both input and output (edge_runtime.engine.state_pool):
     with the buffers aliased the kernel gives what it gives into fresh outputs."""
     model, feeds = decode_step_inputs(np.random.default_rng(7), dtype, 3, 4, 8, 2, 16, k=4)
     sess = session(model, kernel_lib)
@@ -449,8 +449,8 @@ def test_registered_kernel_runs_as_one_node(kernel_lib, op, tmp_path):
 # ---- whole bundles -----------------------------------------------------------------------------------
 
 def make_engine(bundle: Path, lib: str | None):
-    from edge_runtime.engine import Engine, EngineConfig
-    from edge_runtime.ort_backend import ProviderConfig
+    from edge_runtime.engine.engine import Engine, EngineConfig
+    from edge_runtime.engine.providers import ProviderConfig
 
     return Engine(bundle, EngineConfig(max_batch=4, providers=ProviderConfig(custom_op_library=lib)))
 
@@ -473,8 +473,8 @@ def run_calls(engine, prompts: list[list[int]], decode_steps: int) -> list[tuple
 
 def test_bundle_runs_unchanged_with_kernel_library(kernel_lib, tiny_bundle, tmp_path):
     """The same bundle, with and without the kernel library: same logits and states, same greedy tokens."""
-    from edge_runtime.request import GenerationRequest
-    from edge_runtime.sampler import SamplingParams
+    from edge_runtime.engine.records import GenerationRequest
+    from edge_runtime.engine.sampler import SamplingParams
 
     plain, native = make_engine(tiny_bundle, None), make_engine(tiny_bundle, kernel_lib)
     rng = np.random.default_rng(0)
@@ -518,8 +518,8 @@ def profiled_ops(model: str | bytes, weights, lib: str | None, feeds: dict[str, 
 def test_bundle_executes_kernels_not_bodies(kernel_lib, tiny_bundle, tmp_path):
     """In the bundle's own graphs the custom ops run as single nodes, and the node count drops: decode runs
     one MambaDecodeStep per Mamba layer, prefill CausalConv1d and SsdChunkScan."""
-    from edge_runtime.bundle import open_bundle
-    from edge_runtime.ort_backend import WeightMap
+    from edge_runtime.bundle.reader import open_bundle
+    from edge_runtime.engine.runner import WeightMap
 
     bundle = open_bundle(tiny_bundle)
     weights = WeightMap(bundle)
@@ -538,8 +538,8 @@ def test_bundle_executes_kernels_not_bodies(kernel_lib, tiny_bundle, tmp_path):
 def test_fused_decode_step_runs_fewer_kernels(kernel_lib, tiny_bundle, tmp_path):
     """With the library, decode runs at least 15 fewer nodes per Mamba layer than with kernels for
     CausalConv1d and SsmStep only (a library built before MambaDecodeStep)."""
-    from edge_runtime.bundle import open_bundle
-    from edge_runtime.ort_backend import WeightMap
+    from edge_runtime.bundle.reader import open_bundle
+    from edge_runtime.engine.runner import WeightMap
 
     bundle = open_bundle(tiny_bundle)
     weights = WeightMap(bundle)

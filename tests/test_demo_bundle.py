@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from edge_runtime.bundle import open_bundle
-from edge_runtime.demo import DEMO_BUNDLE
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.bundle.demo import DEMO_BUNDLE
 from nemotron_export.demo_bundle import build_demo_bundle
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from edge_runtime.detokenizer import REPLACEMENT_CHAR, IncrementalDecoder, StopMatcher
+from edge_runtime.engine.detokenizer import REPLACEMENT_CHAR, IncrementalDecoder, StopMatcher
 from nemotron_export.tokenizer_synth import build_tokenizer
 
 

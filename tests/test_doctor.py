@@ -11,10 +11,10 @@ from pathlib import Path
 
 import onnxruntime
 
-from edge_runtime.units import format_bytes
+from edge_runtime.bundle.units import format_bytes
 
 HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-HAS_BUNDLE_VERIFY = importlib.util.find_spec("edge_runtime.bundle") is not None
+HAS_BUNDLE_VERIFY = importlib.util.find_spec("edge_runtime.bundle.reader") is not None
 LINE = re.compile(r"^\[(PASS|WARN|FAIL|SKIP|INFO)\] (.+?)\s{2,}(.*)$")
 
 

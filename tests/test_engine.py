@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.engine import Engine, EngineConfig
-from edge_runtime.ort_backend import ProviderConfig
-from edge_runtime.request import Delta, GenerationRequest, Priority, QueueFullError, RequestError
-from edge_runtime.sampler import SamplingParams
-from edge_runtime.scheduler import SchedulerConfig
+from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.engine.providers import ProviderConfig
+from edge_runtime.engine.records import Delta, GenerationRequest, Priority, QueueFullError, RequestError
+from edge_runtime.engine.sampler import SamplingParams
+from edge_runtime.engine.scheduler import SchedulerConfig
 from nemotron_export.bundle import ExportOptions, export_bundle
 
 transformers = pytest.importorskip("transformers")
@@ -163,8 +163,8 @@ def test_priorities_and_deadlines_order_admission(tiny_bundle):
 
 
 def test_sixteen_requests_under_a_budget_for_four(tiny_bundle):
-    from edge_runtime.bundle import open_bundle
-    from edge_runtime.memory_plan import plan_for_bundle
+    from edge_runtime.bundle.reader import open_bundle
+    from edge_runtime.bundle.memory_plan import plan_for_bundle
 
     bundle = open_bundle(tiny_bundle)
     probe = plan_for_bundle(bundle, 10**10, 512, max_batch=8, prefill_chunk=SchedulerConfig().max_step_tokens)
@@ -188,9 +188,9 @@ def test_sixteen_requests_under_a_budget_for_four(tiny_bundle):
 
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys, psutil
-    from edge_runtime.engine import Engine, EngineConfig
-    from edge_runtime.request import GenerationRequest
-    from edge_runtime.sampler import SamplingParams
+    from edge_runtime.engine.engine import Engine, EngineConfig
+    from edge_runtime.engine.records import GenerationRequest
+    from edge_runtime.engine.sampler import SamplingParams
     proc = psutil.Process()
     before = proc.memory_info().rss
     engine = Engine(sys.argv[1], EngineConfig(memory_budget=8 << 30, max_batch=8, max_sequences=8, max_context=1024))

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.chat import Chat, ChatRequest
-from edge_runtime.engine import Engine
-from edge_runtime.request import Delta, ToolCallRecord
-from edge_runtime.sampler import SamplingParams
+from edge_runtime.engine.chat import Chat, ChatRequest
+from edge_runtime.engine.engine import Engine
+from edge_runtime.engine.records import Delta, ToolCallRecord
+from edge_runtime.engine.sampler import SamplingParams
 
 WORDS = ["robot", "arm", "left", "door", "why", "plan", "move", "stop", "Hello", "the", "grip", "wheel"]
 
@@ -110,8 +110,8 @@ def test_no_think_marker_and_model_card_defaults(chat):
 
 def test_tool_calls_parse_from_the_answer_stream(engine):
     """Tool-call parsing on a forced answer: the engine's output processor sees the tags only as structure."""
-    from edge_runtime.output import OutputProcessor
-    from edge_runtime.thinking import Channel
+    from edge_runtime.engine.output import OutputProcessor
+    from edge_runtime.engine.thinking import Channel
 
     text = 'Sure.<TOOLCALL>[{"name": "move_arm", "arguments": {"side": "left"}}]</TOOLCALL>'
     ids = engine.tokenizer.encode(text, add_special_tokens=False).ids
@@ -123,7 +123,7 @@ def test_tool_calls_parse_from_the_answer_stream(engine):
 
 
 def test_unknown_tool_choice_is_refused(chat):
-    from edge_runtime.request import RequestError
+    from edge_runtime.engine.records import RequestError
 
     with pytest.raises(RequestError, match="tool_choice"):
         chat.prepare(ChatRequest([{"role": "user", "content": "hi"}], tools=[{"name": "a"}], tool_choice="b"))

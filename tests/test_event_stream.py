@@ -13,8 +13,8 @@ import collections
 import threading
 import time
 
-from edge_runtime.event_stream import EventInbox, coalesce, paced_events
-from edge_runtime.request import Delta, Final, Timings, Usage
+from edge_runtime.service.event_stream import EventInbox, coalesce, paced_events
+from edge_runtime.engine.records import Delta, Final, Timings, Usage
 
 FINAL = Final(finish_reason="length", usage=Usage(), timings=Timings())
 HOUR_S = 3600.0  # an interval no stream may wait for
@@ -102,7 +102,7 @@ def test_first_message_and_final_are_not_held_back_by_the_interval() -> None:
 
 def test_what_queued_behind_a_channel_switch_goes_out_with_it() -> None:
     """Reasoning, answer, a tool call and the Final queued at once all go out at once, interval or not."""
-    from edge_runtime.request import ToolCallRecord
+    from edge_runtime.engine.records import ToolCallRecord
 
     call = ToolCallRecord(0, "move", "{}", None)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_runtime.bundle import open_bundle
+from edge_runtime.bundle.reader import open_bundle
 from nemotron_export.checkpoint import load_checkpoint
 
 BIN = Path(sys.executable).parent / "nemotron-edge"

@@ -52,9 +52,9 @@ import onnx
 import pytest
 import torch
 
-from edge_runtime.bundle import open_bundle
-from edge_runtime.ort_backend import OrtModelRunner
-from edge_runtime.state_pool import StatePool
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.engine.runner import OrtModelRunner
+from edge_runtime.engine.state_pool import StatePool
 from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.checkpoint import load_checkpoint
 from nemotron_export.commands import DEFAULT_GROUP_SIZE

@@ -15,9 +15,9 @@ import grpc
 import pytest
 
 from edge_runtime.client import EdgeClient, EdgeError
-from edge_runtime.engine import Engine
-from edge_runtime.grpc_server import engine_config
-from edge_runtime.service_config import ServiceConfig
+from edge_runtime.engine.engine import Engine
+from edge_runtime.service.server import engine_config
+from edge_runtime.service.config import ServiceConfig
 from edge_server_process import InProcessServer
 
 STEP_S = 0.3  # engine-clock seconds per engine step

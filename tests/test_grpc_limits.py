@@ -23,10 +23,10 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_runtime.bundle import MANIFEST_FILE, manifest_digest, open_bundle
+from edge_runtime.bundle.reader import MANIFEST_FILE, manifest_digest, open_bundle
 from edge_runtime.client import EdgeError
-from edge_runtime.memory_plan import plan_for_bundle
-from edge_runtime.scheduler import SchedulerConfig
+from edge_runtime.bundle.memory_plan import plan_for_bundle
+from edge_runtime.engine.scheduler import SchedulerConfig
 from edge_server_process import ServerProcess, free_port
 
 INVALID, RESOURCE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED

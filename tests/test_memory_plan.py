@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.cli import main
-from edge_runtime.memory_plan import (
+from edge_runtime.bundle.memory_plan import (
     LM_HEAD,
     MATMUL,
     RUNTIME_OVERHEAD_BYTES,
@@ -19,9 +19,9 @@ from edge_runtime.memory_plan import (
     parameter_tensors,
     plan_memory,
 )
-from edge_runtime.model_config import ModelConfig
-from edge_runtime.ort_backend import ProviderConfig
-from edge_runtime.state_layout import state_layout
+from edge_runtime.bundle.model_config import ModelConfig
+from edge_runtime.engine.providers import ProviderConfig
+from edge_runtime.bundle.state_layout import state_layout
 
 REAL_CONFIG = Path("/work/shared/reference/nemotron-nano-9b-v2.config.json")
 GiB = 1024**3
@@ -173,7 +173,7 @@ def _matmul_weight_bytes_in_graphs(bundle: Path) -> int:
     the ONNX graphs themselves: what a pre-packing session copies."""
     import onnx
 
-    from edge_runtime.bundle import open_bundle
+    from edge_runtime.bundle.reader import open_bundle
 
     b = open_bundle(bundle)
     stored = {t["name"]: t["nbytes"] for t in b.weights["tensors"]}
@@ -186,8 +186,8 @@ def _matmul_weight_bytes_in_graphs(bundle: Path) -> int:
 
 @pytest.mark.parametrize("fixture", ["tiny_bundle", "tiny_int4_bundle"])
 def test_bundle_plan_counts_the_matmul_weights_of_its_graphs(fixture, request):
-    from edge_runtime.bundle import open_bundle
-    from edge_runtime.memory_plan import plan_for_bundle
+    from edge_runtime.bundle.reader import open_bundle
+    from edge_runtime.bundle.memory_plan import plan_for_bundle
 
     path = request.getfixturevalue(fixture)
     plan = plan_for_bundle(open_bundle(path), GiB, 512, max_batch=8, prepacked_copies=2)
@@ -251,8 +251,8 @@ def test_plan_command_json_matches_the_library(real, capsys):
 
 
 def test_plan_command_reads_a_bundle(tiny_bundle, capsys):
-    from edge_runtime.bundle import open_bundle
-    from edge_runtime.memory_plan import plan_for_bundle
+    from edge_runtime.bundle.reader import open_bundle
+    from edge_runtime.bundle.memory_plan import plan_for_bundle
 
     assert main(["plan", "--bundle", str(tiny_bundle), "--budget", "1GiB", "--context", "2048", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

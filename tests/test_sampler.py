@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.sampler import (
+from edge_runtime.engine.sampler import (
     SamplerState,
     SamplingParams,
     allowed_tokens,

@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 
-from edge_runtime.engine import Engine
-from edge_runtime.request import GenerationRequest
-from edge_runtime.sd_notify import EngineProgress, Notifier, notify_address, run_watchdog, watchdog_period_s
+from edge_runtime.engine.engine import Engine
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.service.sd_notify import EngineProgress, Notifier, notify_address, run_watchdog, watchdog_period_s
 from edge_server_process import ServerProcess
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.service_config import (
+from edge_runtime.service.config import (
     FIELDS,
     ConfigError,
     ConfigFileError,
@@ -18,7 +18,7 @@ from edge_runtime.service_config import (
     config_from_args,
     load_config,
 )
-from edge_runtime.units import SizeError, format_bytes, parse_bytes
+from edge_runtime.bundle.units import SizeError, format_bytes, parse_bytes
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "config.toml"
 

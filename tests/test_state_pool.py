@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.bundle import open_bundle
-from edge_runtime.ort_backend import OrtModelRunner
-from edge_runtime.state_pool import PoolFullError, StatePool, consecutive
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.engine.runner import OrtModelRunner
+from edge_runtime.engine.state_pool import PoolFullError, StatePool, consecutive
 
 PROMPTS = [[5, 9, 2, 7, 11, 3, 8], [4, 4, 6, 1]]
 

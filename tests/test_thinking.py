@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from edge_runtime.thinking import (
+from edge_runtime.engine.thinking import (
     Channel,
     ChannelText,
     ReasoningSplitter,

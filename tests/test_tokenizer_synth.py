@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from edge_runtime.token_ids import encode
+from edge_runtime.engine.token_ids import encode
 from nemotron_export.tokenizer_synth import (
     CHAT_TEMPLATE_PATH,
     CONTROL_TAGS,
@@ -49,7 +49,7 @@ def test_round_trip_any_text(text: str) -> None:
 @given(st.one_of(st.text(), st.sampled_from(MULTIBYTE), st.lists(st.sampled_from([*SPECIAL_TOKENS, *CONTROL_TAGS, " ", "x"]))
                  .map("".join)))
 def test_the_runtime_encodes_as_encode_does(text: str) -> None:
-    """edge_runtime.token_ids.encode (which releases the GIL) gives the ids of Tokenizer.encode."""
+    """edge_runtime.engine.token_ids.encode (which releases the GIL) gives the ids of Tokenizer.encode."""
     tokenizer = _shared()
     assert encode(tokenizer, text) == tokenizer.encode(text, add_special_tokens=False).ids
 

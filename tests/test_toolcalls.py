@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.toolcalls import OPEN_TAG, TextDelta, ToolCall, ToolCallEvent, ToolCallParser, held_back_length
+from edge_runtime.engine.toolcalls import OPEN_TAG, TextDelta, ToolCall, ToolCallEvent, ToolCallParser, held_back_length
 
 TOOLS = ["get_weather", "calculate_tip"]
 

@@ -13,9 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from edge_runtime.bundle import BundleError
-from edge_runtime.bundle_signature import KeyFileError, load_trusted_keys
-from edge_runtime.request import Delta, Event, Final, RequestError, ToolCallRecord
+from edge_runtime.bundle.reader import BundleError
+from edge_runtime.bundle.signature import KeyFileError, load_trusted_keys
+from edge_runtime.engine.records import Delta, Event, Final, RequestError, ToolCallRecord
 
 DIM, RESET = "\033[2m", "\033[0m"
 # gRPC status codes that mean the request (not the server) is at fault: exit code 2.
@@ -83,7 +83,7 @@ def final_record(final: Final) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.client import EdgeError
-    from edge_runtime.grpc_auth import TokenFileError
+    from edge_runtime.service.auth import TokenFileError
 
     display = None if args.json else Display(sys.stdout, sys.stdout.isatty())
     try:
@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_local(args: argparse.Namespace, display: Display | None) -> Final:
-    from edge_runtime.chat import Chat, ChatRequest
-    from edge_runtime.demo import resolve_bundle
-    from edge_runtime.engine import Engine, EngineConfig
+    from edge_runtime.engine.chat import Chat, ChatRequest
+    from edge_runtime.bundle.demo import resolve_bundle
+    from edge_runtime.engine.engine import Engine, EngineConfig
 
     engine = Engine(resolve_bundle(args.bundle), EngineConfig(trusted_keys=load_trusted_keys(args.trusted_key)))
     chat = Chat(engine)
@@ -122,7 +122,7 @@ def _run_local(args: argparse.Namespace, display: Display | None) -> Final:
 
 def _run_server(args: argparse.Namespace, display: Display | None) -> Final:
     from edge_runtime.client import EdgeClient
-    from edge_runtime.grpc_auth import read_token
+    from edge_runtime.service.auth import read_token
 
     if args.trusted_key:
         raise KeyFileError("--trusted-key: checks a bundle loaded in process; a server checks its own "

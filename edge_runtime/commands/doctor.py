@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge_runtime.doctor import FAIL, PASS, run_checks
-from edge_runtime.service_config import ConfigError, ServiceConfig, apply_overrides, load_config
+from edge_runtime.service.config import ConfigError, ServiceConfig, apply_overrides, load_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 
-from edge_runtime.bundle import BundleError
-from edge_runtime.bundle_signature import KeyFileError, load_trusted_keys
-from edge_runtime.demo import resolve_bundle
-from edge_runtime.engine import Engine, EngineConfig
-from edge_runtime.request import Delta, GenerationRequest, RequestError
-from edge_runtime.sampler import SamplingParams
+from edge_runtime.bundle.reader import BundleError
+from edge_runtime.bundle.signature import KeyFileError, load_trusted_keys
+from edge_runtime.bundle.demo import resolve_bundle
+from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.engine.records import Delta, GenerationRequest, RequestError
+from edge_runtime.engine.sampler import SamplingParams
 
 
 def register(sub: argparse._SubParsersAction) -> None:

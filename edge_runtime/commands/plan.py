@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edge_runtime.memory_plan import (
+from edge_runtime.bundle.memory_plan import (
     DEFAULT_GROUP_SIZE,
     DEFAULT_PREFILL_CHUNK,
     RUNTIME_OVERHEAD_BYTES,
@@ -17,11 +17,11 @@ from edge_runtime.memory_plan import (
     plan_for_bundle,
     plan_memory,
 )
-from edge_runtime.bundle import BundleError, open_bundle
-from edge_runtime.model_config import ConfigError, ModelConfig
-from edge_runtime.ort_backend import ProviderConfig
-from edge_runtime.service_config import parse_providers
-from edge_runtime.units import SizeError, format_bytes, parse_bytes
+from edge_runtime.bundle.reader import BundleError, open_bundle
+from edge_runtime.bundle.model_config import ConfigError, ModelConfig
+from edge_runtime.engine.providers import ProviderConfig
+from edge_runtime.service.config import parse_providers
+from edge_runtime.bundle.units import SizeError, format_bytes, parse_bytes
 
 GRID_CONTEXTS = (2048, 8192, 32768, 131072)
 DEFAULT_WEIGHTS = "fp16"

@@ -1,4 +1,4 @@
-"""`nemotron-edge serve`: the gRPC service (see grpc_server.py for what it does and in which order).
+"""`nemotron-edge serve`: the gRPC service (see service/server.py for what it does and in which order).
 
 Settings come from the TOML config (--config, default /etc/nemotron-edge/config.toml when it exists) with
 every flag of service_config.add_arguments overriding it. Without --bundle (and no bundle in the config)
@@ -21,11 +21,11 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_runtime.bundle_signature import KeyFileError, load_trusted_keys
-from edge_runtime.demo import DEMO_BUNDLE
-from edge_runtime.grpc_auth import TokenFileError, read_token
-from edge_runtime.grpc_server import ListenError, check_listen, run_service
-from edge_runtime.service_config import ConfigError, ServiceConfig, add_arguments, config_from_args
+from edge_runtime.bundle.signature import KeyFileError, load_trusted_keys
+from edge_runtime.bundle.demo import DEMO_BUNDLE
+from edge_runtime.service.auth import TokenFileError, read_token
+from edge_runtime.service.server import ListenError, check_listen, run_service
+from edge_runtime.service.config import ConfigError, ServiceConfig, add_arguments, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

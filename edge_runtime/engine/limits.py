@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_runtime.chat_template import RenderLimits
-from edge_runtime.grpc_options import MAX_MESSAGE_BYTES
+from edge_runtime.bundle.chat_template import RenderLimits
+from edge_runtime.service.options import MAX_MESSAGE_BYTES
 
 CHARS_PER_TOKEN = 16
 ENVELOPE_BYTES = 128 * 1024

@@ -10,8 +10,8 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
-from edge_runtime.sampler import SamplingParams, TokenLogprobs
-from edge_runtime.thinking import ThinkingConfig
+from edge_runtime.engine.sampler import SamplingParams, TokenLogprobs
+from edge_runtime.engine.thinking import ThinkingConfig
 
 _ids = itertools.count()
 

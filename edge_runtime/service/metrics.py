@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from edge_runtime.request import Final
+from edge_runtime.engine.records import Final
 
 log = logging.getLogger(__name__)
 

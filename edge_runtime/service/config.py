@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.grpc_options import MAX_MESSAGE_BYTES
-from edge_runtime.ort_backend import BRIEF_SPIN_US, SPINNING
-from edge_runtime.units import SizeError, parse_bytes
+from edge_runtime.service.options import MAX_MESSAGE_BYTES
+from edge_runtime.engine.providers import BRIEF_SPIN_US, SPINNING
+from edge_runtime.bundle.units import SizeError, parse_bytes
 
 DEFAULT_CONFIG_PATH = Path("/etc/nemotron-edge/config.toml")
 DEFAULT_SOCKET = "unix:/run/nemotron-edge/edge.sock"
@@ -41,7 +41,7 @@ class ConfigFileError(ConfigError):
 class ServiceConfig:
     bundle: Path | None = None  # None: the demo bundle shipped inside the package
     memory_budget: int | None = None  # bytes; None: the planner sizes from free memory
-    trusted_keys: tuple[Path, ...] = ()  # set: serve only bundles signed by one of these (bundle_signature.py)
+    trusted_keys: tuple[Path, ...] = ()  # set: serve only bundles signed by one of these (bundle/signature.py)
     listen: tuple[str, ...] = (DEFAULT_SOCKET,)
     auth_token_file: Path | None = None
     tls_cert_file: Path | None = None
@@ -50,7 +50,7 @@ class ServiceConfig:
     drain_grace_s: float = 30.0
     metrics_port: int | None = None  # served on loopback only; None: no metrics endpoint
     max_queue: int = 64
-    stream_interval_ms: int = 20  # a stream sends what has queued at most once per interval (edge_runtime.event_stream)
+    stream_interval_ms: int = 20  # a stream sends what has queued at most once per interval (edge_runtime.service.event_stream)
     max_sequences: int | None = None  # sequences in their slots at once; None: the bundle's max batch
     log_level: str = "info"
     providers: tuple[str, ...] = ("cpu",)
@@ -67,7 +67,7 @@ class ServiceConfig:
     thinking_grace_tokens: int = 0
     thinking_deadline_ms: int | None = None
     max_answer_tokens: int = 1024
-    # [limits]: what one request may carry; None: derived from the model's context (edge_runtime.request_limits)
+    # [limits]: what one request may carry; None: derived from the model's context (edge_runtime.engine.limits)
     max_request_bytes: int | None = None
     max_text_chars: int | None = None
     max_messages: int | None = None

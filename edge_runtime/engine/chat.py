@@ -5,7 +5,7 @@ A `ChatRequest` is what the CLI and the gRPC service accept. `Chat.prepare()` tu
 card (reasoning on: temperature 0.6, top-p 0.95; off: greedy), and the thinking budgets that the
 engine's ThinkingController enforces inside the decode loop. Its two steps, `render()` and `request()`
 (which tokenizes), can also be run apart, so that a caller can stop between them. Rendering is bounded
-by `RequestLimits.render` (edge_runtime.chat_template).
+by `RequestLimits.render` (edge_runtime.bundle.chat_template).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from edge_runtime.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
-from edge_runtime.engine import Engine, RequestHandle
-from edge_runtime.request import Event, GenerationRequest, Priority, RequestError
-from edge_runtime.request_limits import RequestLimits
-from edge_runtime.token_ids import encode
-from edge_runtime.sampler import SamplingParams
-from edge_runtime.thinking import DEFAULT_CLOSE_TEXT, ThinkingConfig
+from edge_runtime.bundle.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
+from edge_runtime.engine.engine import Engine, RequestHandle
+from edge_runtime.engine.records import Event, GenerationRequest, Priority, RequestError
+from edge_runtime.engine.limits import RequestLimits
+from edge_runtime.engine.token_ids import encode
+from edge_runtime.engine.sampler import SamplingParams
+from edge_runtime.engine.thinking import DEFAULT_CLOSE_TEXT, ThinkingConfig
 
 
 @dataclass

@@ -8,7 +8,7 @@ emits, so one display function serves both. Nothing here imports the engine or O
 uses this module too.
 
 Limits checked here (the engine checks context length, vocabulary and sampling ranges itself):
-  - `check_bounds`: a request's counts and characters against its RequestLimits (edge_runtime.request_limits),
+  - `check_bounds`: a request's counts and characters against its RequestLimits (edge_runtime.engine.limits),
     before anything of it is parsed, rendered or tokenized;
   - roles are system, user, assistant, tool; only assistant messages carry tool calls;
   - JSON fields (tool parameters, tool-call arguments) must hold a JSON object;
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edge_runtime.api import edge_pb2 as pb
-from edge_runtime.request import Delta, Event, Final, Priority, RequestError, Timings, ToolCallRecord, Usage
-from edge_runtime.request_limits import RequestLimits
-from edge_runtime.sampler import SamplingParams, TokenLogprobs
+from edge_runtime.engine.records import Delta, Event, Final, Priority, RequestError, Timings, ToolCallRecord, Usage
+from edge_runtime.engine.limits import RequestLimits
+from edge_runtime.engine.sampler import SamplingParams, TokenLogprobs
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_STRINGS = 16

@@ -6,7 +6,7 @@ Listen addresses (ServiceConfig.listen):
     crashed run is replaced; a path that a live server answers on, or that is not a socket, is refused.
   - `HOST:PORT` / `[IPv6]:PORT`: TCP. Loopback hosts (127.0.0.0/8, ::1, localhost) need nothing else.
     Any other host is refused at start-up unless clients must authenticate: a bearer token file
-    (grpc_auth.py) or mutual TLS (tls_cert_file + tls_key_file + tls_client_ca_file). With a TLS
+    (service/auth.py) or mutual TLS (tls_cert_file + tls_key_file + tls_client_ca_file). With a TLS
     certificate configured, every TCP listener uses TLS; Unix sockets never do (file permissions guard them).
 
 Start-up order: bind first (health NOT_SERVING, EdgeLM calls answer UNAVAILABLE, so clients see "loading"
@@ -18,14 +18,14 @@ UNAVAILABLE while running streams continue; when they have all finished, or drai
 (remaining ones are then cancelled and end with FINISH_REASON_CANCELLED), the server stops and the
 process exits 0.
 
-Server options (grpc_options.py): explicit 16 MiB send/receive message limits (the transport's ceiling; a request
-is refused past the smaller `[limits] max_request_bytes` before it is parsed, grpc_request_bytes.py), and
+Server options (service/options.py): explicit 16 MiB send/receive message limits (the transport's ceiling; a request
+is refused past the smaller `[limits] max_request_bytes` before it is parsed, service/request_bytes.py), and
 keepalive settings that accept client pings every 10 s even on streams that send nothing for minutes (queue
 waits, long prefills), so well-behaved clients are never cut off with "too_many_pings".
 
 Also on: the standard health service (grpc.health.v1.Health, for "" and for the EdgeLM service), server
 reflection (grpc_reflection, so grpcurl and friends can list and call the service), Prometheus metrics on
-127.0.0.1:metrics_port when set, and the systemd watchdog (sd_notify.py) when WATCHDOG_USEC is set.
+127.0.0.1:metrics_port when set, and the systemd watchdog (service/sd_notify.py) when WATCHDOG_USEC is set.
 """
 
 from __future__ import annotations
@@ -48,21 +48,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
-from edge_runtime.bundle_signature import load_trusted_keys
-from edge_runtime.chat import Chat, ThinkingDefaults
-from edge_runtime.engine import Engine, EngineConfig
-from edge_runtime.grpc_auth import BearerTokenInterceptor, read_token
-from edge_runtime.grpc_options import SERVER_OPTIONS
-from edge_runtime.grpc_request_bytes import RequestBytesInterceptor
-from edge_runtime.grpc_service import SERVICE_NAME, EdgeService, TelemetryReader
-from edge_runtime.metrics import ServiceMetrics
-from edge_runtime.ort_backend import ProviderConfig
-from edge_runtime.request import GenerationRequest
-from edge_runtime.request_limits import RequestLimits
-from edge_runtime.scheduler import SchedulerConfig
-from edge_runtime.sampler import SamplingParams
-from edge_runtime.sd_notify import EngineProgress, Notifier, run_watchdog, watchdog_period_s
-from edge_runtime.service_config import ServiceConfig
+from edge_runtime.bundle.signature import load_trusted_keys
+from edge_runtime.engine.chat import Chat, ThinkingDefaults
+from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.service.auth import BearerTokenInterceptor, read_token
+from edge_runtime.service.options import SERVER_OPTIONS
+from edge_runtime.service.request_bytes import RequestBytesInterceptor
+from edge_runtime.service.servicer import SERVICE_NAME, EdgeService, TelemetryReader
+from edge_runtime.service.metrics import ServiceMetrics
+from edge_runtime.engine.providers import ProviderConfig
+from edge_runtime.engine.records import GenerationRequest
+from edge_runtime.engine.limits import RequestLimits
+from edge_runtime.engine.scheduler import SchedulerConfig
+from edge_runtime.engine.sampler import SamplingParams
+from edge_runtime.service.sd_notify import EngineProgress, Notifier, run_watchdog, watchdog_period_s
+from edge_runtime.service.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_runtime.bundle import MANIFEST_FILE, MAX_MANIFEST_BYTES, Bundle, BundleError, open_bundle
+from edge_runtime.bundle.reader import MANIFEST_FILE, MAX_MANIFEST_BYTES, Bundle, BundleError, open_bundle
 
 SIGNATURE_FILE = "manifest.sig"
 ALGORITHM = "ed25519"

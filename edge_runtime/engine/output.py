@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
 
-from edge_runtime.detokenizer import IncrementalDecoder, StopMatcher
-from edge_runtime.request import Delta, Event, ToolCallRecord
-from edge_runtime.sampler import TokenLogprobs
-from edge_runtime.thinking import Channel, ReasoningSplitter
-from edge_runtime.toolcalls import TextDelta, ToolCall, ToolCallParser
+from edge_runtime.engine.detokenizer import IncrementalDecoder, StopMatcher
+from edge_runtime.engine.records import Delta, Event, ToolCallRecord
+from edge_runtime.engine.sampler import TokenLogprobs
+from edge_runtime.engine.thinking import Channel, ReasoningSplitter
+from edge_runtime.engine.toolcalls import TextDelta, ToolCall, ToolCallParser
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
-from edge_runtime.model_config import ATTENTION, MAMBA, ModelConfig
+from edge_runtime.bundle.model_config import ATTENTION, MAMBA, ModelConfig
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 

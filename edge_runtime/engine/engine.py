@@ -21,19 +21,20 @@ import numpy as np
 import psutil
 from tokenizers import Tokenizer
 
-from edge_runtime.bundle import Bundle, BundleError, open_bundle
-from edge_runtime.bundle_signature import TrustedKey, open_trusted_bundle
-from edge_runtime.bundle_checks import is_int
-from edge_runtime.memory_plan import MemoryPlan, plan_for_bundle
-from edge_runtime.ort_backend import OrtModelRunner, ProviderConfig
-from edge_runtime.output import OutputProcessor
-from edge_runtime.request import (Delta, EngineUnavailableError, Event, Final, GenerationRequest, RequestError, Timings,
+from edge_runtime.bundle.reader import Bundle, BundleError, open_bundle
+from edge_runtime.bundle.signature import TrustedKey, open_trusted_bundle
+from edge_runtime.bundle.checks import is_int
+from edge_runtime.bundle.memory_plan import MemoryPlan, plan_for_bundle
+from edge_runtime.engine.providers import ProviderConfig
+from edge_runtime.engine.runner import OrtModelRunner
+from edge_runtime.engine.output import OutputProcessor
+from edge_runtime.engine.records import (Delta, EngineUnavailableError, Event, Final, GenerationRequest, RequestError, Timings,
                                   Usage)
-from edge_runtime.sampler import SamplerState, sample
-from edge_runtime.scheduler import Scheduler, SchedulerConfig, Sequence
-from edge_runtime.state_pool import StatePool
-from edge_runtime.thinking import Channel, ThinkingController
-from edge_runtime.units import format_bytes
+from edge_runtime.engine.sampler import SamplerState, sample
+from edge_runtime.engine.scheduler import Scheduler, SchedulerConfig, Sequence
+from edge_runtime.engine.state_pool import StatePool
+from edge_runtime.engine.thinking import Channel, ThinkingController
+from edge_runtime.bundle.units import format_bytes
 
 END_OF_TURN = "<SPECIAL_12>"
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from edge_runtime.toolcalls import held_back_length
+from edge_runtime.engine.toolcalls import held_back_length
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

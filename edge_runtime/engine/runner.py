@@ -1,116 +1,21 @@
 """The model runner: a bundle's prefill and decode graphs on ONNX Runtime, over a StatePool.
 
 The weights are mapped from weights.bin once and handed to both sessions as shared initializers, so
-they are resident once whichever graph runs. Execution providers come from `ProviderConfig`: CPU by
-default; CUDA; TensorRT (engine and timing caches, fp16, optimization profiles from the manifest's limits).
-A custom-op kernel library, when configured, is registered with both sessions; ONNX Runtime then runs
+they are resident once whichever graph runs. Execution providers come from `ProviderConfig`
+(engine/providers.py). A custom-op kernel library, when configured, is registered with both sessions; ONNX Runtime then runs
 its kernels instead of the ops' function bodies.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 
-from edge_runtime.bundle import Bundle
-from edge_runtime.bundle_checks import GRAPHS, check_weight_table
-from edge_runtime.onnx_header import ONNX_TYPES
-from edge_runtime.state_pool import StatePool, consecutive
-
-FLOAT_FORMATS = ("fp32", "fp16", "bf16")
-SPINNING = ("always", "in_run", "brief", "never")
-BRIEF_SPIN_US = 20  # "brief": how long an idle worker spins before it blocks
-
-
-@dataclass
-class ProviderConfig:
-    """Which execution providers run the graphs, in order of preference, and their documented options."""
-
-    providers: list[str] = field(default_factory=lambda: ["cpu"])
-    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
-    cuda: dict[str, str] = field(default_factory=dict)
-    tensorrt: dict[str, str] = field(default_factory=dict)
-    custom_op_library: str | None = None
-    # ONNX Runtime pre-packs constant weights once per session, a second copy each. For float weights
-    # we turn that off, so the mapped weights.bin is the only copy (measured: 3.0x the weight bytes
-    # resident with it, 1.0x without; decode 8-20% slower at batch 1 and about 2x at batch 8 without it,
-    # since MatMul then packs the weights on every call: BENCHMARKS.md, fp32+k against fp32+k+p).
-    # MatMulNBits needs its pre-packed layout to be fast, so quantized bundles keep it (None = decide by
-    # the bundle's weight format).
-    disable_prepacking: bool | None = None
-    # When ONNX Runtime's idle worker threads spin (SPINNING): "always" is its default, spinning on after a
-    # Run returns; each session has its own pool, so after a prefill call its threads take cores from the
-    # decode session and from every other process on the robot. "in_run" spins only between the kernels
-    # of a Run; "brief" too, but at most BRIEF_SPIN_US each time; "never" (ours) blocks at once.
-    # `python -m bench.spinning` (BENCHMARKS.md), int4 decode against never: on an idle machine brief is
-    # 1.15x at batch 1 and 1.06x at batch 8; with one core busy elsewhere 0.95x and 0.83x (in_run 0.59x
-    # and 0.65x, always 0.30x and 0.57x). A robot's CPU is rarely idle; a machine that runs only the
-    # model gains with brief.
-    spinning: str = "never"
-
-    def __post_init__(self) -> None:
-        if self.spinning not in SPINNING:
-            raise ValueError(f"spinning: {self.spinning!r} is not one of {', '.join(SPINNING)}")
-
-    def prepacking_disabled(self, weight_format: str) -> bool:
-        if self.disable_prepacking is not None:
-            return self.disable_prepacking
-        return weight_format in FLOAT_FORMATS
-
-    def prepacked_copies(self, weight_format: str) -> int:
-        """Copies of the matmul weights the sessions pre-pack beside weights.bin, for the memory plan: one per
-        graph on the CPU provider with pre-packing on. The GPU providers copy every weight to device memory
-        instead, which the plan counts as the weights themselves (not measured on a GPU)."""
-        return 0 if self.providers != ["cpu"] or self.prepacking_disabled(weight_format) else len(GRAPHS)
-
-    def ort_providers(self, bundle: Bundle, graph: str) -> list:
-        out: list = []
-        for name in self.providers:
-            if name == "cpu":
-                out.append("CPUExecutionProvider")
-            elif name == "cuda":
-                out.append(("CUDAExecutionProvider", {"device_id": "0", **self.cuda}))
-            elif name == "tensorrt":
-                out.append(("TensorrtExecutionProvider", tensorrt_options(bundle, graph, self.tensorrt)))
-            else:
-                raise ValueError(f"providers: unknown execution provider {name!r}; use cpu, cuda or tensorrt")
-        return out
-
-
-def tensorrt_options(bundle: Bundle, graph: str, user: dict[str, str]) -> dict[str, str]:
-    """TensorRT EP options (names as documented by ONNX Runtime): caches under the configured directory,
-    fp16, and explicit optimization profiles spanning batch 1..max_batch and context up to max_context."""
-    cache = Path(user.get("cache_dir", os.environ.get("NEMOTRON_EDGE_STATE_DIR", "/var/lib/nemotron-edge")))
-    limits = bundle.limits
-    mb, mc = limits["max_batch"], limits["max_context"]
-    specs = bundle.state_layout
-    def profile(batch: int, seq: int, past: int) -> str:
-        shapes = [f"input_ids:{batch}x{1 if graph == 'decode' else seq}", f"past_lengths:{batch}"]
-        if graph == "prefill":
-            shapes.append(f"lengths:{batch}")
-        for s in specs:
-            dims = [batch, *s.shape]
-            if s.per_token:
-                dims[2] = past
-            shapes.append(f"{s.name}:" + "x".join(str(d) for d in dims))
-        return ",".join(shapes)
-    opts = {
-        "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": str(cache / "trt-engines"),
-        "trt_timing_cache_enable": "True",
-        "trt_timing_cache_path": str(cache / "trt-timing"),
-        "trt_fp16_enable": "True",
-        "trt_profile_min_shapes": profile(1, 1, 0),
-        "trt_profile_opt_shapes": profile(max(1, mb // 2), min(512, mc), min(1024, mc)),
-        "trt_profile_max_shapes": profile(mb, mc, mc),
-    }
-    opts.update({k: v for k, v in user.items() if k != "cache_dir"})
-    return opts
-
+from edge_runtime.bundle.reader import Bundle
+from edge_runtime.bundle.checks import GRAPHS, check_weight_table
+from edge_runtime.bundle.onnx_header import ONNX_TYPES
+from edge_runtime.engine.providers import BRIEF_SPIN_US, ProviderConfig
+from edge_runtime.engine.state_pool import StatePool, consecutive
 
 class WeightMap:
     """weights.bin mapped read-only, one OrtValue per tensor, shared by every session."""

@@ -4,7 +4,7 @@ element type, dims, where the data lives). Read with protobuf alone.
 The device has no `onnx` package (it is export-only), and ONNX Runtime neither tells a session's
 initializers nor checks the tensors handed to it with `add_initializer` against them (any name, shape or
 element type is taken). So the runtime reads these few fields itself, to hold a bundle's manifest to its
-graphs (edge_runtime.bundle_checks). The message types below are the subset of onnx.proto that carries
+graphs (edge_runtime.bundle.checks). The message types below are the subset of onnx.proto that carries
 them, with onnx.proto's field numbers; the parser skips every other field (nodes, functions, opsets).
 """
 

@@ -37,8 +37,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
-from edge_runtime.model_config import ATTENTION, MAMBA, MLP, ModelConfig
-from edge_runtime.state_layout import (
+from edge_runtime.bundle.model_config import ATTENTION, MAMBA, MLP, ModelConfig
+from edge_runtime.bundle.state_layout import (
     DTYPE_BYTES,
     StateSpec,
     bytes_per_token,
@@ -49,7 +49,7 @@ from edge_runtime.state_layout import (
 MiB = 1024**2
 # ONNX Runtime sessions, CUDA context and the Python process; a named guess until measured on a Thor.
 if TYPE_CHECKING:
-    from edge_runtime.bundle import Bundle
+    from edge_runtime.bundle.reader import Bundle
 
 RUNTIME_OVERHEAD_BYTES = 150 * MiB
 ARENA_FACTOR = 3

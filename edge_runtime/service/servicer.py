@@ -1,20 +1,20 @@
 """The EdgeLM gRPC servicer: Chat, Generate, CountTokens, GetModelInfo, GetStatus over one `Engine`.
 
 Streams: the engine delivers events on its own thread into the RPC's `EventInbox`, and the RPC yields them
-as ChatEvent protos paced by `stream_interval_s` (edge_runtime.event_stream): what has queued goes out at
+as ChatEvent protos paced by `stream_interval_s` (edge_runtime.service.event_stream): what has queued goes out at
 most once per interval, the deltas of one channel merged into one message, so fewer messages cost the
 server and the client less CPU, never tokens. When the call ends
 early (the client cancels, its deadline passes, the connection drops) grpc.aio cancels the handler
 coroutine, and its `finally` cancels the engine request: the engine frees the slot at the start of its
 next step, i.e. within one decode step.
 
-Before the engine: a call is first checked against its RequestLimits (edge_runtime.request_limits: counts
+Before the engine: a call is first checked against its RequestLimits (edge_runtime.engine.limits: counts
 and characters, on the event loop, cheap; its size was checked before it was even parsed,
-grpc_request_bytes.py), then prepared in stages, each on a worker thread: render (the chat template; JSON
+service/request_bytes.py), then prepared in stages, each on a worker thread: render (the chat template; JSON
 of tools and tool calls), tokenize, then submit to the engine. Before each stage the call's deadline is
 checked, and a call that ends meanwhile (cancelled, deadline, connection lost: grpc.aio cancels the handler)
 starts no later stage; a render in progress stops at its next step. Tokenizing releases the GIL
-(edge_runtime.token_ids), so neither stage holds up the event loop or the engine: a small call sent while a
+(edge_runtime.engine.token_ids), so neither stage holds up the event loop or the engine: a small call sent while a
 large one is being prepared is answered first. Each stage is counted and timed in the metrics.
 
 Deadlines: a call's remaining time (`context.time_remaining()`) becomes the engine request's deadline on
@@ -35,7 +35,7 @@ Status codes (messages name the field):
   DEADLINE_EXCEEDED   the call's deadline passed before the reply was complete
   CANCELLED           the client cancelled (seen by the client only)
   FAILED_PRECONDITION the bundle lacks what the request needs (a tokenizer or chat template)
-  UNAUTHENTICATED     missing or wrong bearer token (grpc_auth.py)
+  UNAUTHENTICATED     missing or wrong bearer token (service/auth.py)
 """
 
 from __future__ import annotations
@@ -56,19 +56,19 @@ import psutil
 
 from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
-from edge_runtime.chat import Chat, ChatRequest
-from edge_runtime.engine import Engine
-from edge_runtime.event_stream import EventInbox, paced_events
-from edge_runtime.grpc_convert import (apply_sampling, check_bounds, event_to_proto, messages_from_proto,
+from edge_runtime.engine.chat import Chat, ChatRequest
+from edge_runtime.engine.engine import Engine
+from edge_runtime.service.event_stream import EventInbox, paced_events
+from edge_runtime.service.convert import (apply_sampling, check_bounds, event_to_proto, messages_from_proto,
                                        output_limits, priority_from_proto, request_id_from_proto, sampling_overrides,
                                        tools_from_proto)
-from edge_runtime.grpc_options import MAX_MESSAGE_BYTES
-from edge_runtime.metrics import EngineGauges, ServiceMetrics
-from edge_runtime.request import (EngineUnavailableError, Final, GenerationRequest, QueueFullError,
+from edge_runtime.service.options import MAX_MESSAGE_BYTES
+from edge_runtime.service.metrics import EngineGauges, ServiceMetrics
+from edge_runtime.engine.records import (EngineUnavailableError, Final, GenerationRequest, QueueFullError,
                                   RequestError)
-from edge_runtime.request_limits import RequestLimits
-from edge_runtime.sampler import SamplingParams
-from edge_runtime.token_ids import encode
+from edge_runtime.engine.limits import RequestLimits
+from edge_runtime.engine.sampler import SamplingParams
+from edge_runtime.engine.token_ids import encode
 
 log = logging.getLogger(__name__)
 

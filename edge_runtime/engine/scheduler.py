@@ -14,7 +14,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from edge_runtime.request import GenerationRequest, QueueFullError
+from edge_runtime.engine.records import GenerationRequest, QueueFullError
 
 @dataclass
 class Sequence:

@@ -21,7 +21,7 @@ import collections
 import threading
 from collections.abc import AsyncIterator
 
-from edge_runtime.request import Delta, Event, Final
+from edge_runtime.engine.records import Delta, Event, Final
 
 
 class EventInbox:

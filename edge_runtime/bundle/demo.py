@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEMO_BUNDLE = Path(__file__).resolve().parent / "demo_bundle"
+DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo_bundle"
 
 
 def resolve_bundle(path: str | Path | None) -> Path:

@@ -4,7 +4,7 @@ A bundle directory holds prefill.onnx and decode.onnx (sharing weights.bin), opt
 manifest.json. The manifest is the single source of truth on the device: model config, layer map, graph
 interfaces, per-sequence state layout, the weight index, custom-op domain/version, and the sha256 of every
 file. Loading refuses a bundle whose schema or custom-op version is unknown, whose files do not match
-their hashes, or whose manifest lies about its folder (edge_runtime.bundle_checks), naming the file or entry.
+their hashes, or whose manifest lies about its folder (edge_runtime.bundle.checks), naming the file or entry.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_runtime.bundle_checks import BundleError, bundle_file, check_graphs, check_manifest
-from edge_runtime.model_config import ModelConfig
-from edge_runtime.state_layout import StateSpec
+from edge_runtime.bundle.checks import BundleError, bundle_file, check_graphs, check_manifest
+from edge_runtime.bundle.model_config import ModelConfig
+from edge_runtime.bundle.state_layout import StateSpec
 
 SCHEMA_VERSION = 1
 SUPPORTED_CUSTOM_OPS = {"nemotron_edge": {1}}

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from edge_runtime.state_layout import StateSpec
+from edge_runtime.bundle.state_layout import StateSpec
 
 NP_DTYPE = {"float32": np.float32, "float16": np.float16}
 
