@@ -1,10 +1,13 @@
 """Token ids to streamed text: incremental detokenization and stop-string matching.
 
 A byte-level BPE token can hold part of a UTF-8 character (an emoji is often split over two or three
-tokens), so decoding one token at a time shows U+FFFD garbage. `IncrementalDecoder` uses the
-prefix-offset technique of vLLM and TGI: keep the ids, decode a short window from `prefix_offset`, and
-emit only what the window adds beyond the already-emitted part, and only once the decoded tail no
-longer ends in U+FFFD (an incomplete byte sequence). Emitted text concatenated equals
+tokens), so decoding one token at a time shows U+FFFD garbage. `tokenizers.decoders.DecodeStream` does
+the incremental part with the prefix-offset technique of vLLM and TGI: it keeps a short window of ids,
+decodes it, and returns only the text the newest ids add beyond the previous chunk, and only once that
+text no longer ends in U+FFFD (an incomplete byte sequence). `IncrementalDecoder` wraps it and adds what
+it lacks: an end of stream (`flush` releases the pending bytes, U+FFFD included), and prompt context whose
+text is itself incomplete (raw prompt ids that stop mid-character, or a literal U+FFFD), which
+DecodeStream would otherwise hand back as the start of the first chunk. Emitted text concatenated equals
 `tokenizer.decode(all ids)`.
 
 `StopMatcher` sits after it: it never emits any part of a stop string, holding back the longest suffix
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 REPLACEMENT_CHAR = "\ufffd"
 # Prompt tokens decoded ahead of the first generated one, so that decoders that look at context (e.g.
@@ -32,32 +36,38 @@ class IncrementalDecoder:
     ) -> None:
         self._tokenizer = tokenizer
         self._skip_special = skip_special_tokens
-        self._ids: list[int] = list(prompt_ids[-PROMPT_WINDOW:]) if prompt_ids else []
-        # ids[prefix_offset:read_offset] decode to text already emitted (or prompt context);
-        # ids[read_offset:] are pending.
-        self._prefix_offset = 0
-        self._read_offset = len(self._ids)
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=self._skip_special)
+        context = list(prompt_ids[-PROMPT_WINDOW:]) if prompt_ids else []
+        self._stream = DecodeStream(ids=context, skip_special_tokens=skip_special_tokens)
+        # DecodeStream counts the context as shown only if its text does not end in U+FFFD; otherwise its
+        # first chunk starts with the context's text, cut off here.
+        context_text = self._decode(context)
+        self._unshown_context = context_text if context_text.endswith(REPLACEMENT_CHAR) else ""
+        # DecodeStream keeps its window private and has no end of stream, so flush() works from a copy:
+        # the ids whose text was emitted last (the context DecodeStream decodes them against) and those
+        # pending since.
+        self._emitted_ids = context
+        self._pending_ids: list[int] = []
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text it completes ("" while a character is still partial)."""
-        self._ids.append(token_id)
-        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        new_text = self._decode(self._ids[self._prefix_offset :])
-        if len(new_text) > len(prefix_text) and not new_text.endswith(REPLACEMENT_CHAR):
-            self._prefix_offset = self._read_offset
-            self._read_offset = len(self._ids)
-            return new_text[len(prefix_text) :]
-        return ""
+        self._pending_ids.append(token_id)
+        text = self._stream.step(self._tokenizer, token_id)
+        if text is None:
+            return ""
+        text, self._unshown_context = text[len(self._unshown_context) :], ""
+        self._emitted_ids, self._pending_ids = self._pending_ids, []
+        return text
 
     def flush(self) -> str:
         """End of stream: release whatever is pending, U+FFFD included (the bytes will never complete)."""
-        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        new_text = self._decode(self._ids[self._prefix_offset :])
-        self._prefix_offset = self._read_offset = len(self._ids)
-        return new_text[len(prefix_text) :]
+        pending, self._pending_ids = self._pending_ids, []
+        if not pending:
+            return ""
+        prefix_text = self._decode(self._emitted_ids)
+        return self._decode(self._emitted_ids + pending)[len(prefix_text) :]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)
 
 
 class StopMatcher:
