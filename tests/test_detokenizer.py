@@ -59,6 +59,17 @@ def test_with_prompt_context(prompt: str, completion: str) -> None:
     assert "".join(stream(decoder, ids)) == completion
 
 
+def test_prompt_context_ending_in_incomplete_text_stays_out_of_the_stream() -> None:
+    # Raw prompt ids may stop mid-character, and a prompt may end in a literal U+FFFD: either way the
+    # context decodes to text ending in U+FFFD, which DecodeStream does not count as shown.
+    literal = tok().encode("abc \ufffd").ids
+    assert "".join(stream(IncrementalDecoder(tok(), prompt_ids=literal), tok().encode(" hi").ids)) == " hi"
+    ids = tok().encode("ok 👍 then").ids
+    cut = next(k for k in range(len(ids)) if tok().decode(ids[:k]).endswith(REPLACEMENT_CHAR))
+    # The emoji begun in the prompt belongs to neither side; what follows it streams as usual.
+    assert "".join(stream(IncrementalDecoder(tok(), prompt_ids=ids[:cut]), ids[cut:])) == " then"
+
+
 def test_special_tokens_skipped_by_default() -> None:
     ids = tok().encode("<think>a</think>b<SPECIAL_12>").ids
     assert "".join(stream(IncrementalDecoder(tok()), ids)) == "<think>a</think>b"
