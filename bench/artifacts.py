@@ -53,7 +53,7 @@ def bundle(cache: Path, preset: str, fmt: str) -> Path:
     """The bundle of `fmt` for `preset`, exported now if missing or stale."""
     from edge_runtime.bundle.reader import BundleError, open_bundle
     from nemotron_export.bundle import ExportOptions, export_bundle
-    from nemotron_export.commands import DEFAULT_GROUP_SIZE
+    from nemotron_export.commands import GROUP_SIZE_BY_FORMAT
     from nemotron_export.onnx_graph import WeightFormat
 
     f = FORMATS[fmt]
@@ -67,7 +67,7 @@ def bundle(cache: Path, preset: str, fmt: str) -> Path:
         fresh = False
     if not fresh:
         shutil.rmtree(path, ignore_errors=True)
-        weights = WeightFormat(kind=f.kind, group_size=DEFAULT_GROUP_SIZE.get(f.kind, 32),
+        weights = WeightFormat(kind=f.kind, group_size=GROUP_SIZE_BY_FORMAT.get(f.kind, 32),
                                accuracy_level=f.accuracy_level)
         export_bundle(checkpoint(cache, preset), path,
                       ExportOptions(weights=weights, max_batch=MAX_BATCH, max_context=MAX_CONTEXT), progress=False)

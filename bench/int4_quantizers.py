@@ -51,7 +51,7 @@ from nemotron_export.checkpoint import load_checkpoint, open_checkpoint
 from nemotron_export.model import NemotronH
 from nemotron_export.quantize import CLIP_RATIOS, quantize
 from nemotron_export.synth import synth
-from tests.test_export_quantized import MAX_CONTEXT, NEW_TOKENS, PROMPTS, greedy_continuation, padded
+from nemotron_export.agreement import MAX_CONTEXT, NEW_TOKENS, PROMPTS, greedy_continuation, padded
 
 GROUP = 32
 
@@ -153,7 +153,7 @@ class Harness:
 
 
 def teacher_forced_logits(model: NemotronH, prompts: list[list[int]], continuation: np.ndarray) -> np.ndarray:
-    """[PROMPTS, NEW_TOKENS, vocab]: the logits the test's `teacher_forced_argmax` takes the argmax of."""
+    """[PROMPTS, NEW_TOKENS, vocab]: the logits `teacher_forced_argmax`'s takes the argmax of."""
     ids, _ = padded([p + c.tolist() for p, c in zip(prompts, continuation)])
     with torch.no_grad():
         logits, _ = model(ids, model.empty_states(len(prompts)), all_logits=True)

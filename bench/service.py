@@ -9,7 +9,7 @@ are the real `EdgeClient`, one per stream, each stream on its own thread: a gree
 new tokens / wall time from the first call to the last Final.
 
 The overhead at batch 1 compares the same request through the service with the same request run in this
-process by an engine built from the same settings (`grpc_server.engine_config`), stepped on the caller's
+process by an engine built from the same settings (`ServiceConfig.engine_config`), stepped on the caller's
 thread; the two are measured interleaved (`overhead_reps` rounds: the bar is 10% and single runs of this VM
 vary more than that), and the servers are idle while the in-process engine runs. A second server with
 `--stream-interval-ms 0` (a message per token) runs in the same rounds, to show what pacing saves. CPU time
@@ -33,7 +33,6 @@ from bench.timing import Case, timed
 from bench.variants import Env, prompt_ids
 from edge_runtime.client import EdgeClient
 from edge_runtime.engine.engine import Engine
-from edge_runtime.service.server import engine_config
 from edge_runtime.engine.records import GenerationRequest
 from edge_runtime.engine.sampler import SamplingParams
 from edge_runtime.service.config import ServiceConfig
@@ -118,7 +117,7 @@ def service(env: Env, s: Settings) -> dict:
             clients = [EdgeClient(server.address) for _ in range(max(s.streams))]
             unpaced_client = EdgeClient(unpaced.address)
             config = ServiceConfig(bundle=bundle, memory_budget=BUDGET, custom_op_library=Path(lib) if lib else None)
-            engine = Engine(bundle, engine_config(config))
+            engine = Engine(bundle, config.engine_config())
             request = lambda: GenerationRequest(prompts[0], SamplingParams.model_card_default(False),
                                                 max_tokens=s.new_tokens, ignore_eos=True)
             cpu = {"in-process engine": 0.0, "gRPC server": 0.0, "gRPC client": 0.0, "gRPC server, interval 0": 0.0}

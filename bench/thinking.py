@@ -3,8 +3,8 @@
 Both run on the same in-process engine, with the model card's reasoning sampling (temperature 0.6,
 top-p 0.95) and the same seed, EOS ignored so that every run produces the same number of tokens.
 
-- single pass: `Chat.prepare(ChatRequest(messages, max_thinking_tokens=B, max_answer_tokens=A, seed))`;
-  the engine's ThinkingController ends the reasoning at the budget by forcing "\n</think>\n\n" into
+- single pass: `Chat.prepare(ChatRequest(messages, max_thinking_tokens=B, max_answer_tokens=A, sampling={"seed": seed}))`;
+  the sampler chain's thinking stage ends the reasoning at the budget by forcing "\n</think>\n\n" into
   the same stream, and the answer continues from the model's state (no second prefill).
 - two calls (the model card's ThinkingBudgetClient): call 1 generates up to B tokens from the same prompt;
   if its text has no "</think>", ".\n</think>\n\n" is appended; call 2 re-reads prompt + reasoning as a
@@ -46,10 +46,9 @@ def _binding_seed(engine, chat: Chat, s: Settings, tries: int = 20) -> tuple[int
     """The first seed from s.seed whose thinking runs into the largest budget; {seed: how thinking ended}."""
     tried: dict[int, str] = {}
     for seed in range(s.seed, s.seed + tries):
-        request, reasoning = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=max(s.budgets), max_answer_tokens=1,
-                                                      seed=seed))
-        request.ignore_eos = True
-        handle = engine.submit(request, reasoning=reasoning)
+        request = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=max(s.budgets), max_answer_tokens=1,
+                                           sampling={"seed": seed}, ignore_eos=True))
+        handle = engine.submit(request)
         engine.run_until_done([handle])
         f = handle.final
         tried[seed] = f"{f.thinking_ended_by} after {f.usage.reasoning_tokens} reasoning tokens"
@@ -94,11 +93,10 @@ def _budget(case: Case, s: Settings, budget: int, engine: Engine, chat: Chat, pr
     call2_prefill: list[float] = []  # seconds to call 2's first token: the prefill the single pass saves
 
     def single() -> float:
-        request, reasoning = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=budget,
-                                                      max_answer_tokens=s.answer_tokens, seed=seed))
-        request.ignore_eos = True
+        request = chat.prepare(ChatRequest(MESSAGES, max_thinking_tokens=budget, max_answer_tokens=s.answer_tokens,
+                                           sampling={"seed": seed}, ignore_eos=True))
         t0 = time.perf_counter()
-        handle = engine.submit(request, reasoning=reasoning)
+        handle = engine.submit(request)
         engine.run_until_done([handle])
         seconds = time.perf_counter() - t0
         f = handle.final
@@ -107,7 +105,7 @@ def _budget(case: Case, s: Settings, budget: int, engine: Engine, chat: Chat, pr
         return seconds
 
     def two_calls() -> float:
-        request, _ = chat.prepare(ChatRequest(MESSAGES, seed=seed))
+        request = chat.prepare(ChatRequest(MESSAGES, sampling={"seed": seed}))
         t0 = time.perf_counter()
         first = engine.generate(GenerationRequest(request.prompt_ids, request.sampling, max_tokens=budget,
                                                   ignore_eos=True))
@@ -120,7 +118,7 @@ def _budget(case: Case, s: Settings, budget: int, engine: Engine, chat: Chat, pr
         return seconds
 
     def two_calls_transformers() -> float:
-        request, _ = chat.prepare(ChatRequest(MESSAGES, seed=seed))
+        request = chat.prepare(ChatRequest(MESSAGES, sampling={"seed": seed}))
         p = request.sampling
         t0 = time.perf_counter()
         first = ref.generate(request.prompt_ids, budget, p.temperature, p.top_p, seed)

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
-DEFAULT_GROUP_SIZE = {"int4": 32, "int8": 128}
+GROUP_SIZE_BY_FORMAT = {"int4": 32, "int8": 128}  # the block size `export` uses when --group-size is not given
 
 
 def _missing_exporter(command: str) -> bool:
@@ -85,7 +85,7 @@ def _export(args: argparse.Namespace) -> int:
         # Read before the export's minutes, so a bad key fails at once.
         signing_key = load_signing_key(args.sign_key) if args.sign_key else None
         fmt = WeightFormat(
-            kind=args.weights, group_size=args.group_size or DEFAULT_GROUP_SIZE.get(args.weights, 32),
+            kind=args.weights, group_size=args.group_size or GROUP_SIZE_BY_FORMAT.get(args.weights, 32),
             quantize_lm_head=not args.no_quantize_lm_head, accuracy_level=args.accuracy_level,
         )
         out = export_bundle(args.checkpoint, args.out,

@@ -28,14 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.engine.engine import Engine
-    from edge_runtime.service.server import engine_config
 
     try:
         config = config_from_args(args)
         bundle = resolve_bundle(config.bundle)
         print(f"warm-up: opening {bundle} with providers {', '.join(config.providers)}", flush=True)
         started = time.monotonic()
-        engine = Engine(bundle, engine_config(config))
+        engine = Engine(bundle, config.engine_config())
         print(f"warm-up: sessions ready in {time.monotonic() - started:.1f} s on {engine.runner.active_providers}", flush=True)
         chunk = min(engine.scheduler.config.prefill_chunk, engine.max_context - 9)
         started = time.monotonic()

@@ -45,10 +45,10 @@ def _bundle(factory: pytest.TempPathFactory, checkpoint: Path, max_context: int,
     plan and sizes as by default, without GPTQ's minutes (these fixtures serve memory and graph checks;
     tests/test_export_quantized.py measures accuracy)."""
     from nemotron_export.bundle import ExportOptions, export_bundle
-    from nemotron_export.commands import DEFAULT_GROUP_SIZE
+    from nemotron_export.commands import GROUP_SIZE_BY_FORMAT
     from nemotron_export.onnx_graph import WeightFormat
 
-    fmt = WeightFormat(weights, group_size=DEFAULT_GROUP_SIZE.get(weights, 32))
+    fmt = WeightFormat(weights, group_size=GROUP_SIZE_BY_FORMAT.get(weights, 32))
     return export_bundle(checkpoint, factory.mktemp("bundle") / f"{checkpoint.name}-{weights}",
                          ExportOptions(fmt, max_batch=8, max_context=max_context, gptq=False), progress=False)
 

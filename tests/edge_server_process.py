@@ -22,7 +22,8 @@ from pathlib import Path
 from edge_runtime.engine.chat import Chat
 from edge_runtime.client import EdgeClient, EdgeError
 from edge_runtime.engine.engine import Engine
-from edge_runtime.service.server import build_server, check_listen, request_limits, thinking_defaults
+from edge_runtime.engine.loading import LoadedEngine
+from edge_runtime.service.server import build_server, check_listen
 from edge_runtime.service.servicer import EdgeService
 from edge_runtime.service.config import ServiceConfig
 
@@ -123,8 +124,8 @@ class InProcessServer:
 
     async def _start(self):
         service = EdgeService(stream_interval_s=self.config.stream_interval_ms / 1000)
-        limits = request_limits(self.config, self.engine.max_context)
-        service.attach(self.engine, Chat(self.engine, thinking_defaults(self.config), limits.render), limits)
+        limits = self.config.request_limits(self.engine.max_context)
+        service.attach(LoadedEngine(self.engine, Chat(self.engine, self.config.thinking_defaults(), limits.render), limits))
         built = build_server(service, self.config, check_listen(self.config))
         await built.server.start()
         return built

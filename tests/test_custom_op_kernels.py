@@ -496,8 +496,9 @@ def bundle_feeds(bundle_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     """Inputs of one call of each graph: a 9-token prefill, a decode step after 4 tokens."""
     engine = make_engine(bundle_dir, None)
     slot = engine.pool.allocate()
-    return {"decode": {**engine.pool.gather([slot], 4), "input_ids": np.array([[5]]), "past_lengths": np.array([4])},
-            "prefill": {**engine.pool.gather([slot], 0), "input_ids": np.arange(3, 12)[None],
+    past = lambda tokens: {**engine.pool.gather_states([slot]), **engine.pool.gather_kv([slot], tokens)}
+    return {"decode": {**past(4), "input_ids": np.array([[5]]), "past_lengths": np.array([4])},
+            "prefill": {**past(0), "input_ids": np.arange(3, 12)[None],
                         "lengths": np.array([9]), "past_lengths": np.array([0])}}
 
 

@@ -27,3 +27,32 @@ def test_no_device_module_imports_torch():
     assert out.returncode == 0, out.stderr
     count = int(out.stdout.split()[0])
     assert count >= 30  # every module was really imported
+
+
+# Each package of the device side and what it must never import (module-name prefixes), checked in a fresh
+# interpreter so that what a module pulls in transitively counts too.
+FORBIDDEN = {
+    "edge_runtime.bundle": ("edge_runtime.engine", "edge_runtime.service", "edge_runtime.client", "grpc", "onnxruntime"),
+    "edge_runtime.engine": ("edge_runtime.service", "edge_runtime.client", "edge_runtime.api", "grpc"),
+    "edge_runtime.client": ("edge_runtime.engine.engine", "edge_runtime.service.servicer", "onnxruntime"),
+}
+
+DIRECTION_SCRIPT = """
+import importlib, pkgutil, sys
+package, forbidden = sys.argv[1], tuple(sys.argv[2:])
+pkg = importlib.import_module(package)
+names = [package] + [info.name for info in pkgutil.walk_packages(pkg.__path__, package + ".")]
+for name in names:
+    importlib.import_module(name)
+loaded = sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+print(len(names), loaded)
+"""
+
+
+def test_each_package_imports_only_what_it_may():
+    for package, forbidden in FORBIDDEN.items():
+        out = subprocess.run([sys.executable, "-c", DIRECTION_SCRIPT, package, *forbidden], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        count, loaded = out.stdout.split(" ", 1)
+        assert int(count) >= 2, package  # the package and its modules were really imported
+        assert loaded.strip() == "[]", f"{package} imports {loaded.strip()}"

@@ -159,7 +159,7 @@ def test_priorities_and_deadlines_order_admission(tiny_bundle):
             if h.done and name not in order:
                 order.append(name)
     assert order == ["occupant", "urgent", "normal", "background"]
-    assert expired.final.finish_reason == "cancelled" and expired.final.error == "deadline exceeded"
+    assert expired.final.finish_reason == "deadline" and expired.final.error == "deadline exceeded"
 
 
 def test_sixteen_requests_under_a_budget_for_four(tiny_bundle):

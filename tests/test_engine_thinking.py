@@ -42,8 +42,8 @@ def test_budget_is_strict_and_the_answer_keeps_its_room(engine, chat, budget, gr
     close_id = engine.tokenizer.token_to_id("</think>")
     request = ChatRequest([{"role": "user", "content": " ".join(words)}], max_thinking_tokens=budget,
                           thinking_grace_tokens=grace, max_answer_tokens=answer, max_tokens=budget + grace + answer + 8,
-                          seed=seed)
-    prompt_len = len(chat.prepare(request)[0].prompt_ids)
+                          sampling={"seed": seed})
+    prompt_len = len(chat.prepare(request).prompt_ids)
     handle, prefill_calls = run(engine, chat, request)
     final = handle.final
     streamed = [t for e in handle.events() if isinstance(e, Delta) for t in e.token_ids]
@@ -65,7 +65,7 @@ def test_budget_is_strict_and_the_answer_keeps_its_room(engine, chat, budget, gr
 def test_model_closing_itself_forces_nothing(engine, chat):
     """With a huge budget, whatever the model does, nothing is forced."""
     handle, _ = run(engine, chat, ChatRequest([{"role": "user", "content": "hi"}], max_thinking_tokens=10_000,
-                                              max_tokens=40, seed=3))
+                                              max_tokens=40, sampling={"seed": 3}))
     assert handle.final.usage.forced_tokens == 0
     assert handle.final.thinking_ended_by in (None, "model")
 
@@ -77,7 +77,7 @@ def test_deadline_closes_at_the_first_token_after_it(tiny_bundle):
     engine = Engine(tiny_bundle, clock=lambda: now[0])
     chat = Chat(engine)
     handle = chat.submit(ChatRequest([{"role": "user", "content": "plan a path"}], thinking_deadline_ms=35,
-                                     max_thinking_tokens=10_000, max_answer_tokens=5, max_tokens=200, seed=0))
+                                     max_thinking_tokens=10_000, max_answer_tokens=5, max_tokens=200, sampling={"seed": 0}))
     while not handle.done:
         engine.step()
         now[0] += 0.010
@@ -91,8 +91,8 @@ def test_deadline_closes_at_the_first_token_after_it(tiny_bundle):
 
 def test_reasoning_off_renders_empty_think_and_answers_greedily(engine, chat):
     request = ChatRequest([{"role": "user", "content": "Which door?"}], reasoning=False, max_tokens=12)
-    prepared, reasoning = chat.prepare(request)
-    assert not reasoning and prepared.sampling.is_greedy
+    prepared = chat.prepare(request)
+    assert not prepared.thinking.enabled and prepared.sampling.is_greedy
     assert engine.tokenizer.decode(prepared.prompt_ids[-4:], skip_special_tokens=False).endswith("<think></think>")
     handle, _ = run(engine, chat, request)
     assert handle.final.thinking_ended_by == "disabled" and handle.final.usage.reasoning_tokens == 0
@@ -100,10 +100,9 @@ def test_reasoning_off_renders_empty_think_and_answers_greedily(engine, chat):
 
 
 def test_no_think_marker_and_model_card_defaults(chat):
-    on, reasoning_on = chat.prepare(ChatRequest([{"role": "user", "content": "hi"}]))
-    off, reasoning_off = chat.prepare(ChatRequest([{"role": "system", "content": "/no_think"},
-                                                   {"role": "user", "content": "hi"}]))
-    assert reasoning_on and not reasoning_off
+    on = chat.prepare(ChatRequest([{"role": "user", "content": "hi"}]))
+    off = chat.prepare(ChatRequest([{"role": "system", "content": "/no_think"}, {"role": "user", "content": "hi"}]))
+    assert on.thinking.enabled and not off.thinking.enabled
     assert (on.sampling.temperature, on.sampling.top_p) == (0.6, 0.95)
     assert off.sampling.is_greedy
 
@@ -111,7 +110,7 @@ def test_no_think_marker_and_model_card_defaults(chat):
 def test_tool_calls_parse_from_the_answer_stream(engine):
     """Tool-call parsing on a forced answer: the engine's output processor sees the tags only as structure."""
     from edge_runtime.engine.output import OutputProcessor
-    from edge_runtime.engine.thinking import Channel
+    from edge_runtime.engine.records import Channel
 
     text = 'Sure.<TOOLCALL>[{"name": "move_arm", "arguments": {"side": "left"}}]</TOOLCALL>'
     ids = engine.tokenizer.encode(text, add_special_tokens=False).ids

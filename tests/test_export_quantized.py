@@ -54,27 +54,25 @@ import torch
 
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.engine.runner import OrtModelRunner
-from edge_runtime.engine.state_pool import StatePool
+from nemotron_export.agreement import (MAX_CONTEXT, NEW_TOKENS, PROMPTS, greedy_continuation, make_pool, padded,
+                                       teacher_forced_argmax)
 from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.checkpoint import load_checkpoint
-from nemotron_export.commands import DEFAULT_GROUP_SIZE
+from nemotron_export.commands import GROUP_SIZE_BY_FORMAT
 from nemotron_export.onnx_graph import WeightFormat
 from nemotron_export.quantize import QuantizedWeight
 from nemotron_export.synth import synth
 
-PROMPTS, NEW_TOKENS, MAX_CONTEXT = 8, 64, 128
 CALIBRATION = "random"  # the prompts are random tokens too (another seed); see the module docstring
 BYTE_LIMIT = {"int8": 0.30, "int4": 0.17}
 AGREEMENT_BAR = {"int8": 0.90, "int4": 0.70}
 
 
 def fmt(kind: str, group: int | None = None, accuracy_level: int = 0) -> WeightFormat:
-    return WeightFormat(kind, group_size=group or DEFAULT_GROUP_SIZE[kind], accuracy_level=accuracy_level)
+    return WeightFormat(kind, group_size=group or GROUP_SIZE_BY_FORMAT[kind], accuracy_level=accuracy_level)
 
 
-def make_pool(bundle, rows: int) -> StatePool:
-    """`rows` slots, calls of up to `rows` rows and MAX_CONTEXT new tokens per row."""
-    return StatePool(bundle.state_layout, rows, MAX_CONTEXT, rows, MAX_CONTEXT)
+
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -131,12 +129,7 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = [len(r) for r in rows]
-    ids = torch.zeros(len(rows), max(lengths), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-    return ids, torch.tensor(lengths)
+
 
 
 # ---- size ------------------------------------------------------------------------------------------------
@@ -288,30 +281,10 @@ def fp32_continuation(bundles, prompts) -> np.ndarray:
     return greedy_continuation(bundles(WeightFormat()), prompts)
 
 
-def greedy_continuation(bundle_dir: Path, prompts: list[list[int]]) -> np.ndarray:
-    """[prompts, NEW_TOKENS]: each prompt continued greedily by the bundle (batched, right-padded)."""
-    bundle = open_bundle(bundle_dir, verify=False)
-    pool = make_pool(bundle, len(prompts))
-    runner = OrtModelRunner(bundle, pool)
-    slots = [pool.allocate() for _ in prompts]
-    logits = runner.prefill(slots, prompts, [0] * len(prompts))
-    past = [len(p) for p in prompts]
-    picked = [logits.argmax(-1)]
-    for _ in range(NEW_TOKENS - 1):
-        logits = runner.decode(slots, picked[-1].tolist(), past)
-        past = [p + 1 for p in past]
-        picked.append(logits.argmax(-1))
-    return np.stack(picked, axis=1)
 
 
-def teacher_forced_argmax(model, prompts: list[list[int]], continuation: np.ndarray) -> np.ndarray:
-    """[prompts, NEW_TOKENS]: the model's argmax for token k after seeing prompt + continuation[:k], from
-    one forward pass over the whole right-padded sequences."""
-    ids, _ = padded([p + c.tolist() for p, c in zip(prompts, continuation)])
-    with torch.no_grad():
-        logits, _ = model(ids, model.empty_states(len(prompts)), all_logits=True)
-    picks = logits.argmax(-1).numpy()
-    return np.stack([picks[r, len(p) - 1:len(p) - 1 + NEW_TOKENS] for r, p in enumerate(prompts)])
+
+
 
 
 def test_harness_fp32_reference_reproduces_fp32_bundle(fp32_model, prompts, fp32_continuation):

@@ -16,7 +16,6 @@ import pytest
 
 from edge_runtime.client import EdgeClient, EdgeError
 from edge_runtime.engine.engine import Engine
-from edge_runtime.service.server import engine_config
 from edge_runtime.service.config import ServiceConfig
 from edge_server_process import InProcessServer
 
@@ -28,7 +27,7 @@ LONG = dict(max_tokens=100_000, ignore_eos=True)  # runs to the context limit un
 def client(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
     config = ServiceConfig()
     engine: Engine | None = None
-    engine = Engine(tiny_bundle, engine_config(config), clock=lambda: engine.steps * STEP_S)
+    engine = Engine(tiny_bundle, config.engine_config(), clock=lambda: engine.steps * STEP_S)
     with InProcessServer(tmp_path_factory.mktemp("deadlines"), engine, config) as server:
         with server.client() as c:
             yield c

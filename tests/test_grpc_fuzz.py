@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.client import EdgeClient
-from edge_runtime.service.options import MAX_MESSAGE_BYTES
+from edge_runtime.engine.limits import MAX_MESSAGE_BYTES
 from edge_server_process import ServerProcess
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,

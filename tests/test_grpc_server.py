@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.client import EdgeClient, EdgeError
-from edge_runtime.service.options import MAX_MESSAGE_BYTES
+from edge_runtime.engine.limits import MAX_MESSAGE_BYTES
 from edge_runtime.engine.records import Delta, Final
 from edge_server_process import ServerProcess, free_port, serve_command
 

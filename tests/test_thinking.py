@@ -15,14 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from edge_runtime.engine.thinking import (
-    Channel,
-    ChannelText,
-    ReasoningSplitter,
-    State,
-    ThinkingConfig,
-    ThinkingController,
-)
+import numpy as np
+
+from edge_runtime.engine.records import Channel, ThinkingConfig
+from edge_runtime.engine.thinking import ChannelText, ReasoningSplitter, State, ThinkingController
 from nemotron_export.tokenizer_synth import build_tokenizer
 
 
@@ -62,12 +58,23 @@ class FakeClock:
         return self.now
 
 
+def row() -> np.ndarray:
+    return np.zeros(tok().get_vocab_size(), dtype=np.float32)
+
+
+def masked(ctrl: ThinkingController) -> set[int]:
+    """The ids `apply` masks in a row (it must not force a token here)."""
+    logits = row()
+    assert ctrl.apply(logits) is None
+    return set(np.flatnonzero(np.isneginf(logits)).tolist())
+
+
 def drive(ctrl: ThinkingController, reasoning: list[int], answer: list[int]) -> Run:
-    """The engine loop: forced token if any, else the scripted model's next token for its phase."""
+    """The engine loop: the stage's forced token if any, else the scripted model's next token for its phase."""
     run = Run()
     reasoning_it, answer_it = iter(reasoning), iter(answer)
-    while ctrl.finished() is None:
-        forced = ctrl.forced_token()
+    while not ctrl.exhausted:
+        forced = ctrl.apply(row())
         if forced is not None:
             token = forced
         else:
@@ -75,13 +82,13 @@ def drive(ctrl: ThinkingController, reasoning: list[int], answer: list[int]) -> 
             if token is None:
                 break
         run.tokens.append(token)
-        run.channels.append(ctrl.observe(token, forced=forced is not None))
+        run.channels.append(ctrl.accept(token))
     return run
 
 
-def controller(reasoning_enabled: bool = True, clock=None, **limits) -> ThinkingController:
+def controller(reasoning_enabled: bool = True, clock=None, stops=(), **limits) -> ThinkingController:
     kwargs = {} if clock is None else {"clock": clock}
-    return ThinkingController(tok(), ThinkingConfig(**limits), reasoning_enabled, **kwargs)
+    return ThinkingController(tok(), ThinkingConfig(**limits, enabled=reasoning_enabled), stops, **kwargs)
 
 
 REASONING = "Okay, the user asks about rivers.\nLet me think about the water cycle first.\nThen answer."
@@ -128,18 +135,19 @@ def test_stop_tokens_are_suppressed_while_thinking_and_think_tags_in_the_answer(
     """While thinking the model may close by itself but not end the reply; once the answer began, neither
     tag may be sampled."""
     tags, stops = {tid("<think>"), tid("</think>")}, {7, 11}
-    ctrl = controller(max_thinking_tokens=2)
-    assert set(ctrl.suppressed_tokens(stops)) == stops
+    ctrl = controller(max_thinking_tokens=2, stops=stops)
+    assert masked(ctrl) == stops
     for token in ids("word word word"):
         if ctrl.state is not State.THINKING:
             break
-        ctrl.observe(token)
-    while ctrl.forced_token() is not None:
-        assert ctrl.suppressed_tokens(stops) == ()  # forced tokens are fed, not sampled
-        ctrl.observe(ctrl.forced_token(), forced=True)
+        ctrl.accept(token)
+    logits = row()
+    while (forced := ctrl.apply(logits)) is not None:
+        assert not np.isneginf(logits).any()  # forced tokens are fed, not sampled: nothing is masked
+        ctrl.accept(forced)
     assert ctrl.state is State.ANSWER
-    assert set(ctrl.suppressed_tokens(stops)) == tags
-    assert set(controller(reasoning_enabled=False).suppressed_tokens(stops)) == tags
+    assert masked(ctrl) == tags
+    assert masked(controller(reasoning_enabled=False, stops=stops)) == tags
 
 
 def test_model_started_close_is_completed_not_repeated() -> None:
@@ -172,16 +180,9 @@ def test_deadline_closes_at_first_token_after_it() -> None:
 def test_answer_budget_finishes_with_length() -> None:
     ctrl = controller(max_thinking_tokens=4, max_answer_tokens=3)
     run = drive(ctrl, ids("word " * 20), ids(ANSWER))
-    assert ctrl.finished() == "length"
+    assert ctrl.exhausted
     assert ctrl.answer_tokens == 3 and ctrl.reasoning_tokens == 4
     assert run.text(Channel.ANSWER) == tok().decode(ids(ANSWER)[:3])
-
-
-def test_max_tokens_caps_everything() -> None:
-    ctrl = controller(max_thinking_tokens=4, max_tokens=6)
-    drive(ctrl, ids("word " * 20), ids(ANSWER))
-    assert ctrl.finished() == "length" and ctrl.total_tokens == 6
-    assert ctrl.answer_tokens == 0 and ctrl.forced_tokens == 2
 
 
 def test_reasoning_disabled_starts_in_answer() -> None:
@@ -193,7 +194,7 @@ def test_reasoning_disabled_starts_in_answer() -> None:
 
 def test_zero_budget_closes_before_any_reasoning() -> None:
     ctrl = controller(max_thinking_tokens=0)
-    assert ctrl.forced_token() == ids("\n</think>\n\n")[0]
+    assert ctrl.apply(row()) == ids("\n</think>\n\n")[0]
     run = drive(ctrl, ids("never seen"), ids(ANSWER))
     assert ctrl.reasoning_tokens == 0 and run.text() == "\n</think>\n\n" + ANSWER
 
@@ -202,8 +203,8 @@ def test_misuse_is_rejected() -> None:
     with pytest.raises(ValueError):
         ThinkingConfig(close_text="no close tag")
     ctrl = controller(max_thinking_tokens=0)
-    with pytest.raises(RuntimeError):
-        ctrl.observe(ids("x")[0], forced=False)
+    with pytest.raises(RuntimeError):  # the stage forces the close: another token cannot be committed
+        ctrl.accept(ids("x")[0])
 
 
 _ANSWER_WORDS = ["Okay", " so", ".", "\n", " the", " answer", "\n\n", " is", " 42", "é", "你好"]

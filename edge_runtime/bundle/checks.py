@@ -28,8 +28,7 @@ from typing import Any
 from edge_runtime.bundle.memory_plan import WEIGHT_FORMATS
 from edge_runtime.bundle.model_config import ConfigError, ModelConfig
 from edge_runtime.bundle.onnx_header import ITEM_BYTES, ONNX_TYPES, TYPE_NAMES, OnnxHeaderError, ValueDecl, read_header
-from edge_runtime.bundle.state_layout import DTYPE_BYTES, StateSpec, state_layout
-from edge_runtime.engine.state_pool import NP_DTYPE
+from edge_runtime.bundle.state_layout import DTYPE_BYTES, NP_DTYPE, StateSpec, state_layout
 
 GRAPHS = ("prefill", "decode")
 # Rows of one model call. Each costs a staging copy of a sequence's whole state (142 MB of SSM state alone

@@ -13,9 +13,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
+import numpy as np
+
 from edge_runtime.bundle.model_config import ATTENTION, MAMBA, ModelConfig
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# The state dtypes the runtime's state pool holds (numpy has no bfloat16).
+NP_DTYPE = {"float32": np.float32, "float16": np.float16}
 
 
 @dataclass(frozen=True)

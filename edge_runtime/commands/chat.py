@@ -113,7 +113,7 @@ def _run_local(args: argparse.Namespace, display: Display | None) -> Final:
         messages_of(args), reasoning=False if args.no_think else None,
         max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
         thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
-        max_tokens=args.max_tokens, seed=args.seed,
+        max_tokens=args.max_tokens, sampling={} if args.seed is None else {"seed": args.seed},
     )
     handle = chat.submit(request, display)
     engine.run_until_done([handle])

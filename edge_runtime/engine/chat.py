@@ -11,16 +11,16 @@ by `RequestLimits.render` (edge_runtime.bundle.chat_template).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from edge_runtime.bundle.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
-from edge_runtime.engine.engine import Engine, RequestHandle
-from edge_runtime.engine.records import Event, GenerationRequest, Priority, RequestError
+from edge_runtime.engine.engine import Engine
 from edge_runtime.engine.limits import RequestLimits
+from edge_runtime.engine.records import (DEFAULT_CLOSE_TEXT, Event, GenerationRequest, Priority, RequestError,
+                                         SamplingParams, ThinkingConfig)
+from edge_runtime.engine.sequence import Sequence
 from edge_runtime.engine.token_ids import encode
-from edge_runtime.engine.sampler import SamplingParams
-from edge_runtime.engine.thinking import DEFAULT_CLOSE_TEXT, ThinkingConfig
 
 
 @dataclass
@@ -44,12 +44,15 @@ class ChatRequest:
     thinking_deadline_ms: float | None = None
     max_answer_tokens: int | None = None
     thinking_close_text: str | None = None
-    sampling: SamplingParams | None = None  # None: the model card's defaults for the reasoning mode
-    seed: int | None = None  # with the model card's defaults: makes a sampled chat reproducible
-    max_tokens: int = 1024
+    # SamplingParams fields set on top of the model card's defaults for the reasoning mode ({"seed": 7} makes
+    # a sampled chat reproducible); an explicit temperature decides greediness.
+    sampling: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = 1024  # None: up to the context limit
     stop_strings: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
     priority: Priority = Priority.NORMAL
-    deadline: float | None = None
+    deadline: float | None = None  # engine-clock seconds
     request_id: str | None = None
 
 
@@ -89,13 +92,12 @@ class Chat:
     def count_tokens(self, chat: ChatRequest) -> int:
         return len(encode(self.engine.tokenizer, self.render(chat)))
 
-    def prepare(self, chat: ChatRequest) -> tuple[GenerationRequest, bool]:
-        """The engine request for `chat`, and whether its prompt leaves the model thinking."""
+    def prepare(self, chat: ChatRequest) -> GenerationRequest:
+        """The engine request for `chat`."""
         return self.request(chat, self.render(chat))
 
-    def request(self, chat: ChatRequest, prompt: str) -> tuple[GenerationRequest, bool]:
-        """The engine request for `chat` rendered as `prompt` (tokenized here), and whether the prompt leaves
-        the model thinking."""
+    def request(self, chat: ChatRequest, prompt: str) -> GenerationRequest:
+        """The engine request for `chat` rendered as `prompt` (tokenized here)."""
         names = [tool_name(t) for t in chat.tools or []]
         reasoning = thinking_enabled(prompt)
         d = self.defaults
@@ -107,23 +109,23 @@ class Chat:
                 thinking_deadline_ms=pick(chat.thinking_deadline_ms, d.thinking_deadline_ms),
                 max_answer_tokens=pick(chat.max_answer_tokens, d.max_answer_tokens),
                 close_text=chat.thinking_close_text or DEFAULT_CLOSE_TEXT,
+                enabled=reasoning,
             )
         except ValueError as e:
             raise RequestError(str(e).split(" ")[0], str(e)) from None
-        request = GenerationRequest(
+        return GenerationRequest(
             prompt_ids=encode(self.engine.tokenizer, prompt),
-            sampling=chat.sampling or replace(SamplingParams.model_card_default(reasoning), seed=chat.seed),
+            sampling=SamplingParams.model_card_default(reasoning).override(chat.sampling),
             max_tokens=chat.max_tokens,
             stop_strings=list(chat.stop_strings),
+            stop_token_ids=list(chat.stop_token_ids),
+            ignore_eos=chat.ignore_eos,
             priority=chat.priority,
             deadline=chat.deadline,
             thinking=thinking,
             tool_names=names if chat.tools and chat.tool_choice != "none" else None,
+            **({"request_id": chat.request_id} if chat.request_id else {}),
         )
-        if chat.request_id:
-            request.request_id = chat.request_id
-        return request, reasoning
 
-    def submit(self, chat: ChatRequest, on_event: Callable[[Event], None] | None = None) -> RequestHandle:
-        request, reasoning = self.prepare(chat)
-        return self.engine.submit(request, on_event, reasoning=reasoning)
+    def submit(self, chat: ChatRequest, on_event: Callable[[Event], None] | None = None) -> Sequence:
+        return self.engine.submit(self.prepare(chat), on_event)

@@ -1,8 +1,9 @@
 """The generation engine: request -> scheduler -> model runner -> sampler -> output processing -> stream.
 
 `Engine.step()` is one turn of that line: admit waiting requests into free state slots, run one decode
-batch and one batch of prompt chunks, choose each sequence's next token (forced by its thinking
-controller, or sampled), and turn committed tokens into events. `start()` runs steps on a background
+batch and one batch of prompt chunks, let each sequence's sampler chain choose its next token (its stages
+force or mask, the rest is drawn), and turn committed tokens into events. A request is one `Sequence`
+from submission to its `Final`. `start()` runs steps on a background
 thread; tests may call `step()` directly. The memory plan sizes the state pool once at start-up, so
 admission by free slot keeps the engine inside its budget by construction; with or without a budget, a
 pool this machine's free memory cannot hold is refused, with a message, before it is allocated.
@@ -28,12 +29,13 @@ from edge_runtime.bundle.memory_plan import MemoryPlan, plan_for_bundle
 from edge_runtime.engine.providers import ProviderConfig
 from edge_runtime.engine.runner import OrtModelRunner
 from edge_runtime.engine.output import OutputProcessor
-from edge_runtime.engine.records import (Delta, EngineUnavailableError, Event, Final, GenerationRequest, RequestError, Timings,
-                                  Usage)
-from edge_runtime.engine.sampler import SamplerState, sample
-from edge_runtime.engine.scheduler import Scheduler, SchedulerConfig, Sequence
+from edge_runtime.engine.records import (Channel, Delta, EngineUnavailableError, Event, Final, FinishReason,
+                                         GenerationRequest, RequestError, Usage)
+from edge_runtime.engine.sampler import Choice, SamplerChain, SamplerState, choose
+from edge_runtime.engine.scheduler import Scheduler, SchedulerConfig
+from edge_runtime.engine.sequence import Sequence
 from edge_runtime.engine.state_pool import StatePool
-from edge_runtime.engine.thinking import Channel, ThinkingController
+from edge_runtime.engine.thinking import ThinkingController
 from edge_runtime.bundle.units import format_bytes
 
 END_OF_TURN = "<SPECIAL_12>"
@@ -52,55 +54,22 @@ class EngineConfig:
     trusted_keys: tuple[TrustedKey, ...] = ()
 
 
-class RequestHandle:
-    """The caller's side of one request: events arrive through `on_event` (default: an internal list
-    read by `events()`/`result()`), `cancel()` ends it within one step."""
+@dataclass(frozen=True)
+class EngineStatus:
+    """A snapshot of what the engine holds and does, for status reports and metrics (read without a lock:
+    each figure is current, together they may straddle a step)."""
 
-    def __init__(self, request: GenerationRequest, on_event: Callable[[Event], None] | None = None):
-        self.request = request
-        self._events: list[Event] = []
-        self._on_event = on_event or self._events.append
-        self._done = threading.Event()
-        self.cancelled = False
-        self.final: Final | None = None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def emit(self, event: Event) -> None:
-        if isinstance(event, Final):
-            self.final = event
-        self._on_event(event)
-        if isinstance(event, Final):
-            self._done.set()
-
-    def wait(self, timeout: float | None = None) -> Final | None:
-        self._done.wait(timeout)
-        return self.final
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def events(self) -> list[Event]:
-        return list(self._events)
-
-
-@dataclass
-class _Tracked:
-    """Engine-side bookkeeping of one request."""
-
-    handle: RequestHandle
-    sampler: SamplerState
-    output: OutputProcessor
-    controller: ThinkingController | None
-    stop_ids: set[int]
-    submitted: float
-    admitted: float | None = None
-    last_token: float | None = None
-    generated: list[int] = field(default_factory=list)
-    timings: Timings = field(default_factory=Timings)
-    seq: Sequence | None = None
+    slots_total: int
+    slots_busy: int
+    queue_depth: int
+    held_bytes: int  # weights, overhead, working memory and slots' state by the engine's own accounting
+    working_bytes: int
+    state_bytes_per_slot: int
+    state_pool_bytes: int
+    weight_bytes: int  # resident weights (with pre-packed copies) by the plan, else weights.bin's size
+    steps: int
+    tokens_generated: int
+    decode_tokens_per_second: float
 
 
 class Engine:
@@ -139,7 +108,7 @@ class Engine:
             self.eos_ids.add(self.tokenizer.token_to_id(END_OF_TURN))
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._tracked: list[_Tracked] = []
+        self._sequences: list[Sequence] = []
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -166,33 +135,34 @@ class Engine:
 
     # ---- submission ---------------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, on_event: Callable[[Event], None] | None = None,
-               reasoning: bool = False) -> RequestHandle:
-        """Validate and queue a request. `reasoning`: the prompt ends inside an open <think> section."""
+    def submit(self, request: GenerationRequest, on_event: Callable[[Event], None] | None = None) -> Sequence:
+        """Validate and queue a request; the returned Sequence is the caller's handle on it."""
         self._validate(request)
-        handle = RequestHandle(request, on_event)
-        controller = None
+        stop_ids = frozenset(request.stop_token_ids) | (frozenset() if request.ignore_eos else frozenset(self.eos_ids))
+        thinking = None
         if request.thinking is not None:
             if self.tokenizer is None:
                 raise RequestError("thinking", "this bundle has no tokenizer; thinking budgets need one")
-            controller = ThinkingController(self.tokenizer, request.thinking, reasoning,
-                                            clock=lambda: self.clock() * 1000.0)
-        tracked = _Tracked(
-            handle=handle,
-            sampler=SamplerState.create(request.sampling, request.prompt_ids),
-            output=OutputProcessor(self.tokenizer, request.prompt_ids, reasoning and controller is not None,
+            thinking = ThinkingController(self.tokenizer, request.thinking, stop_ids,
+                                          clock=lambda: self.clock() * 1000.0)
+        seq = Sequence(
+            request=request,
+            chain=SamplerChain(SamplerState.create(request.sampling, request.prompt_ids), thinking, stop_ids),
+            output=OutputProcessor(self.tokenizer, request.prompt_ids,
+                                   request.thinking is not None and request.thinking.enabled,
                                    request.stop_strings, request.tool_names),
-            controller=controller,
-            stop_ids=set(request.stop_token_ids) | (set() if request.ignore_eos else self.eos_ids),
+            max_tokens=request.max_tokens if request.max_tokens is not None
+            else self.max_context - len(request.prompt_ids),
             submitted=self.clock(),
+            on_event=on_event,
         )
         with self._wake:
             if not self._accepting:
                 raise EngineUnavailableError("the engine is draining and accepts no new requests")
-            self.scheduler.enqueue(tracked, request, free_slots=self.pool.free_slots)
-            self._tracked.append(tracked)
+            self.scheduler.enqueue(seq, free_slots=self.pool.free_slots)
+            self._sequences.append(seq)
             self._wake.notify()
-        return handle
+        return seq
 
     def _validate(self, r: GenerationRequest) -> None:
         vocab = self.model_config.vocab_size
@@ -203,7 +173,7 @@ class Engine:
         bad = next((t for t in r.prompt_ids if not 0 <= int(t) < vocab), None)
         if bad is not None:
             raise RequestError("token_ids", f"id {bad} is outside the vocabulary [0, {vocab})")
-        if r.max_tokens < 1:
+        if r.max_tokens is not None and (not is_int(r.max_tokens) or r.max_tokens < 1):
             raise RequestError("max_tokens", f"must be at least 1, got {r.max_tokens}")
         bad = next((t for t in r.stop_token_ids if not 0 <= int(t) < vocab), None)
         if bad is not None:
@@ -216,7 +186,7 @@ class Engine:
     # ---- the step -----------------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self._tracked)
+        return bool(self._sequences)
 
     def step(self) -> bool:
         """One engine turn. Returns False when there was nothing to do."""
@@ -226,7 +196,7 @@ class Engine:
             plan = self.scheduler.plan()
         if not plan:
             return False
-        fresh: list[tuple[_Tracked, np.ndarray]] = []
+        fresh: list[tuple[Sequence, np.ndarray]] = []
         for start in range(0, len(plan.decode), self.max_rows):  # more sequences than rows take turns
             seqs = plan.decode[start:start + self.max_rows]
             logits = self._run_batch(seqs, lambda: self.runner.decode(
@@ -235,7 +205,7 @@ class Engine:
                 last_call = start + self.max_rows >= len(plan.decode)  # else the next call reuses the buffer
                 for k, s in enumerate(seqs):
                     s.computed += 1
-                    fresh.append((s.handle, logits[k] if last_call else logits[k].copy()))
+                    fresh.append((s, logits[k] if last_call else logits[k].copy()))
                 self._decode_rate.add(len(seqs), self.clock())
         if plan.prefill:
             seqs = [s for s, _ in plan.prefill]
@@ -246,7 +216,7 @@ class Engine:
                 for k, (s, n) in enumerate(plan.prefill):
                     s.computed += n
                     if not s.prefilling:
-                        fresh.append((s.handle, logits[k]))
+                        fresh.append((s, logits[k]))
         self._choose_and_commit(fresh)
         self.steps += 1
         return True
@@ -256,130 +226,114 @@ class Engine:
             return call()
         except Exception as e:  # a failed model call ends its batch, never the engine
             for s in seqs:
-                self._finish(s.handle, "error", error=f"model call failed: {e}")
+                self._finish(s, FinishReason.ERROR, error=f"model call failed: {e}")
             return None
 
-    def _choose_and_commit(self, fresh: list[tuple[_Tracked, np.ndarray]]) -> None:
-        to_sample = [(t, row) for t, row in fresh if t.controller is None or t.controller.forced_token() is None]
-        sampled: dict[int, tuple[int, object]] = {}
-        if to_sample:
-            logits = np.stack([row for _, row in to_sample])
-            for k, (t, _) in enumerate(to_sample):
-                if t.controller is not None:
-                    logits[k, list(t.controller.suppressed_tokens(t.stop_ids))] = -np.inf
-            try:
-                result = sample(logits, [t.sampler for t, _ in to_sample])
-            except Exception as e:  # a bad row fails its batch's sampling, never the engine
-                for t, _ in to_sample:
-                    self._finish(t, "error", error=f"sampling failed: {type(e).__name__}: {e}")
-                fresh = [(t, row) for t, row in fresh if not t.handle.done]
-            else:
-                for k, (t, _) in enumerate(to_sample):
-                    sampled[id(t)] = (int(result.token_ids[k]), result.logprobs[k])
+    def _choose_and_commit(self, fresh: list[tuple[Sequence, np.ndarray]]) -> None:
+        if not fresh:
+            return
+        try:
+            choices = choose([row for _, row in fresh], [s.chain for s, _ in fresh])
+        except Exception as e:  # a bad row fails its batch's sampling, never the engine
+            for s, _ in fresh:
+                self._finish(s, FinishReason.ERROR, error=f"sampling failed: {type(e).__name__}: {e}")
+            return
         now = self.clock()
-        for t, _ in fresh:
-            if id(t) in sampled:
-                token, logprobs = sampled[id(t)]
-                forced = False
-            else:
-                token, logprobs, forced = t.controller.forced_token(), None, True
+        for (s, _), choice in zip(fresh, choices):
             try:
-                self._commit(t, token, forced, logprobs, now)
+                self._commit(s, choice, now)
             except Exception as e:  # one sequence's failure never stops the others
-                self._finish(t, "error", error=f"{type(e).__name__}: {e}")
+                self._finish(s, FinishReason.ERROR, error=f"{type(e).__name__}: {e}")
 
-    def _commit(self, t: _Tracked, token: int, forced: bool, logprobs, now: float) -> None:
-        if t.last_token is None:
-            t.timings.time_to_first_token_ms = (now - t.submitted) * 1000
+    def _commit(self, s: Sequence, choice: Choice, now: float) -> None:
+        if s.last_token is None:
+            s.timings.time_to_first_token_ms = (now - s.submitted) * 1000
         else:
-            t.timings.token_latencies_ms.append((now - t.last_token) * 1000)
-        t.last_token = now
-        t.sampler.record(token)
-        t.generated.append(token)
+            s.timings.token_latencies_ms.append((now - s.last_token) * 1000)
+        s.last_token = now
+        token = choice.token_id
+        s.generated.append(token)
         self.tokens_generated += 1
-        channel = t.controller.observe(token, forced) if t.controller is not None else Channel.ANSWER
-        if not forced and token in t.stop_ids:  # counted and streamed as an id, never as text
-            name = "answer" if channel is Channel.ANSWER else "reasoning"
-            t.handle.emit(Delta("", name, [token], [logprobs] if logprobs is not None else []))
-            return self._finish(t, "stop")
-        for event in t.output.push(token, channel, logprobs):
-            t.handle.emit(event)
-        seq = t.seq
-        seq.tokens.append(token)
-        if t.output.stopped_by is not None:
-            return self._finish(t, "stop_sequence")
-        if (t.controller is not None and t.controller.finished()) or len(t.generated) >= t.handle.request.max_tokens \
-                or len(seq.tokens) >= self.max_context:
-            return self._finish(t, "length")
-        seq.next_token = token
+        accepted = s.chain.accept(token)
+        if accepted.stops:  # counted and streamed as an id, never as text
+            channel = Channel.ANSWER if accepted.channel is Channel.ANSWER else Channel.REASONING
+            s.emit(Delta("", channel, [token], [choice.logprobs] if choice.logprobs is not None else []))
+            return self._finish(s, FinishReason.STOP)
+        for event in s.output.push(token, accepted.channel, choice.logprobs):
+            s.emit(event)
+        s.tokens.append(token)
+        if s.output.stopped_by is not None:
+            return self._finish(s, FinishReason.STOP_SEQUENCE)
+        if s.chain.exhausted or len(s.generated) >= s.max_tokens or len(s.tokens) >= self.max_context:
+            return self._finish(s, FinishReason.LENGTH)
+        s.next_token = token
 
     # ---- admission, cancellation, completion ----------------------------------------------------------------
 
     def _admit(self) -> None:
         while self.pool.free_slots and self.scheduler.peek_waiting() is not None:
-            t: _Tracked = self.scheduler.pop_waiting()
-            slot = self.pool.allocate()
-            t.admitted = self.clock()
-            t.timings.queue_wait_ms = (t.admitted - t.submitted) * 1000
-            t.seq = Sequence(t.handle.request, slot, list(t.handle.request.prompt_ids), handle=t)
-            self.scheduler.running.append(t.seq)
+            s = self.scheduler.pop_waiting()
+            s.slot = self.pool.allocate()
+            s.timings.queue_wait_ms = (self.clock() - s.submitted) * 1000
+            self.scheduler.running.append(s)
 
     def _reap_cancelled_and_expired(self) -> None:
         now = self.clock()
-        for t in list(self._tracked):
-            deadline = t.handle.request.deadline
-            if t.handle.cancelled:
-                self._finish(t, "cancelled", locked=True)
+        for s in list(self._sequences):
+            deadline = s.request.deadline
+            if s.cancelled:
+                self._finish(s, FinishReason.CANCELLED, locked=True)
             elif deadline is not None and now >= deadline:
-                self._finish(t, "cancelled", error="deadline exceeded", locked=True)
+                self._finish(s, FinishReason.DEADLINE, error="deadline exceeded", locked=True)
 
-    def _finish(self, t: _Tracked, reason: str, error: str | None = None, locked: bool = False) -> None:
-        if t.handle.done:
+    def _finish(self, s: Sequence, reason: FinishReason, error: str | None = None, locked: bool = False) -> None:
+        if s.done:
             return
-        if reason not in ("cancelled", "error"):
-            for event in t.output.finish():
-                t.handle.emit(event)
+        if reason not in (FinishReason.CANCELLED, FinishReason.DEADLINE, FinishReason.ERROR):
+            for event in s.output.finish():
+                s.emit(event)
         if locked:
-            self._release(t)
+            self._release(s)
         else:
             with self._lock:
-                self._release(t)
-        c = t.controller
-        usage = Usage(prompt_tokens=len(t.handle.request.prompt_ids))
-        if c is not None:
-            usage.reasoning_tokens, usage.answer_tokens, usage.forced_tokens = c.reasoning_tokens, c.answer_tokens, c.forced_tokens
+                self._release(s)
+        thinking = s.chain.thinking
+        usage = Usage(prompt_tokens=s.prompt_len)
+        if thinking is not None:
+            usage.reasoning_tokens, usage.answer_tokens, usage.forced_tokens = \
+                thinking.reasoning_tokens, thinking.answer_tokens, thinking.forced_tokens
         else:
-            usage.answer_tokens = len(t.generated)
-        t.timings.total_ms = (self.clock() - t.submitted) * 1000
-        t.handle.emit(Final(
-            finish_reason=reason, usage=usage, timings=t.timings,
-            thinking_ended_by=c.ended_by if c is not None else None, token_ids=list(t.generated),
-            reasoning_text=t.output.reasoning_text, answer_text=t.output.answer_text,
-            tool_calls=list(t.output.tool_calls), error=error,
+            usage.answer_tokens = len(s.generated)
+        s.timings.total_ms = (self.clock() - s.submitted) * 1000
+        s.emit(Final(
+            finish_reason=reason, usage=usage, timings=s.timings,
+            thinking_ended_by=thinking.ended_by if thinking is not None else None, token_ids=list(s.generated),
+            reasoning_text=s.output.reasoning_text, answer_text=s.output.answer_text,
+            tool_calls=list(s.output.tool_calls), error=error,
         ))
 
-    def _release(self, t: _Tracked) -> None:
-        if t.seq is not None:
-            if t.seq in self.scheduler.running:
-                self.scheduler.running.remove(t.seq)
-                self.pool.release(t.seq.slot)
+    def _release(self, s: Sequence) -> None:
+        if s.slot is not None:
+            if s in self.scheduler.running:
+                self.scheduler.running.remove(s)
+                self.pool.release(s.slot)
         else:
-            self.scheduler.remove_waiting(t)
-        if t in self._tracked:
-            self._tracked.remove(t)
+            self.scheduler.remove_waiting(s)
+        if s in self._sequences:
+            self._sequences.remove(s)
 
     # ---- running ------------------------------------------------------------------------------------------
 
-    def run_until_done(self, handles: list[RequestHandle] | None = None) -> None:
-        """Step on the caller's thread until `handles` (default: everything) are finished."""
-        while (any(not h.done for h in handles) if handles else self.has_work()):
+    def run_until_done(self, sequences: list[Sequence] | None = None) -> None:
+        """Step on the caller's thread until `sequences` (default: everything) are finished."""
+        while (any(not s.done for s in sequences) if sequences else self.has_work()):
             self.step()
 
-    def generate(self, request: GenerationRequest, reasoning: bool = False) -> Final:
-        handle = self.submit(request, reasoning=reasoning)
+    def generate(self, request: GenerationRequest) -> Final:
+        seq = self.submit(request)
         if self._thread is None:
-            self.run_until_done([handle])
-        return handle.wait()
+            self.run_until_done([seq])
+        return seq.wait()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="nemotron-edge-engine", daemon=True)
@@ -388,15 +342,15 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._stop and not self._tracked:
+                while not self._stop and not self._sequences:
                     self._wake.wait(0.5)
                 if self._stop:
                     return
             try:
                 self.step()
             except Exception as e:  # a bug in one step must not silently kill the service: fail what runs
-                for t in list(self._tracked):
-                    self._finish(t, "error", error=f"engine step failed: {type(e).__name__}: {e}")
+                for s in list(self._sequences):
+                    self._finish(s, FinishReason.ERROR, error=f"engine step failed: {type(e).__name__}: {e}")
 
     @property
     def alive(self) -> bool:
@@ -414,14 +368,26 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        for t in list(self._tracked):
-            self._finish(t, "cancelled", error="engine shut down")
+        for s in list(self._sequences):
+            self._finish(s, FinishReason.CANCELLED, error="engine shut down")
 
     def wake(self) -> None:
         with self._wake:
             self._wake.notify()
 
     # ---- status -------------------------------------------------------------------------------------------
+
+    def status(self) -> EngineStatus:
+        busy = self.slots_busy  # read once: the engine thread frees slots meanwhile, and the figures must agree
+        plan = self.plan
+        return EngineStatus(
+            slots_total=self.num_slots, slots_busy=busy, queue_depth=self.queue_depth, held_bytes=self.held_bytes,
+            working_bytes=self.working_bytes, state_bytes_per_slot=self.pool.slot_nbytes // max(1, self.num_slots),
+            state_pool_bytes=self.pool.nbytes,
+            weight_bytes=plan.resident_weight_bytes if plan else self.runner.weights.nbytes,
+            steps=self.steps, tokens_generated=self.tokens_generated,
+            decode_tokens_per_second=self.decode_tokens_per_second(),
+        )
 
     @property
     def slots_busy(self) -> int:

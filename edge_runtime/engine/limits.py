@@ -25,8 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_runtime.bundle.chat_template import RenderLimits
-from edge_runtime.service.options import MAX_MESSAGE_BYTES
 
+# The largest message either peer of the gRPC service accepts (edge_runtime/service/options.py sets the
+# channels to it): a request is refused past the smaller max_request_bytes before it is parsed.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CHARS_PER_TOKEN = 16
 ENVELOPE_BYTES = 128 * 1024
 TOKENS_PER_TOOL = 16

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from tokenizers import Tokenizer
 
 from edge_runtime.engine.detokenizer import IncrementalDecoder, StopMatcher
-from edge_runtime.engine.records import Delta, Event, ToolCallRecord
-from edge_runtime.engine.sampler import TokenLogprobs
-from edge_runtime.engine.thinking import Channel, ReasoningSplitter
+from edge_runtime.engine.records import Channel, Delta, Event, TokenLogprobs, ToolCallRecord
+from edge_runtime.engine.thinking import ReasoningSplitter
 from edge_runtime.engine.toolcalls import TextDelta, ToolCall, ToolCallParser
 
 
@@ -63,7 +62,7 @@ class OutputProcessor:
                 break
             if piece.channel is Channel.REASONING:
                 self.reasoning_text += piece.text
-                events.append(Delta(piece.text, "reasoning"))
+                events.append(Delta(piece.text, Channel.REASONING))
             else:
                 text = piece.text if self._answer_started else piece.text.lstrip()
                 self._answer_started = self._answer_started or bool(text)
@@ -89,15 +88,14 @@ class OutputProcessor:
                 events.append(record)
             elif item.text:
                 self.answer_text += item.text
-                events.append(Delta(item.text, "answer"))
+                events.append(Delta(item.text, Channel.ANSWER))
         return events
 
     @staticmethod
     def _attach(events: list[Event], token_id: int, channel: Channel, logprobs: TokenLogprobs | None) -> None:
         target = next((e for e in events if isinstance(e, Delta)), None)
         if target is None:
-            name = "answer" if channel is Channel.ANSWER else "reasoning"
-            target = Delta("", name)
+            target = Delta("", Channel.ANSWER if channel is Channel.ANSWER else Channel.REASONING)
             events.insert(0, target)
         target.token_ids.append(token_id)
         if logprobs is not None:

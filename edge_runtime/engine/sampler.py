@@ -1,6 +1,10 @@
-"""Batched next-token sampling over logits [B, V] with per-row parameters (numpy only).
+"""Next-token choice: each sequence's sampler chain, and batched sampling over logits [B, V] with per-row
+parameters (numpy only).
 
-Each sequence owns a `SamplerState`: its `SamplingParams`, its own random generator and the token counts the
+A sequence's `SamplerChain` runs its stages in order: first the stages that force or mask (the thinking
+budget, engine/thinking.py: `apply` before the draw, `accept` after the commit, as llama.cpp's reasoning
+budget does), then the draw below over what is left; `accept` advances every stage on the committed token,
+whether it was drawn or forced. Each sequence owns a `SamplerState`: its `SamplingParams`, its own random generator and the token counts the
 penalties need. A row's draw depends only on its own logits and its own generator, so a seeded request
 yields the same tokens alone or batched with anything else.
 
@@ -30,72 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MAX_LOGPROBS = 20
-MIN_TEMPERATURE = 1e-5
-# Beyond this every distribution is uniform to float32 anyway, and logits / temperature stays a number
-# where float32(temperature) would be inf.
-MAX_TEMPERATURE = 100.0
-# Penalties outside this range push float32 logits to inf/0 and make no sense as a request anyway.
-MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
-# OpenAI's documented range for presence/frequency penalties.
-MAX_ABS_ADDITIVE_PENALTY = 2.0
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one request picks its tokens. top_k 0, top_p 1, min_p 0 and penalties at their neutral values
-    disable those steps. `logprobs` None returns none; n >= 0 returns the chosen token's plus the top n."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    greedy: bool = False
-    logprobs: int | None = None
-
-    @property
-    def is_greedy(self) -> bool:
-        # Below MIN_TEMPERATURE the distribution is a point mass in float arithmetic anyway (and
-        # logits / temperature would overflow): sample greedily, as vLLM does.
-        return self.greedy or self.temperature < MIN_TEMPERATURE
-
-    @classmethod
-    def model_card_default(cls, reasoning: bool) -> "SamplingParams":
-        """The model card's recommendation: temperature 0.6 / top_p 0.95 with reasoning on, greedy with it off."""
-        return cls(temperature=0.6, top_p=0.95) if reasoning else cls(temperature=0.0, greedy=True)
-
-    def validate(self) -> "SamplingParams":
-        """Raise ValueError naming the first field out of range; return self so calls can chain."""
-        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
-            raise ValueError(f"temperature: must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature!r}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
-            raise ValueError(f"top_k: must be an integer >= 0 (0 disables it), got {self.top_k!r}")
-        if not (0.0 <= self.min_p <= 1.0):
-            raise ValueError(f"min_p: must be in [0, 1], got {self.min_p!r}")
-        if not (MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY):
-            raise ValueError(f"repetition_penalty: must be in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}] "
-                             f"(1 disables it), got {self.repetition_penalty!r}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if not (-MAX_ABS_ADDITIVE_PENALTY <= value <= MAX_ABS_ADDITIVE_PENALTY):
-                raise ValueError(f"{name}: must be in [-2, 2], got {value!r}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0
-        ):
-            raise ValueError(f"seed: must be an integer >= 0 or None, got {self.seed!r}")
-        if self.logprobs is not None and (
-            isinstance(self.logprobs, bool) or not isinstance(self.logprobs, (int, np.integer))
-            or not 0 <= self.logprobs <= MAX_LOGPROBS
-        ):
-            raise ValueError(f"logprobs: must be an integer in [0, {MAX_LOGPROBS}] or None, got {self.logprobs!r}")
-        return self
-
+from edge_runtime.engine.records import Channel, SamplingParams, TokenLogprobs
+from edge_runtime.engine.thinking import ThinkingController
 
 @dataclass
 class SamplerState:
@@ -109,8 +49,8 @@ class SamplerState:
 
     @classmethod
     def create(cls, params: SamplingParams, prompt_token_ids: Iterable[int] = ()) -> "SamplerState":
-        params.validate()
-        # No seed: fresh OS entropy, so unseeded requests differ from each other.
+        """`params` as the engine validated them (SamplingParams.validate). No seed: fresh OS entropy, so
+        unseeded requests differ from each other."""
         return cls(params, np.random.default_rng(params.seed), frozenset(int(t) for t in prompt_token_ids))
 
     def record(self, token_ids: int | Iterable[int]) -> None:
@@ -118,15 +58,6 @@ class SamplerState:
             self.output_counts[int(token_ids)] += 1
         else:
             self.output_counts.update(int(t) for t in token_ids)
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """Log-probability of the chosen token and the top-n alternatives (most probable first)."""
-
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]
 
 
 @dataclass(frozen=True)
@@ -149,6 +80,63 @@ def sample(logits: np.ndarray, states: Sequence[SamplerState]) -> SampleResult:
         chosen[row] = token
         logprobs.append(lp)
     return SampleResult(chosen, logprobs)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A row's next token: drawn (with its logprobs if asked) or forced by a stage."""
+
+    token_id: int
+    logprobs: TokenLogprobs | None = None
+    forced: bool = False
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What committing a token means: its channel, and whether it ends the request (a stop token the model
+    chose; a forced token never ends it)."""
+
+    channel: Channel
+    stops: bool
+
+
+@dataclass
+class SamplerChain:
+    """One sequence's way from a row of logits to its next token."""
+
+    state: SamplerState
+    thinking: ThinkingController | None = None
+    stop_ids: frozenset[int] = frozenset()
+    _forced: bool = False
+
+    def apply(self, logits: np.ndarray) -> int | None:
+        """The stages before the draw, on one row [V] (masks are written into it): a forced id, or None to draw."""
+        forced = self.thinking.apply(logits) if self.thinking is not None else None
+        self._forced = forced is not None
+        return forced
+
+    def accept(self, token_id: int) -> Accepted:
+        self.state.record(token_id)
+        channel = self.thinking.accept(token_id) if self.thinking is not None else Channel.ANSWER
+        return Accepted(channel, stops=not self._forced and token_id in self.stop_ids)
+
+    @property
+    def exhausted(self) -> bool:
+        """A stage's budget is spent (the answer budget): the request ends with FinishReason.LENGTH."""
+        return self.thinking is not None and self.thinking.exhausted
+
+
+def choose(rows: Sequence[np.ndarray], chains: Sequence[SamplerChain]) -> list[Choice]:
+    """Each row's next token: its chain's stages force it or mask the row, then the rows left are sampled as
+    one batch. Accepting the choices is the caller's (`SamplerChain.accept`, once the token is committed)."""
+    forced = [chain.apply(row) for row, chain in zip(rows, chains)]
+    choices: list[Choice] = [Choice(f, forced=True) if f is not None else Choice(-1) for f in forced]
+    drawn = [k for k, f in enumerate(forced) if f is None]
+    if drawn:
+        result = sample(np.stack([rows[k] for k in drawn]), [chains[k].state for k in drawn])
+        for j, k in enumerate(drawn):
+            choices[k] = Choice(int(result.token_ids[j]), result.logprobs[j])
+    return choices
 
 
 def apply_penalties(logits: np.ndarray, state: SamplerState) -> np.ndarray:

@@ -14,26 +14,8 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from edge_runtime.engine.records import GenerationRequest, QueueFullError
-
-@dataclass
-class Sequence:
-    """A request admitted to a slot. `tokens` are prompt + generated; `computed` of them are in the state."""
-
-    request: GenerationRequest
-    slot: int
-    tokens: list[int]
-    computed: int = 0
-    next_token: int | None = None  # chosen, not yet fed to the model
-    handle: object = None  # the engine's per-request bookkeeping
-
-    @property
-    def prompt_len(self) -> int:
-        return len(self.request.prompt_ids)
-
-    @property
-    def prefilling(self) -> bool:
-        return self.computed < self.prompt_len
+from edge_runtime.engine.records import QueueFullError
+from edge_runtime.engine.sequence import Sequence
 
 
 @dataclass
@@ -56,7 +38,7 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, max_rows: int):
         self.config = config
         self.max_rows = max_rows  # sequences one model call takes
-        self._waiting: list[tuple[int, float, int, object]] = []
+        self._waiting: list[tuple[int, float, int, Sequence]] = []
         self._order = itertools.count()
         self.running: list[Sequence] = []
 
@@ -64,31 +46,27 @@ class Scheduler:
     def queue_depth(self) -> int:
         return len(self._waiting)
 
-    def enqueue(self, item: object, request: GenerationRequest, free_slots: int = 0) -> None:
+    def enqueue(self, seq: Sequence, free_slots: int = 0) -> None:
         """Queue a request. `max_queue` bounds the requests that will still wait once the `free_slots` are
         taken, so a burst that fits the free slots plus the queue is accepted however soon the engine admits."""
         waiting = len(self._waiting) - free_slots
         if waiting >= self.config.max_queue:
             raise QueueFullError(f"queue: {waiting} requests waiting for a slot, the limit is {self.config.max_queue}")
-        deadline = request.deadline if request.deadline is not None else math.inf
-        heapq.heappush(self._waiting, (int(request.priority), deadline, next(self._order), item))
+        heapq.heappush(self._waiting, (*_urgency(seq), next(self._order), seq))
 
-    def pop_waiting(self) -> object | None:
+    def pop_waiting(self) -> Sequence | None:
         return heapq.heappop(self._waiting)[3] if self._waiting else None
 
-    def peek_waiting(self) -> object | None:
+    def peek_waiting(self) -> Sequence | None:
         return self._waiting[0][3] if self._waiting else None
 
-    def remove_waiting(self, item: object) -> bool:
+    def remove_waiting(self, seq: Sequence) -> bool:
         for k, entry in enumerate(self._waiting):
-            if entry[3] is item:
+            if entry[3] is seq:
                 self._waiting.pop(k)
                 heapq.heapify(self._waiting)
                 return True
         return False
-
-    def waiting_items(self) -> list[object]:
-        return [e[3] for e in self._waiting]
 
     def plan(self) -> StepPlan:
         """Decode every running sequence that has a token to feed, in slot order; fill the rest of the budget

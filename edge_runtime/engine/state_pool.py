@@ -15,10 +15,7 @@ import math
 
 import numpy as np
 
-from edge_runtime.bundle.state_layout import StateSpec
-
-NP_DTYPE = {"float32": np.float32, "float16": np.float16}
-
+from edge_runtime.bundle.state_layout import NP_DTYPE, StateSpec
 
 class PoolFullError(RuntimeError):
     pass
@@ -90,10 +87,6 @@ class StatePool:
             raise ValueError(f"slot {slot} is not allocated")
         heapq.heappush(self._free, slot)
 
-    def gather(self, slots: list[int], past_tokens: int) -> dict[str, np.ndarray]:
-        """The model's `past.*` inputs for these slots; K/V cut to the first `past_tokens` positions."""
-        return {**self.gather_states(slots), **self.gather_kv(slots, past_tokens)}
-
     def gather_states(self, slots: list[int]) -> dict[str, np.ndarray]:
         """The fixed-size (conv, SSM) `past.*` inputs: the slots' own rows when they are consecutive (no
         copy), else copies in staging buffers, which for the same number of rows are always the same memory."""
@@ -129,7 +122,7 @@ class StatePool:
 
     def output_views(self, slots: list[int], tokens: int) -> dict[str, np.ndarray]:
         """Buffers for a call's `present.*` outputs (K/V: `tokens` new positions per row): the slots' own
-        rows for conv/SSM when `slots` are consecutive (in place, as `gather` bound them), else staging."""
+        rows for conv/SSM when `slots` are consecutive (in place, as `gather_states` bound them), else staging."""
         b = len(slots)
         run = consecutive(slots)
         views = {}

@@ -1,22 +1,22 @@
-"""Per-request reasoning control: the thinking budget as a small state machine, and the channel splitter.
+"""Per-request reasoning control: the thinking budget as a stage of the sampler chain, and the channel splitter.
 
-`ThinkingController` decides, token by token, when the model's reasoning must end and forces the close
-sequence (default `\\n</think>\\n\\n`) into the same stream: the engine asks `forced_token()` before each
-step and, if it gets an id, feeds that id instead of sampling, so the answer continues from the model's
-own state with no second prefill. States and transitions:
+`ThinkingController` is one request's budget, a small state machine that works the way llama.cpp's
+reasoning budget does: before each draw `apply(logits)` either forces the next token of the close sequence
+(default `\\n</think>\\n\\n`, returned as the id to commit instead of sampling) or masks what may not be
+sampled in the row; `accept(token)` advances on every committed token, so the answer continues from the
+model's own state with no second prefill. States and transitions:
 
-    THINKING --model emits </think>-------------------------------> ANSWER   (ended_by "model")
-    THINKING --budget: newline at >= B tokens, or B + G tokens-----> CLOSING  (ended_by "token_budget")
-    THINKING --first token observed at/after the deadline----------> CLOSING  (ended_by "deadline")
-    CLOSING  --last forced token observed--------------------------> ANSWER
-    prompt already closed (`<think></think>`) -----------------------> ANSWER   (ended_by "disabled")
-    any      --max_answer_tokens or max_tokens reached-------------> DONE     (finished() == "length")
+    THINKING --model emits </think>-------------------------------> ANSWER   (ended_by MODEL)
+    THINKING --budget: newline at >= B tokens, or B + G tokens-----> CLOSING  (ended_by TOKEN_BUDGET)
+    THINKING --first token accepted at/after the deadline----------> CLOSING  (ended_by DEADLINE)
+    CLOSING  --last forced token accepted--------------------------> ANSWER
+    prompt already closed (`<think></think>`) -----------------------> ANSWER   (ended_by DISABLED)
+    ANSWER   --max_answer_tokens reached---------------------------> DONE     (`exhausted`)
 
 Counting: `reasoning_tokens` are the model's own tokens while THINKING (its `</think>` included), so
-`reasoning_tokens <= B + G` always; forced tokens are counted in `forced_tokens` and reported with
-channel FORCED; `max_tokens` caps all three together. `suppressed_tokens()` names what the engine masks
-out of sampling: in THINKING the request's stop tokens (a reply never ends inside its reasoning, so the
-answer keeps its room), in ANSWER the think tags (no second `</think>`, no new `<think>`).
+`reasoning_tokens <= B + G` always; forced tokens are counted in `forced_tokens` (Channel.FORCED). Masks:
+in THINKING the request's stop tokens (a reply never ends inside its reasoning, so the answer keeps its
+room), in ANSWER the think tags (no second `</think>`, no new `<think>`).
 
 A newline is a token whose text contains "\\n". When the budget hits, the close sequence is completed
 rather than restarted if the model already wrote its beginning: the longest token-boundary prefix of the
@@ -38,14 +38,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from tokenizers import Tokenizer
 
+from edge_runtime.engine.records import THINK_CLOSE, THINK_OPEN, Channel, ThinkingConfig, ThinkingEnd
 from edge_runtime.engine.toolcalls import held_back_length
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-DEFAULT_CLOSE_TEXT = "\n</think>\n\n"
-
 
 class State(enum.Enum):
     THINKING = "thinking"
@@ -54,50 +51,23 @@ class State(enum.Enum):
     DONE = "done"
 
 
-class Channel(enum.Enum):
-    REASONING = "reasoning"
-    ANSWER = "answer"
-    # The close sequence the controller forced: part of neither the reasoning count nor the answer count.
-    FORCED = "forced"
-
-
-@dataclass(frozen=True)
-class ThinkingConfig:
-    """Per-request limits; None means unlimited."""
-
-    max_thinking_tokens: int | None = None
-    thinking_grace_tokens: int = 0
-    thinking_deadline_ms: float | None = None
-    max_answer_tokens: int | None = None
-    max_tokens: int | None = None
-    close_text: str = DEFAULT_CLOSE_TEXT
-
-    def __post_init__(self) -> None:
-        for name in ("max_thinking_tokens", "thinking_deadline_ms", "max_answer_tokens", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if self.thinking_grace_tokens < 0:
-            raise ValueError(f"thinking_grace_tokens must be >= 0, got {self.thinking_grace_tokens}")
-        if THINK_CLOSE not in self.close_text:
-            raise ValueError(f"close_text must contain {THINK_CLOSE!r}, got {self.close_text!r}")
-
-
 def _monotonic_ms() -> float:
     return time.monotonic() * 1000.0
 
 
 class ThinkingController:
-    """One request's reasoning budget. Engine loop: `forced_token()`, feed or sample, `observe()`, `finished()`."""
+    """One request's reasoning budget, a stage of its sampler chain: `apply()` before the draw, `accept()`
+    after every committed token, `exhausted` once the answer budget is spent."""
 
     def __init__(
         self,
         tokenizer: Tokenizer,
         config: ThinkingConfig,
-        reasoning_enabled: bool,
+        stop_ids: Iterable[int] = (),
         clock: Callable[[], float] = _monotonic_ms,
     ) -> None:
         self.config = config
+        self._stop_ids = np.array(sorted(set(stop_ids)), dtype=np.int64)
         self._clock = clock
         self._close_id = tokenizer.token_to_id(THINK_CLOSE)
         if self._close_id is None:
@@ -111,7 +81,8 @@ class ThinkingController:
         ]
         # Once the answer has begun, a sampled <think> or a second </think> would put reasoning tags into
         # the answer, so the sampler is told to skip them.
-        self._tag_ids = tuple(i for i in (tokenizer.token_to_id(THINK_OPEN), self._close_id) if i is not None)
+        self._tag_ids = np.array([i for i in (tokenizer.token_to_id(THINK_OPEN), self._close_id) if i is not None],
+                                 dtype=np.int64)
         self._tokenizer = tokenizer
         self._token_text: dict[int, str] = {}
         self._reasoning_tail = ""
@@ -121,38 +92,32 @@ class ThinkingController:
         self.reasoning_tokens = 0
         self.answer_tokens = 0
         self.forced_tokens = 0
-        self.ended_by: str | None = None
+        self.ended_by: ThinkingEnd | None = None
         self.state = State.THINKING
-        if not reasoning_enabled:
-            self.state, self.ended_by = State.ANSWER, "disabled"
+        if not config.enabled:
+            self.state, self.ended_by = State.ANSWER, ThinkingEnd.DISABLED
         elif self._thinking_cap() == 0:
-            self._start_closing("token_budget")
+            self._start_closing(ThinkingEnd.TOKEN_BUDGET)
         self._check_caps()
 
-    @property
-    def total_tokens(self) -> int:
-        return self.reasoning_tokens + self.answer_tokens + self.forced_tokens
-
-    def forced_token(self) -> int | None:
-        """The id the engine must feed this step instead of sampling, or None to sample."""
+    def apply(self, logits: np.ndarray) -> int | None:
+        """Before the draw: the id to commit instead of sampling (the close sequence's next token), or None
+        after masking, in place in this row of logits [V], what may not be sampled now. While thinking: the
+        request's stop tokens, since a reply that ends inside its reasoning has no answer (the budget forces
+        the close instead). In the answer: the think tags."""
         if self.state is State.CLOSING:
             return self._close_ids[self._close_pos]
+        masked = self._stop_ids if self.state is State.THINKING else self._tag_ids
+        masked = masked[masked < logits.shape[-1]]
+        logits[masked] = -np.inf
         return None
 
-    def suppressed_tokens(self, stop_ids: Iterable[int]) -> tuple[int, ...]:
-        """Ids the sampler must not pick this step. While thinking: the request's stop tokens, since a reply
-        that ends inside its reasoning has no answer (the budget forces the close instead). In the answer:
-        the think tags."""
-        if self.state is State.THINKING:
-            return tuple(stop_ids)
-        return self._tag_ids if self.state is State.ANSWER else ()
-
-    def observe(self, token_id: int, forced: bool = False) -> Channel:
-        """Record a committed token; returns the channel it belongs to."""
+    def accept(self, token_id: int) -> Channel:
+        """Advance on a committed token; returns its channel (FORCED for the close sequence's tokens)."""
         if self.state is State.DONE:
-            raise RuntimeError("observe() after the request finished")
-        if forced != (self.state is State.CLOSING) or (forced and token_id != self._close_ids[self._close_pos]):
-            raise RuntimeError(f"token {token_id} (forced={forced}) does not match state {self.state.value}")
+            raise RuntimeError("accept() after the answer budget was spent")
+        if self.state is State.CLOSING and token_id != self._close_ids[self._close_pos]:
+            raise RuntimeError(f"token {token_id} is not the forced close token {self._close_ids[self._close_pos]}")
         now = self._clock()
         if self._started_ms is None:
             self._started_ms = now
@@ -160,9 +125,10 @@ class ThinkingController:
         self._check_caps()
         return channel
 
-    def finished(self) -> str | None:
-        """"length" once the answer budget or max_tokens is used up, else None."""
-        return "length" if self.state is State.DONE else None
+    @property
+    def exhausted(self) -> bool:
+        """The answer budget is spent: the request ends with FinishReason.LENGTH."""
+        return self.state is State.DONE
 
     def _transition(self, token_id: int, now: float) -> Channel:
         if self.state is State.CLOSING:
@@ -176,7 +142,7 @@ class ThinkingController:
             return Channel.ANSWER
         self.reasoning_tokens += 1
         if token_id == self._close_id:
-            self.state, self.ended_by = State.ANSWER, "model"
+            self.state, self.ended_by = State.ANSWER, ThinkingEnd.MODEL
             return Channel.REASONING
         text = self._text(token_id)
         self._reasoning_tail = (self._reasoning_tail + text)[-len(self.config.close_text) :]
@@ -185,12 +151,12 @@ class ThinkingController:
             self.reasoning_tokens >= budget + self.config.thinking_grace_tokens
             or (self.reasoning_tokens >= budget and "\n" in text)
         ):
-            self._start_closing("token_budget")
+            self._start_closing(ThinkingEnd.TOKEN_BUDGET)
         elif self.config.thinking_deadline_ms is not None and now - self._started_ms >= self.config.thinking_deadline_ms:
-            self._start_closing("deadline")
+            self._start_closing(ThinkingEnd.DEADLINE)
         return Channel.REASONING
 
-    def _start_closing(self, reason: str) -> None:
+    def _start_closing(self, reason: ThinkingEnd) -> None:
         self.state, self.ended_by = State.CLOSING, reason
         # Skip the part of the close sequence the model has already written itself.
         self._close_pos = max(
@@ -199,10 +165,7 @@ class ThinkingController:
 
     def _check_caps(self) -> None:
         answer_cap = self.config.max_answer_tokens
-        total_cap = self.config.max_tokens
-        if (answer_cap is not None and self.state is State.ANSWER and self.answer_tokens >= answer_cap) or (
-            total_cap is not None and self.total_tokens >= total_cap
-        ):
+        if answer_cap is not None and self.state is State.ANSWER and self.answer_tokens >= answer_cap:
             self.state = State.DONE
 
     def _thinking_cap(self) -> int | None:

@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.service.options import MAX_MESSAGE_BYTES
-from edge_runtime.engine.providers import BRIEF_SPIN_US, SPINNING
+import psutil
+
+from edge_runtime.bundle.signature import load_trusted_keys
+from edge_runtime.engine.chat import ThinkingDefaults
+from edge_runtime.engine.engine import EngineConfig
+from edge_runtime.engine.limits import MAX_MESSAGE_BYTES, RequestLimits
+from edge_runtime.engine.providers import BRIEF_SPIN_US, SPINNING, ProviderConfig
+from edge_runtime.engine.scheduler import SchedulerConfig
 from edge_runtime.bundle.units import SizeError, parse_bytes
 
 DEFAULT_CONFIG_PATH = Path("/etc/nemotron-edge/config.toml")
@@ -96,6 +102,35 @@ class ServiceConfig:
                     options["trt_max_workspace_size"] = str(self.trt_max_workspace_size)
             result.append((PROVIDERS[name], options))
         return result
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's settings. No memory budget configured: what is available now, so the planner sizes
+        the state pool to the memory this device actually has free."""
+        budget = self.memory_budget if self.memory_budget is not None else psutil.virtual_memory().available
+        options = dict(self.ort_providers())
+        return EngineConfig(
+            memory_budget=budget,
+            max_sequences=self.max_sequences,
+            trusted_keys=load_trusted_keys(self.trusted_keys),
+            scheduler=SchedulerConfig(max_queue=self.max_queue),
+            providers=ProviderConfig(providers=list(self.providers),
+                                     custom_op_library=str(self.custom_op_library) if self.custom_op_library else None,
+                                     spinning=self.spinning,
+                                     cuda=options.get("CUDAExecutionProvider", {}),
+                                     tensorrt=options.get("TensorrtExecutionProvider", {})),
+        )
+
+    def thinking_defaults(self) -> ThinkingDefaults:
+        return ThinkingDefaults(max_thinking_tokens=self.max_thinking_tokens,
+                                thinking_grace_tokens=self.thinking_grace_tokens,
+                                thinking_deadline_ms=self.thinking_deadline_ms,
+                                max_answer_tokens=self.max_answer_tokens)
+
+    def request_limits(self, context: int) -> RequestLimits:
+        """The [limits] settings, each one left unset derived from the model's `context`."""
+        return RequestLimits.for_context(context, max_request_bytes=self.max_request_bytes,
+                                         max_text_chars=self.max_text_chars, max_messages=self.max_messages,
+                                         max_tools=self.max_tools, template_max_steps=self.template_max_steps)
 
 
 # --- value readers: take a TOML (or argparse) value, return the field's value or raise ValueError("expected ...")

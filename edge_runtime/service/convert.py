@@ -1,11 +1,7 @@
-"""Between the wire and the engine: protobuf messages of edge.proto <-> the runtime's records.
-
-Server side: request protos become engine values (messages, tools, sampling, limits), checked on the way (every problem is a `RequestError` naming the field, which the servicer answers with
-INVALID_ARGUMENT); engine events (`Delta`, `ToolCallRecord`, `Final`) become `ChatEvent` protos.
-Client side: plain Python values (message dicts as OpenAI-style chat APIs write them) become protos, and
-`ChatEvent` protos become the same `Delta` / `ToolCallRecord` / `Final` records the in-process engine
-emits, so one display function serves both. Nothing here imports the engine or ONNX Runtime: the client
-uses this module too.
+"""The server's side of the wire: request protos become engine values (messages, tools, sampling, limits),
+checked on the way (every problem is a `RequestError` naming the field, which the servicer answers with
+INVALID_ARGUMENT); engine events (`Delta`, `ToolCallRecord`, `Final`) become `ChatEvent` protos. The
+client's side is edge_runtime/client/convert.py; the enum tables both use are edge_runtime/api/mapping.py.
 
 Limits checked here (the engine checks context length, vocabulary and sampling ranges itself):
   - `check_bounds`: a request's counts and characters against its RequestLimits (edge_runtime.engine.limits),
@@ -15,56 +11,26 @@ Limits checked here (the engine checks context length, vocabulary and sampling r
   - at most MAX_STOP_STRINGS stop strings of 1..MAX_STOP_CHARS characters each (every generated token is
     matched against all of them, so their total size is a per-token cost), and a thinking close text of at
     most MAX_STOP_CHARS;
-  - request_id is at most MAX_REQUEST_ID_CHARS printable characters (it is written to logs);
-  - a temperature in (0, MIN_TEMPERATURE) samples greedily; repetition_penalty is in REPETITION_PENALTY_RANGE.
+  - request_id is at most MAX_REQUEST_ID_CHARS printable characters (it is written to logs).
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime.api import edge_pb2 as pb
-from edge_runtime.engine.records import Delta, Event, Final, Priority, RequestError, Timings, ToolCallRecord, Usage
+from edge_runtime.api.mapping import (CHANNEL_TO_PROTO, FINISH_TO_PROTO, PRIORITY_FROM_PROTO, SAMPLING_FIELDS,
+                                      THINKING_END_TO_PROTO)
 from edge_runtime.engine.limits import RequestLimits
-from edge_runtime.engine.sampler import SamplingParams, TokenLogprobs
+from edge_runtime.engine.records import Delta, Event, Final, Priority, RequestError, Timings, ToolCallRecord
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 1000
 MAX_REQUEST_ID_CHARS = 128
-# Sampling values the engine's validation accepts but its float arithmetic does not survive: logits divided
-# by a temperature of 1e-310 overflow float64, a repetition penalty of 1e-40 overflows float32, and the NaNs
-# that follow crash the sampler. A positive temperature below MIN_TEMPERATURE is greedy (its limit, and
-# vLLM's cut-off); repetition penalties outside the range are refused.
-MIN_TEMPERATURE = 1e-5
-REPETITION_PENALTY_RANGE = (0.01, 100.0)
-
-_PRIORITY = {
-    pb.PRIORITY_UNSPECIFIED: Priority.NORMAL,
-    pb.PRIORITY_REALTIME: Priority.REALTIME,
-    pb.PRIORITY_NORMAL: Priority.NORMAL,
-    pb.PRIORITY_BACKGROUND: Priority.BACKGROUND,
-}
-_PRIORITY_TO_PROTO = {Priority.REALTIME: pb.PRIORITY_REALTIME, Priority.NORMAL: pb.PRIORITY_NORMAL,
-                      Priority.BACKGROUND: pb.PRIORITY_BACKGROUND}
-_CHANNEL = {"reasoning": pb.CHANNEL_REASONING, "answer": pb.CHANNEL_ANSWER, "tool_call": pb.CHANNEL_TOOL_CALL}
-_CHANNEL_NAME = {v: k for k, v in _CHANNEL.items()}
-_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH,
-           "stop_sequence": pb.FINISH_REASON_STOP_SEQUENCE, "cancelled": pb.FINISH_REASON_CANCELLED,
-           "deadline": pb.FINISH_REASON_CANCELLED, "error": pb.FINISH_REASON_ERROR}
-_FINISH_NAME = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length",
-                pb.FINISH_REASON_STOP_SEQUENCE: "stop_sequence", pb.FINISH_REASON_CANCELLED: "cancelled",
-                pb.FINISH_REASON_ERROR: "error"}
-_ENDED_BY = {"model": pb.THINKING_ENDED_BY_MODEL, "token_budget": pb.THINKING_ENDED_BY_TOKEN_BUDGET,
-             "deadline": pb.THINKING_ENDED_BY_DEADLINE, "disabled": pb.THINKING_ENDED_BY_DISABLED}
-_ENDED_BY_NAME = {v: k for k, v in _ENDED_BY.items()}
-
-# proto SamplingParams field -> engine SamplingParams field, for the optional scalars.
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-                    "frequency_penalty", "seed", "logprobs")
 
 
 # ---- server side: requests ---------------------------------------------------------------------------------
@@ -72,7 +38,7 @@ _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalt
 
 def priority_from_proto(value: int) -> Priority:
     try:
-        return _PRIORITY[value]
+        return PRIORITY_FROM_PROTO[value]
     except KeyError:
         raise RequestError("priority", f"unknown value {value}; use PRIORITY_REALTIME, _NORMAL or _BACKGROUND") from None
 
@@ -199,27 +165,9 @@ class OutputLimits:
 
 
 def sampling_overrides(s: pb.SamplingParams) -> dict[str, Any]:
-    """The sampling fields the request set, as engine SamplingParams keyword arguments."""
-    values = {name: getattr(s, name) for name in _SAMPLING_FIELDS if s.HasField(name)}
-    if "temperature" in values:
-        # The reasoning-off default is greedy=True; an explicit temperature decides greediness instead.
-        values["greedy"] = False
-    return values
-
-
-def apply_sampling(base: SamplingParams, overrides: dict[str, Any]) -> SamplingParams:
-    params = replace(base, **overrides)
-    if 0.0 < params.temperature < MIN_TEMPERATURE:
-        params = replace(params, temperature=0.0, greedy=True)
-    try:
-        params.validate()
-    except ValueError as e:
-        raise RequestError("sampling", str(e)) from None
-    low, high = REPETITION_PENALTY_RANGE
-    if not low <= params.repetition_penalty <= high:
-        raise RequestError("sampling", f"repetition_penalty: must be in [{low}, {high}] (1 disables it), "
-                                       f"got {params.repetition_penalty!r}")
-    return params
+    """The sampling fields the request set, as engine SamplingParams keyword arguments (the engine checks
+    their ranges, SamplingParams.validate)."""
+    return {name: getattr(s, name) for name in SAMPLING_FIELDS if s.HasField(name)}
 
 
 def output_limits(s: pb.SamplingParams) -> OutputLimits:
@@ -257,13 +205,14 @@ def final_to_proto(f: Final, chat: bool) -> pb.Final:
     """`chat`: False for Generate, where there is no thinking block (THINKING_ENDED_BY_DISABLED). A chat
     stream that ended while still thinking reports THINKING_ENDED_BY_UNSPECIFIED."""
     u = f.usage
-    ended = _ENDED_BY.get(f.thinking_ended_by or "", pb.THINKING_ENDED_BY_UNSPECIFIED if chat else pb.THINKING_ENDED_BY_DISABLED)
+    ended = THINKING_END_TO_PROTO.get(f.thinking_ended_by,
+                                      pb.THINKING_ENDED_BY_UNSPECIFIED if chat else pb.THINKING_ENDED_BY_DISABLED)
     return pb.Final(
         usage=pb.Usage(prompt_tokens=u.prompt_tokens, reasoning_tokens=u.reasoning_tokens,
                        answer_tokens=u.answer_tokens, forced_tokens=u.forced_tokens,
                        completion_tokens=u.completion_tokens),
         thinking_ended_by=ended,
-        finish_reason=_FINISH.get(f.finish_reason, pb.FINISH_REASON_ERROR),
+        finish_reason=FINISH_TO_PROTO[f.finish_reason],
         error_message=f.error or "",
         timings=timings_to_proto(f.timings),
     )
@@ -272,7 +221,7 @@ def final_to_proto(f: Final, chat: bool) -> pb.Final:
 def event_to_proto(event: Event, request_id: str, chat: bool) -> pb.ChatEvent:
     if isinstance(event, Delta):
         return pb.ChatEvent(delta=pb.Delta(
-            text=event.text, channel=_CHANNEL.get(event.channel, pb.CHANNEL_ANSWER), token_ids=event.token_ids,
+            text=event.text, channel=CHANNEL_TO_PROTO[event.channel], token_ids=event.token_ids,
             logprobs=[pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob,
                                       top=[pb.TopLogprob(token_id=t, logprob=p) for t, p in lp.top])
                       for lp in event.logprobs],
@@ -287,112 +236,3 @@ def event_to_proto(event: Event, request_id: str, chat: bool) -> pb.ChatEvent:
 
 def tool_call_id(request_id: str, index: int) -> str:
     return f"{request_id}-call{index}"
-
-
-# ---- client side ---------------------------------------------------------------------------------------------
-
-
-def message_to_proto(m: dict[str, Any]) -> pb.Message:
-    """An OpenAI-style message dict: role, content, optional tool_calls ({id, function: {name, arguments}}),
-    tool_call_id and name."""
-    calls = []
-    for c in m.get("tool_calls") or []:
-        fn = c.get("function", c)
-        args = fn.get("arguments", {})
-        calls.append(pb.ToolCall(id=c.get("id", ""), name=fn["name"],
-                                 arguments_json=args if isinstance(args, str) else json.dumps(args)))
-    msg = pb.Message(role=m["role"], content=m.get("content") or "", tool_calls=calls)
-    if m.get("tool_call_id") is not None:
-        msg.tool_call_id = m["tool_call_id"]
-    if m.get("name") is not None:
-        msg.name = m["name"]
-    return msg
-
-
-def tool_to_proto(t: dict[str, Any]) -> pb.Tool:
-    """An OpenAI-style tool ({type: function, function: {...}}) or a bare {name, description, parameters}."""
-    fn = t.get("function", t)
-    params = fn.get("parameters", {})
-    return pb.Tool(name=fn["name"], description=fn.get("description", ""),
-                   parameters_json=params if isinstance(params, str) else json.dumps(params))
-
-
-def sampling_to_proto(values: dict[str, Any] | None = None, *, max_tokens: int | None = None,
-                      stop: list[str] | None = None, stop_token_ids: list[int] | None = None,
-                      ignore_eos: bool = False) -> pb.SamplingParams:
-    s = pb.SamplingParams(stop=stop or [], stop_token_ids=stop_token_ids or [], ignore_eos=ignore_eos)
-    for name, value in (values or {}).items():
-        if name not in _SAMPLING_FIELDS:
-            raise ValueError(f"sampling: unknown field {name!r} (known: {', '.join(_SAMPLING_FIELDS)})")
-        if value is not None:
-            setattr(s, name, value)
-    if max_tokens is not None:
-        s.max_tokens = max_tokens
-    return s
-
-
-def priority_to_proto(priority: Priority | str | None) -> int:
-    if priority is None:
-        return pb.PRIORITY_UNSPECIFIED
-    if isinstance(priority, str):
-        priority = Priority[priority.upper()]
-    return _PRIORITY_TO_PROTO[Priority(priority)]
-
-
-@dataclass
-class RemoteTimings(Timings):
-    """The server's timing summary: per-token latencies arrive as mean/p50/p95, not one by one."""
-
-    mean_token_latency_ms: float = 0.0
-    p50_token_latency_ms: float = 0.0
-    p95_token_latency_ms: float = 0.0
-
-
-@dataclass
-class RemoteToolCall(ToolCallRecord):
-    """A tool call as the server reports it, with the id to answer it with."""
-
-    id: str = ""
-
-
-class EventAssembler:
-    """Turns a stream's ChatEvent protos into Delta / RemoteToolCall / Final records, accumulating what the
-    in-process Final carries but the wire's Final does not (texts, token ids, tool calls)."""
-
-    def __init__(self) -> None:
-        self.token_ids: list[int] = []
-        self.reasoning_text = ""
-        self.answer_text = ""
-        self.tool_calls: list[ToolCallRecord] = []
-
-    def __call__(self, e: pb.ChatEvent) -> Event:
-        kind = e.WhichOneof("event")
-        if kind == "delta":
-            d = e.delta
-            channel = _CHANNEL_NAME.get(d.channel, "answer")
-            self.token_ids.extend(d.token_ids)
-            if channel == "reasoning":
-                self.reasoning_text += d.text
-            elif channel == "answer":
-                self.answer_text += d.text
-            logprobs = [TokenLogprobs(lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
-                        for lp in d.logprobs]
-            return Delta(d.text, channel, list(d.token_ids), logprobs)
-        if kind == "tool_call":
-            c = e.tool_call
-            record = RemoteToolCall(c.index, c.name, c.arguments_json, c.error or None, id=c.id)
-            self.tool_calls.append(record)
-            return record
-        if kind == "final":
-            f = e.final
-            u, t = f.usage, f.timings
-            return Final(
-                finish_reason=_FINISH_NAME.get(f.finish_reason, "error"),
-                usage=Usage(u.prompt_tokens, u.reasoning_tokens, u.answer_tokens, u.forced_tokens),
-                timings=RemoteTimings(t.queue_wait_ms, t.time_to_first_token_ms, [], t.total_ms,
-                                      t.mean_token_latency_ms, t.p50_token_latency_ms, t.p95_token_latency_ms),
-                thinking_ended_by=_ENDED_BY_NAME.get(f.thinking_ended_by),
-                token_ids=list(self.token_ids), reasoning_text=self.reasoning_text, answer_text=self.answer_text,
-                tool_calls=list(self.tool_calls), error=f.error_message or None,
-            )
-        raise ValueError("ChatEvent: no event set (a server newer than this client?)")

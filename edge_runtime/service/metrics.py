@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from edge_runtime.engine.engine import EngineStatus
 from edge_runtime.engine.records import Final
 
 log = logging.getLogger(__name__)
@@ -40,18 +40,6 @@ _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.1
 _QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # A stage renders or tokenizes at most a context's worth of text: well under a millisecond to seconds.
 _STAGE_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-
-
-@dataclass
-class EngineGauges:
-    """Where the live gauges read from; every callable must be cheap and thread-safe enough to race."""
-
-    queue_depth: Callable[[], float]
-    slots_busy: Callable[[], float]
-    slots_total: Callable[[], float]
-    budget_bytes: Callable[[], float]
-    planned_bytes: Callable[[], float]
-    state_pool_bytes: Callable[[], float]
 
 
 class ServiceMetrics:
@@ -82,14 +70,14 @@ class ServiceMetrics:
         self.memory.labels(kind="process_rss").set_function(lambda: process.memory_info().rss)
         self._http = None
 
-    def attach(self, gauges: EngineGauges) -> None:
-        """Start reading the live gauges from a loaded engine."""
-        self.queue_depth.set_function(gauges.queue_depth)
-        self.slots_busy.set_function(gauges.slots_busy)
-        self.slots_total.set_function(gauges.slots_total)
-        self.memory.labels(kind="budget").set_function(gauges.budget_bytes)
-        self.memory.labels(kind="planned").set_function(gauges.planned_bytes)
-        self.memory.labels(kind="state_pool").set_function(gauges.state_pool_bytes)
+    def attach(self, status: Callable[[], EngineStatus], budget_bytes: int) -> None:
+        """Start reading the live gauges from a loaded engine's status snapshots (cheap: a few attributes)."""
+        self.queue_depth.set_function(lambda: status().queue_depth)
+        self.slots_busy.set_function(lambda: status().slots_busy)
+        self.slots_total.set_function(lambda: status().slots_total)
+        self.memory.labels(kind="budget").set(budget_bytes)
+        self.memory.labels(kind="planned").set_function(lambda: status().held_bytes)
+        self.memory.labels(kind="state_pool").set_function(lambda: status().state_pool_bytes)
 
     def finished(self, rpc: str, final: Final) -> None:
         """A stream ended with a Final record."""

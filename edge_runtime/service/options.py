@@ -16,7 +16,8 @@ and pings idle connections itself to drop dead peers (whose cancelled calls then
 
 from __future__ import annotations
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+from edge_runtime.engine.limits import MAX_MESSAGE_BYTES
+
 CLIENT_KEEPALIVE_MS = 30_000
 SERVER_KEEPALIVE_MS = 60_000
 KEEPALIVE_TIMEOUT_MS = 20_000

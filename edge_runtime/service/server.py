@@ -43,24 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import psutil
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
-from edge_runtime.bundle.signature import load_trusted_keys
-from edge_runtime.engine.chat import Chat, ThinkingDefaults
-from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.engine.loading import load_engine
 from edge_runtime.service.auth import BearerTokenInterceptor, read_token
 from edge_runtime.service.options import SERVER_OPTIONS
 from edge_runtime.service.request_bytes import RequestBytesInterceptor
 from edge_runtime.service.servicer import SERVICE_NAME, EdgeService, TelemetryReader
 from edge_runtime.service.metrics import ServiceMetrics
-from edge_runtime.engine.providers import ProviderConfig
-from edge_runtime.engine.records import GenerationRequest
-from edge_runtime.engine.limits import RequestLimits
-from edge_runtime.engine.scheduler import SchedulerConfig
-from edge_runtime.engine.sampler import SamplingParams
 from edge_runtime.service.sd_notify import EngineProgress, Notifier, run_watchdog, watchdog_period_s
 from edge_runtime.service.config import ServiceConfig
 
@@ -219,55 +211,6 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 # ---- the engine ---------------------------------------------------------------------------------------------
 
 
-def engine_config(config: ServiceConfig) -> EngineConfig:
-    """ServiceConfig -> EngineConfig. No memory budget configured: what is available now, so the planner
-    sizes the state pool to the memory this device actually has free."""
-    budget = config.memory_budget if config.memory_budget is not None else psutil.virtual_memory().available
-    options = dict(config.ort_providers())
-    return EngineConfig(
-        memory_budget=budget,
-        max_sequences=config.max_sequences,
-        trusted_keys=load_trusted_keys(config.trusted_keys),
-        scheduler=SchedulerConfig(max_queue=config.max_queue),
-        providers=ProviderConfig(providers=list(config.providers),
-                                 custom_op_library=str(config.custom_op_library) if config.custom_op_library else None,
-                                 spinning=config.spinning,
-                                 cuda=options.get("CUDAExecutionProvider", {}),
-                                 tensorrt=options.get("TensorrtExecutionProvider", {})),
-    )
-
-
-def thinking_defaults(config: ServiceConfig) -> ThinkingDefaults:
-    return ThinkingDefaults(max_thinking_tokens=config.max_thinking_tokens,
-                            thinking_grace_tokens=config.thinking_grace_tokens,
-                            thinking_deadline_ms=config.thinking_deadline_ms,
-                            max_answer_tokens=config.max_answer_tokens)
-
-
-def request_limits(config: ServiceConfig, context: int) -> RequestLimits:
-    """The [limits] settings, each one left unset derived from the model's `context`."""
-    return RequestLimits.for_context(context, max_request_bytes=config.max_request_bytes,
-                                     max_text_chars=config.max_text_chars, max_messages=config.max_messages,
-                                     max_tools=config.max_tools, template_max_steps=config.template_max_steps)
-
-
-def load_engine(config: ServiceConfig, bundle: Path) -> tuple[Engine, Chat | None, RequestLimits]:
-    """Open the bundle, warm up with one tiny generation (prefill and decode both run once, so the first
-    real request pays no session initialisation), then start the engine thread; the request limits for
-    its context."""
-    engine = Engine(bundle, engine_config(config))
-    bos = engine.model_config.bos_token_id
-    warm = engine.generate(GenerationRequest(prompt_ids=[bos if bos is not None else 0], max_tokens=2, ignore_eos=True,
-                                             sampling=SamplingParams(greedy=True), request_id="warm-up"))
-    if warm.finish_reason != "length":
-        raise RuntimeError(f"warm-up generation failed: {warm.finish_reason} {warm.error or ''}".strip())
-    engine.start()
-    limits = request_limits(config, engine.max_context)
-    chat = Chat(engine, thinking_defaults(config), limits.render) \
-        if engine.tokenizer is not None and engine.bundle.chat_template else None
-    return engine, chat, limits
-
-
 def _load_in_background(config: ServiceConfig, bundle: Path) -> asyncio.Future:
     """Load on a daemon thread (not the default executor, whose threads are joined at exit: a SIGTERM
     during a long load must be able to end the process)."""
@@ -280,7 +223,8 @@ def _load_in_background(config: ServiceConfig, bundle: Path) -> asyncio.Future:
 
     def work() -> None:
         try:
-            result = load_engine(config, bundle)
+            result = load_engine(bundle, config.engine_config(), config.thinking_defaults(),
+                                 lambda context: config.request_limits(context))
         except BaseException as e:  # noqa: BLE001 - reported to the event loop, which decides
             loop.call_soon_threadsafe(deliver, future.set_exception, e)
         else:
@@ -321,7 +265,7 @@ async def run_service(config: ServiceConfig, bundle: Path, telemetry: TelemetryR
         await _close(built)
         return 0
     try:
-        engine, chat, limits = loading.result()
+        loaded = loading.result()
     except Exception as e:
         log.error("cannot load %s: %s", bundle, e)
         notifier.status(f"failed: {e}")
@@ -329,7 +273,8 @@ async def run_service(config: ServiceConfig, bundle: Path, telemetry: TelemetryR
         await _close(built)
         return 1
 
-    service.attach(engine, chat, limits)
+    engine = loaded.engine
+    service.attach(loaded)
     await _set_health(built.health, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_port is not None:
         metrics.serve_http(config.metrics_port)

@@ -58,17 +58,16 @@ from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
 from edge_runtime.engine.chat import Chat, ChatRequest
 from edge_runtime.engine.engine import Engine
-from edge_runtime.service.event_stream import EventInbox, paced_events
-from edge_runtime.service.convert import (apply_sampling, check_bounds, event_to_proto, messages_from_proto,
-                                       output_limits, priority_from_proto, request_id_from_proto, sampling_overrides,
-                                       tools_from_proto)
-from edge_runtime.service.options import MAX_MESSAGE_BYTES
-from edge_runtime.service.metrics import EngineGauges, ServiceMetrics
-from edge_runtime.engine.records import (EngineUnavailableError, Final, GenerationRequest, QueueFullError,
-                                  RequestError)
-from edge_runtime.engine.limits import RequestLimits
-from edge_runtime.engine.sampler import SamplingParams
+from edge_runtime.engine.limits import MAX_MESSAGE_BYTES, RequestLimits
+from edge_runtime.engine.loading import LoadedEngine
+from edge_runtime.engine.records import (EngineUnavailableError, Final, FinishReason, GenerationRequest,
+                                         QueueFullError, RequestError, SamplingParams)
 from edge_runtime.engine.token_ids import encode
+from edge_runtime.service.convert import (check_bounds, event_to_proto, messages_from_proto, output_limits,
+                                          priority_from_proto, request_id_from_proto, sampling_overrides,
+                                          tools_from_proto)
+from edge_runtime.service.event_stream import EventInbox, paced_events
+from edge_runtime.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -124,21 +123,15 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         self._idle: asyncio.Event | None = None
         self._model_info: pb.ModelInfo | None = None
 
-    # ---- lifecycle (called by grpc_server) --------------------------------------------------------------
+    # ---- lifecycle (called by server.py) ----------------------------------------------------------------
 
-    def attach(self, engine: Engine, chat: Chat | None, limits: RequestLimits) -> None:
-        """The engine is loaded and warmed up: start serving it, requests bounded by `limits`."""
-        self.engine, self.chat, self.limits = engine, chat, limits
+    def attach(self, loaded: LoadedEngine) -> None:
+        """The engine is loaded and warmed up: start serving it, requests bounded by its limits."""
+        engine = loaded.engine
+        self.engine, self.chat, self.limits = engine, loaded.chat, loaded.limits
         self._model_info = _model_info(engine)
         if self.metrics is not None:
-            plan = engine.plan
-            self.metrics.attach(EngineGauges(
-                queue_depth=lambda: engine.queue_depth, slots_busy=lambda: engine.slots_busy,
-                slots_total=lambda: engine.num_slots,
-                budget_bytes=lambda: plan.budget_bytes if plan else 0,
-                planned_bytes=lambda: engine.held_bytes,
-                state_pool_bytes=lambda: engine.pool.nbytes,
-            ))
+            self.metrics.attach(engine.status, engine.plan.budget_bytes if engine.plan else 0)
         self.state = ServingState.SERVING
 
     def max_request_bytes(self) -> int:
@@ -166,20 +159,16 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         if self.state is not ServingState.SERVING or self.engine is None:
             extra = f", {self.active_streams} stream(s) left" if self.state is ServingState.DRAINING else ""
             return f"{self.state.value}{extra}"
-        e = self.engine
-        return f"serving: {e.slots_busy}/{e.num_slots} slots busy, queue {e.queue_depth}"
+        status = self.engine.status()
+        return f"serving: {status.slots_busy}/{status.slots_total} slots busy, queue {status.queue_depth}"
 
     # ---- RPCs ---------------------------------------------------------------------------------------------
 
-    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatEvent]:
-        async for event in self._stream("Chat", context, lambda: self._prepare_chat(request, context), chat=True):
-            yield event
+    def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatEvent]:
+        return self._stream("Chat", context, lambda: self._prepare_chat(request, context), chat=True)
 
-    async def Generate(self, request: pb.GenerateRequest,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatEvent]:
-        async for event in self._stream("Generate", context, lambda: self._prepare_generate(request, context),
-                                        chat=False):
-            yield event
+    def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ChatEvent]:
+        return self._stream("Generate", context, lambda: self._prepare_generate(request, context), chat=False)
 
     async def CountTokens(self, request: pb.CountTokensRequest,
                           context: grpc.aio.ServicerContext) -> pb.CountTokensResponse:
@@ -212,66 +201,51 @@ class EdgeService(pb_grpc.EdgeLMServicer):
     # ---- streaming ----------------------------------------------------------------------------------------
 
     async def _stream(self, rpc: str, context: grpc.aio.ServicerContext,
-                      prepare: Callable[[], Awaitable[tuple[GenerationRequest, bool]]],
-                      chat: bool) -> AsyncIterator[pb.ChatEvent]:
+                      prepare: Callable[[], Awaitable[GenerationRequest]], chat: bool) -> AsyncIterator[pb.ChatEvent]:
+        """One call's stream: prepare the engine request (stages on worker threads), submit it, and yield its
+        events as protos, paced; a call that ends early cancels its request."""
         try:
             self._require_serving()
         except _Abort as a:
             await self._abort(context, rpc, a.code, a.message)
         self.active_streams += 1
+        engine, handle = self.engine, None
         try:
-            async for event in self._run(rpc, context, prepare, chat):
-                yield event
-        finally:
-            self.active_streams -= 1
-            if self.active_streams == 0 and self._idle is not None:
-                self._idle.set()
-
-    async def _run(self, rpc: str, context: grpc.aio.ServicerContext,
-                   prepare: Callable[[], Awaitable[tuple[GenerationRequest, bool]]],
-                   chat: bool) -> AsyncIterator[pb.ChatEvent]:
-        engine = self.engine
-        try:
-            request, reasoning = await prepare()
-            self._check_deadline(context, Stage.SUBMIT)
-        except _Abort as a:
-            await self._abort(context, rpc, a.code, a.message)
-        except RequestError as e:
-            await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except asyncio.CancelledError:  # the call ended while it was prepared; no later stage starts
-            self._ended_early(rpc, context)
-            raise
-
-        inbox = EventInbox(asyncio.get_running_loop())
-        remaining = _remaining(context)
-        if remaining is not None:
-            request.deadline = engine.clock() + remaining
-        try:
-            with self.metrics.stage(Stage.SUBMIT.value) if self.metrics is not None else contextlib.nullcontext():
-                handle = engine.submit(request, inbox.put, reasoning=reasoning)
-        except QueueFullError as e:
-            await self._abort(context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except EngineUnavailableError as e:
-            await self._abort(context, rpc, grpc.StatusCode.UNAVAILABLE, str(e))
-        except ValueError as e:  # RequestError, or a value the thinking controller cannot use
-            await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-
-        try:
+            try:
+                request = await prepare()
+                self._check_deadline(context, Stage.SUBMIT)
+                with self.metrics.stage(Stage.SUBMIT.value) if self.metrics is not None else contextlib.nullcontext():
+                    inbox = EventInbox(asyncio.get_running_loop())
+                    handle = engine.submit(request, inbox.put)
+            except _Abort as a:
+                await self._abort(context, rpc, a.code, a.message)
+            except QueueFullError as e:
+                await self._abort(context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            except EngineUnavailableError as e:
+                await self._abort(context, rpc, grpc.StatusCode.UNAVAILABLE, str(e))
+            except ValueError as e:  # RequestError, or a value the thinking stage cannot use
+                await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            except asyncio.CancelledError:  # the call ended while it was prepared; no later stage starts
+                self._ended_early(rpc, context)
+                raise
             async with contextlib.aclosing(paced_events(inbox, self.stream_interval_s)) as events:
                 async for event in events:  # ends after the Final
                     if isinstance(event, Final):
-                        if _deadline_passed(event):
+                        if event.finish_reason is FinishReason.DEADLINE:
                             await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
                                               "deadline exceeded before the reply was complete")
                         if self.metrics is not None:
                             self.metrics.finished(rpc, event)
                     yield event_to_proto(event, request.request_id, chat)
         finally:
-            if not handle.done:
+            if handle is not None and not handle.done:
                 # The call ended early (cancelled, deadline, connection lost): free the slot.
                 handle.cancel()
                 engine.wake()
                 self._ended_early(rpc, context)
+            self.active_streams -= 1
+            if self.active_streams == 0 and self._idle is not None:
+                self._idle.set()
 
     def _ended_early(self, rpc: str, context: grpc.aio.ServicerContext) -> None:
         """Count a call that ended before its reply was complete: its deadline passed, or the client left."""
@@ -304,62 +278,80 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         if left is not None and left <= 0:
             raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before {stage.value}")
 
-    async def _prepare_chat(self, r: pb.ChatRequest, context: grpc.aio.ServicerContext) -> tuple[GenerationRequest, bool]:
+    async def _prepare_chat(self, r: pb.ChatRequest, context: grpc.aio.ServicerContext) -> GenerationRequest:
         chat = self._require_chat("bundle")
         check_bounds(r, self.limits)
-        chat_request, prompt = await self._stage(context, Stage.RENDER, lambda stop: self._render_chat(r, stop))
-        remaining_s = _remaining(context)
-        if chat_request.thinking_deadline_ms is None and remaining_s is not None:
-            # Half the call's remaining time for thinking (see the module docstring).
-            half_ms = remaining_s * 1000 / 2
-            default = chat.defaults.thinking_deadline_ms
-            chat_request.thinking_deadline_ms = min(default, half_ms) if default is not None else half_ms
-        request, reasoning = await self._stage(context, Stage.TOKENIZE, lambda _: chat.request(chat_request, prompt))
-        self._finish_request(request, r.sampling)
-        return request, reasoning
+        remaining = _remaining(context)
+        chat_request, prompt = await self._stage(context, Stage.RENDER,
+                                                 lambda stop: self._render_chat(r, remaining, stop))
+        return await self._stage(context, Stage.TOKENIZE, lambda _: chat.request(chat_request, prompt))
 
-    def _render_chat(self, r: pb.ChatRequest, stop: threading.Event) -> tuple[ChatRequest, str]:
-        chat_request = _chat_request(r)
+    def _render_chat(self, r: pb.ChatRequest, remaining: float | None,
+                     stop: threading.Event) -> tuple[ChatRequest, str]:
+        chat_request = self._chat_request(r, remaining)
         return chat_request, self.chat.render(chat_request, stop)
 
-    async def _prepare_generate(self, r: pb.GenerateRequest,
-                                context: grpc.aio.ServicerContext) -> tuple[GenerationRequest, bool]:
+    def _chat_request(self, r: pb.ChatRequest, remaining: float | None) -> ChatRequest:
+        """The chat layer's request for `r`, whole: the call's deadline on the engine's clock, and unless the
+        request sets its own, half the remaining time as its thinking deadline (see the module docstring)."""
+        if not r.messages:
+            raise RequestError("messages", "is empty")
+        opt = lambda name: getattr(r, name) if r.HasField(name) else None
+        limits = output_limits(r.sampling)
+        thinking_deadline_ms = opt("thinking_deadline_ms")
+        if thinking_deadline_ms is None and remaining is not None:
+            default = self.chat.defaults.thinking_deadline_ms
+            thinking_deadline_ms = min(default, remaining * 500) if default is not None else remaining * 500
+        return ChatRequest(
+            messages=messages_from_proto(r.messages),
+            tools=tools_from_proto(r.tools),
+            tool_choice=r.tool_choice or "auto",
+            reasoning=opt("reasoning"),
+            max_thinking_tokens=opt("max_thinking_tokens"),
+            thinking_grace_tokens=opt("thinking_grace_tokens"),
+            thinking_deadline_ms=thinking_deadline_ms,
+            max_answer_tokens=opt("max_answer_tokens"),
+            thinking_close_text=opt("thinking_close_text"),
+            sampling=sampling_overrides(r.sampling),
+            max_tokens=limits.max_tokens,
+            stop_strings=limits.stop,
+            stop_token_ids=limits.stop_token_ids,
+            ignore_eos=limits.ignore_eos,
+            priority=priority_from_proto(r.priority),
+            deadline=self.engine.clock() + remaining if remaining is not None else None,
+            request_id=request_id_from_proto(r.request_id),
+        )
+
+    async def _prepare_generate(self, r: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> GenerationRequest:
         engine = self.engine
         kind = r.WhichOneof("input")
         if kind is None:
             raise RequestError("input", "set prompt (text) or token_ids")
         check_bounds(r, self.limits)
+        limits = output_limits(r.sampling)
+        if kind == "prompt" and engine.tokenizer is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "prompt: this bundle has no tokenizer; send token_ids")
+        if limits.stop and engine.tokenizer is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "sampling.stop: this bundle has no tokenizer to match text")
+        request_id = request_id_from_proto(r.request_id)
+        remaining = _remaining(context)
         if kind == "prompt":
-            if engine.tokenizer is None:
-                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "prompt: this bundle has no tokenizer; send token_ids")
             # The text's own tokens, no BOS added: what the caller wrote is exactly what the model sees.
             ids = await self._stage(context, Stage.TOKENIZE, lambda _: encode(engine.tokenizer, r.prompt))
         else:
             ids = list(r.token_ids.ids)
-        request = GenerationRequest(
+        return GenerationRequest(
             prompt_ids=ids,
             # Reasoning is off for raw completion: the model card's reasoning-off default, greedy.
-            sampling=SamplingParams.model_card_default(False),
+            sampling=SamplingParams.model_card_default(False).override(sampling_overrides(r.sampling)),
+            max_tokens=limits.max_tokens,
+            stop_strings=limits.stop,
+            stop_token_ids=limits.stop_token_ids,
+            ignore_eos=limits.ignore_eos,
             priority=priority_from_proto(r.priority),
+            deadline=engine.clock() + remaining if remaining is not None else None,
+            **({"request_id": request_id} if request_id else {}),
         )
-        request_id = request_id_from_proto(r.request_id)
-        if request_id:
-            request.request_id = request_id
-        self._finish_request(request, r.sampling)
-        if request.stop_strings and engine.tokenizer is None:
-            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "sampling.stop: this bundle has no tokenizer to match text")
-        return request, False
-
-    def _finish_request(self, request: GenerationRequest, s: pb.SamplingParams) -> None:
-        """Apply the SamplingParams proto: sampling overrides and output limits. Unset max_tokens means up to
-        the context limit (the engine rejects a prompt that leaves no room)."""
-        request.sampling = apply_sampling(request.sampling, sampling_overrides(s))
-        limits = output_limits(s)
-        request.max_tokens = limits.max_tokens if limits.max_tokens is not None \
-            else max(1, self.engine.max_context - len(request.prompt_ids))
-        request.stop_strings = limits.stop
-        request.stop_token_ids = limits.stop_token_ids
-        request.ignore_eos = limits.ignore_eos
 
     # ---- unary helpers ------------------------------------------------------------------------------------
 
@@ -395,16 +387,14 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         return self.chat
 
     def _status(self) -> pb.ServiceStatus:
-        e = self.engine
-        plan = e.plan
-        busy = e.slots_busy  # read once: the engine thread frees slots meanwhile, and the figures must agree
-        per_slot = e.pool.slot_nbytes // max(1, e.num_slots)
+        status = self.engine.status()
+        plan = self.engine.plan
         memory = pb.MemoryStatus(
-            state_bytes_in_use=per_slot * busy,
-            used_bytes=e.held_bytes,
-            working_bytes=e.working_bytes,
+            state_bytes_in_use=status.state_bytes_per_slot * status.slots_busy,
+            used_bytes=status.held_bytes,
+            working_bytes=status.working_bytes,
             process_rss_bytes=psutil.Process().memory_info().rss,
-            weight_bytes=plan.resident_weight_bytes if plan else e.runner.weights.nbytes,
+            weight_bytes=status.weight_bytes,
         )
         if plan is not None:
             memory.budget_bytes = plan.budget_bytes
@@ -413,12 +403,12 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             memory.overhead_bytes = plan.overhead_bytes
             memory.planned_context = plan.context
             memory.planned_max_sequences = plan.max_sequences
-        telemetry = {"engine_steps": float(e.steps), "tokens_generated": float(e.tokens_generated),
+        telemetry = {"engine_steps": float(status.steps), "tokens_generated": float(status.tokens_generated),
                      "active_streams": float(self.active_streams)}
         telemetry.update(_telemetry(self.telemetry))
         return pb.ServiceStatus(
-            memory=memory, slots_busy=busy, slots_free=e.num_slots - busy,
-            queue_depth=e.queue_depth, decode_tokens_per_second=e.decode_tokens_per_second(),
+            memory=memory, slots_busy=status.slots_busy, slots_free=status.slots_total - status.slots_busy,
+            queue_depth=status.queue_depth, decode_tokens_per_second=status.decode_tokens_per_second,
             uptime_s=time.monotonic() - self.started, telemetry=telemetry,
         )
 
@@ -437,40 +427,11 @@ class EdgeService(pb_grpc.EdgeLMServicer):
 # ---- helpers ----------------------------------------------------------------------------------------------
 
 
-def _chat_request(r: pb.ChatRequest) -> ChatRequest:
-    """The chat layer's request for `r`; sampling, max_tokens and the deadline are filled in by the servicer
-    (they depend on the rendered prompt and on the call)."""
-    if not r.messages:
-        raise RequestError("messages", "is empty")
-    opt = lambda name: getattr(r, name) if r.HasField(name) else None
-    limits = output_limits(r.sampling)
-    return ChatRequest(
-        messages=messages_from_proto(r.messages),
-        tools=tools_from_proto(r.tools),
-        tool_choice=r.tool_choice or "auto",
-        reasoning=opt("reasoning"),
-        max_thinking_tokens=opt("max_thinking_tokens"),
-        thinking_grace_tokens=opt("thinking_grace_tokens"),
-        thinking_deadline_ms=opt("thinking_deadline_ms"),
-        max_answer_tokens=opt("max_answer_tokens"),
-        thinking_close_text=opt("thinking_close_text"),
-        stop_strings=limits.stop,
-        priority=priority_from_proto(r.priority),
-        request_id=request_id_from_proto(r.request_id),
-    )
-
-
-
 def _remaining(context: grpc.aio.ServicerContext) -> float | None:
     left = context.time_remaining()
     if left is None or not math.isfinite(left) or left > _NO_DEADLINE_S:
         return None
     return max(0.0, left)
-
-
-def _deadline_passed(final: Final) -> bool:
-    # The engine ends an expired request as "cancelled" with this error (or "deadline" in later versions).
-    return final.finish_reason == "deadline" or (final.finish_reason == "cancelled" and final.error == "deadline exceeded")
 
 
 def _telemetry(source: TelemetryReader | None) -> dict[str, float]:

@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
 from edge_runtime.service.options import CLIENT_OPTIONS
-from edge_runtime.service.convert import (EventAssembler, message_to_proto, priority_to_proto, sampling_to_proto,
+from edge_runtime.client.convert import (EventAssembler, message_to_proto, priority_to_proto, sampling_to_proto,
                                        tool_to_proto)
 from edge_runtime.engine.records import Event, Final
 
