@@ -17,7 +17,7 @@ Special-token choices (mirroring the real checkpoint, see the model card's chat 
 - `pad_token` reuses `<unk>`: the real model defines no pad token and the device runtime never pads.
 - The tags the model writes in its own output (`<think>`, `</think>`, `<TOOLCALL>`, ...) are added as
   non-special tokens: atomic when encoding, but kept by `decode(..., skip_special_tokens=True)`, so the
-  reasoning splitter and the tool-call parser see them in the decoded text. The turn markers and
+  think-tag stripper and the tool-call parser see them in the decoded text. The turn markers and
   `<s>`/`</s>`/`<unk>` are special and are skipped.
 """
 

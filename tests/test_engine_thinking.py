@@ -114,7 +114,7 @@ def test_tool_calls_parse_from_the_answer_stream(engine):
 
     text = 'Sure.<TOOLCALL>[{"name": "move_arm", "arguments": {"side": "left"}}]</TOOLCALL>'
     ids = engine.tokenizer.encode(text, add_special_tokens=False).ids
-    out = OutputProcessor(engine.tokenizer, [], reasoning=False, stop_strings=[], tool_names=["move_arm"])
+    out = OutputProcessor(engine.tokenizer, [], stop_strings=[], tool_names=["move_arm"])
     events = [e for t in ids for e in out.push(t, Channel.ANSWER, None)] + out.finish()
     calls = [e for e in events if isinstance(e, ToolCallRecord)]
     assert [(c.name, c.error) for c in calls] == [("move_arm", None)]

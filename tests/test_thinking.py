@@ -18,7 +18,9 @@ from tokenizers import Tokenizer
 import numpy as np
 
 from edge_runtime.engine.records import Channel, ThinkingConfig
-from edge_runtime.engine.thinking import ChannelText, ReasoningSplitter, State, ThinkingController
+from edge_runtime.engine.output import OutputProcessor
+from edge_runtime.engine.records import Delta
+from edge_runtime.engine.thinking import State, TagStripper, ThinkingController
 from nemotron_export.tokenizer_synth import build_tokenizer
 
 
@@ -42,9 +44,12 @@ def tid(text: str) -> int:
 class Run:
     tokens: list[int] = field(default_factory=list)
     channels: list[Channel] = field(default_factory=list)
+    forced: list[bool] = field(default_factory=list)
 
     def text(self, channel: Channel | None = None) -> str:
-        picked = [t for t, c in zip(self.tokens, self.channels) if channel is None or c is channel]
+        """All the text, or the model's own (unforced) tokens' text on one channel."""
+        picked = [t for t, c, f in zip(self.tokens, self.channels, self.forced)
+                  if channel is None or (c is channel and not f)]
         return tok().decode(picked, skip_special_tokens=False)
 
 
@@ -83,6 +88,7 @@ def drive(ctrl: ThinkingController, reasoning: list[int], answer: list[int]) -> 
                 break
         run.tokens.append(token)
         run.channels.append(ctrl.accept(token))
+        run.forced.append(forced is not None)
     return run
 
 
@@ -117,7 +123,7 @@ def test_grace_exhausted_forces_close_at_b_plus_g() -> None:
     assert ctrl.reasoning_tokens == 12
     assert ctrl.ended_by == "token_budget"
     assert run.text() == tok().decode(reasoning[:12]) + "\n</think>\n\n" + ANSWER
-    assert run.channels.count(Channel.FORCED) == ctrl.forced_tokens == len(ids("\n</think>\n\n"))
+    assert run.forced.count(True) == ctrl.forced_tokens == len(ids("\n</think>\n\n"))
 
 
 def test_model_closes_itself_nothing_forced() -> None:
@@ -173,7 +179,7 @@ def test_deadline_closes_at_first_token_after_it() -> None:
     # Token k is observed at 10*k ms; 10*k - 10 >= 45 first holds for k = 6.
     assert ctrl.ended_by == "deadline"
     assert ctrl.reasoning_tokens == 6
-    assert run.channels[:6] == [Channel.REASONING] * 6 and run.channels[6] is Channel.FORCED
+    assert run.channels[:6] == [Channel.REASONING] * 6 and run.forced[6] and not any(run.forced[:6])
     assert run.text(Channel.ANSWER) == ANSWER
 
 
@@ -230,61 +236,47 @@ def test_budget_is_strict_and_one_close(budget: int, grace: int, pieces: list[st
     assert ctrl.reasoning_tokens <= budget + grace
     assert run.tokens.count(tid("</think>")) == 1
     assert ctrl.ended_by in ("model", "token_budget")
-    assert ctrl.forced_tokens == run.channels.count(Channel.FORCED)
+    assert ctrl.forced_tokens == run.forced.count(True)
     assert (ctrl.ended_by == "model") == (ctrl.forced_tokens == 0)
-    assert run.channels.count(Channel.ANSWER) == ctrl.answer_tokens == len(answer_ids)
+    own_answer = [c for c, f in zip(run.channels, run.forced) if c is Channel.ANSWER and not f]
+    assert len(own_answer) == ctrl.answer_tokens == len(answer_ids)
+    # One channel switch, right after </think>: every token up to it is reasoning, every one after it answer.
+    close_at = run.tokens.index(tid("</think>"))
+    assert run.channels == [Channel.REASONING] * (close_at + 1) + [Channel.ANSWER] * (len(run.tokens) - close_at - 1)
     # The whole stream holds the close sequence exactly once, however much of it the model wrote.
     if ctrl.ended_by == "token_budget":
         assert run.text().count("\n</think>\n\n") == 1
 
 
-def split_all(splitter: ReasoningSplitter, deltas: list[str]) -> list[ChannelText]:
-    pieces = [p for d in deltas for p in splitter.feed(d)] + splitter.flush()
-    merged: list[ChannelText] = []
-    for piece in pieces:
-        if merged and merged[-1].channel is piece.channel:
-            merged[-1] = ChannelText(piece.channel, merged[-1].text + piece.text)
-        else:
-            merged.append(piece)
-    return merged
-
-
-def test_splitter_separates_channels() -> None:
-    text = "Let me think.\n</think>\n\nThe answer."
-    assert split_all(ReasoningSplitter(True), list(text)) == [
-        ChannelText(Channel.REASONING, "Let me think.\n"),
-        ChannelText(Channel.ANSWER, "\n\nThe answer."),
-    ]
-    assert split_all(ReasoningSplitter(False), ["<think>", "</think>", "Hi <", "/thin", "g"]) == [
-        ChannelText(Channel.ANSWER, "Hi </thing")
-    ]
-
-
-def reference_split(text: str) -> tuple[str, str]:
-    """One left-to-right pass: tags removed where they occur, the first `</think>` switches to the answer."""
-    parts = re.split(r"(<think>|</think>)", text)
-    reasoning, answer, in_answer = "", "", False
-    for part in parts:
-        if part == "</think>":
-            in_answer = True
-        elif part != "<think>":
-            if in_answer:
-                answer += part
+def test_channels_follow_the_token_side() -> None:
+    """The output shows each token's text on the channel the thinking stage gave it; tags never show."""
+    tokens = ids("Let me think.\n</think>\n\nThe answer.")
+    ctrl = controller(max_thinking_tokens=100)
+    out = OutputProcessor(tok(), [], stop_strings=[], tool_names=None)
+    events = [e for t in tokens for e in out.push(t, ctrl.accept(t), None)] + out.finish()
+    merged: list[tuple[Channel, str]] = []
+    for e in events:
+        if isinstance(e, Delta) and e.text:
+            if merged and merged[-1][0] is e.channel:
+                merged[-1] = (e.channel, merged[-1][1] + e.text)
             else:
-                reasoning += part
-    return reasoning, answer
+                merged.append((e.channel, e.text))
+    assert merged == [(Channel.REASONING, "Let me think.\n"), (Channel.ANSWER, "The answer.")]
+    # Spelled-out tags are dropped too, and a held-back "<" that turns out not to be a tag is kept.
+    stripper = TagStripper()
+    assert "".join([stripper.feed(d) for d in ["<think>", "</think>", "Hi <", "/thin", "g"]] + [stripper.flush()]) \
+        == "Hi </thing"
 
 
 @settings(max_examples=300, deadline=None)
 @given(pieces=st.lists(st.sampled_from(["a", "<", "/", "think", ">", "<think>", "</think>", "\n", "é"]), max_size=20), data=st.data())
-def test_splitter_drops_tags_and_ignores_splits(pieces: list[str], data: st.DataObject) -> None:
+def test_tags_are_dropped_however_the_text_is_split(pieces: list[str], data: st.DataObject) -> None:
     text = "".join(pieces)
     cuts = sorted(data.draw(st.sets(st.integers(0, len(text)))))
     bounds = [0, *cuts, len(text)]
-    splitter = ReasoningSplitter(True)
-    raw = [p for a, b in zip(bounds, bounds[1:]) for p in splitter.feed(text[a:b])] + splitter.flush()
+    stripper = TagStripper()
+    raw = [stripper.feed(text[a:b]) for a, b in zip(bounds, bounds[1:])] + [stripper.flush()]
     for piece in raw:
-        assert "<think>" not in piece.text and "</think>" not in piece.text
-    reasoning = "".join(p.text for p in raw if p.channel is Channel.REASONING)
-    answer = "".join(p.text for p in raw if p.channel is Channel.ANSWER)
-    assert (reasoning, answer) == reference_split(text)
+        assert "<think>" not in piece and "</think>" not in piece
+    # One left-to-right pass, tags removed where they occur.
+    assert "".join(raw) == re.sub(r"<think>|</think>", "", text)

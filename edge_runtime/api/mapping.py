@@ -14,9 +14,7 @@ PRIORITY_FROM_PROTO = {
 }
 PRIORITY_TO_PROTO = {Priority.REALTIME: pb.PRIORITY_REALTIME, Priority.NORMAL: pb.PRIORITY_NORMAL,
                      Priority.BACKGROUND: pb.PRIORITY_BACKGROUND}
-# A forced token's id travels on the reasoning channel (its text, if any, on the channel it falls in).
-CHANNEL_TO_PROTO = {Channel.REASONING: pb.CHANNEL_REASONING, Channel.ANSWER: pb.CHANNEL_ANSWER,
-                    Channel.FORCED: pb.CHANNEL_REASONING}
+CHANNEL_TO_PROTO = {Channel.REASONING: pb.CHANNEL_REASONING, Channel.ANSWER: pb.CHANNEL_ANSWER}
 CHANNEL_FROM_PROTO = {pb.CHANNEL_REASONING: Channel.REASONING, pb.CHANNEL_ANSWER: Channel.ANSWER}
 # An expired request never reaches the wire as a Final: the call ends with DEADLINE_EXCEEDED first.
 FINISH_TO_PROTO = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,

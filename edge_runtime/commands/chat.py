@@ -15,7 +15,7 @@ from typing import TextIO
 
 from edge_runtime.bundle.reader import BundleError
 from edge_runtime.bundle.signature import KeyFileError, load_trusted_keys
-from edge_runtime.engine.records import Delta, Event, Final, RequestError, ToolCallRecord
+from edge_runtime.engine.records import Channel, Delta, Event, Final, RequestError, ToolCallRecord
 
 DIM, RESET = "\033[2m", "\033[0m"
 # gRPC status codes that mean the request (not the server) is at fault: exit code 2.
@@ -55,15 +55,15 @@ class Display:
 
     def __init__(self, out: TextIO, color: bool):
         self.out, self.color = out, color
-        self.channel: str | None = None
+        self.channel: Channel | None = None
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Delta) and event.text:
             if event.channel != self.channel:
                 if self.channel is not None:
                     self.out.write(RESET if self.color else "")
-                    self.out.write("\n" if self.channel == "reasoning" else "")
-                if event.channel == "reasoning":
+                    self.out.write("\n" if self.channel is Channel.REASONING else "")
+                if event.channel is Channel.REASONING:
                     self.out.write(DIM if self.color else "[reasoning] ")
                 self.channel = event.channel
             self.out.write(event.text)
@@ -71,7 +71,7 @@ class Display:
             self.out.write(("\n" if self.channel else "") + json.dumps({"tool_call": asdict(event)}) + "\n")
             self.channel = None
         elif isinstance(event, Final):
-            self.out.write((RESET if self.color and self.channel == "reasoning" else "") + "\n")
+            self.out.write((RESET if self.color and self.channel is Channel.REASONING else "") + "\n")
         self.out.flush()
 
 

@@ -1,11 +1,11 @@
 """Chat on top of the engine: render the bundle's chat template, tokenize, attach reasoning control.
 
 A `ChatRequest` is what the CLI and the gRPC service accept. `Chat.prepare()` turns it into the engine's
-`GenerationRequest`: the prompt rendered exactly as transformers would, sampling defaults from the model
-card (reasoning on: temperature 0.6, top-p 0.95; off: greedy), and the thinking budgets that the
-engine's ThinkingController enforces inside the decode loop. Its two steps, `render()` and `request()`
-(which tokenizes), can also be run apart, so that a caller can stop between them. Rendering is bounded
-by `RequestLimits.render` (edge_runtime.bundle.chat_template).
+`GenerationRequest`, once: the prompt rendered exactly as transformers would, sampling from the model
+card's defaults for the reasoning mode (on: temperature 0.6, top-p 0.95; off: greedy) with the request's
+own settings on top, and the thinking budgets that the sampler chain's thinking stage enforces inside the
+decode loop. Its two steps, `render()` and `request()` (which tokenizes), can also be run apart, so that a
+caller can stop between them. Rendering is bounded by `RequestLimits.render` (bundle/chat_template.py).
 """
 
 from __future__ import annotations

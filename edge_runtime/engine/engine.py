@@ -29,7 +29,7 @@ from edge_runtime.bundle.memory_plan import MemoryPlan, plan_for_bundle
 from edge_runtime.engine.providers import ProviderConfig
 from edge_runtime.engine.runner import OrtModelRunner
 from edge_runtime.engine.output import OutputProcessor
-from edge_runtime.engine.records import (Channel, Delta, EngineUnavailableError, Event, Final, FinishReason,
+from edge_runtime.engine.records import (Delta, EngineUnavailableError, Event, Final, FinishReason,
                                          GenerationRequest, RequestError, Usage)
 from edge_runtime.engine.sampler import Choice, SamplerChain, SamplerState, choose
 from edge_runtime.engine.scheduler import Scheduler, SchedulerConfig
@@ -148,9 +148,7 @@ class Engine:
         seq = Sequence(
             request=request,
             chain=SamplerChain(SamplerState.create(request.sampling, request.prompt_ids), thinking, stop_ids),
-            output=OutputProcessor(self.tokenizer, request.prompt_ids,
-                                   request.thinking is not None and request.thinking.enabled,
-                                   request.stop_strings, request.tool_names),
+            output=OutputProcessor(self.tokenizer, request.prompt_ids, request.stop_strings, request.tool_names),
             max_tokens=request.max_tokens if request.max_tokens is not None
             else self.max_context - len(request.prompt_ids),
             submitted=self.clock(),
@@ -256,8 +254,7 @@ class Engine:
         self.tokens_generated += 1
         accepted = s.chain.accept(token)
         if accepted.stops:  # counted and streamed as an id, never as text
-            channel = Channel.ANSWER if accepted.channel is Channel.ANSWER else Channel.REASONING
-            s.emit(Delta("", channel, [token], [choice.logprobs] if choice.logprobs is not None else []))
+            s.emit(Delta("", accepted.channel, [token], [choice.logprobs] if choice.logprobs is not None else []))
             return self._finish(s, FinishReason.STOP)
         for event in s.output.push(token, accepted.channel, choice.logprobs):
             s.emit(event)

@@ -1,9 +1,10 @@
-"""Output processing for one sequence: committed tokens in, channel-tagged text, tool calls and stops out.
+"""Output processing for one sequence: committed tokens with their channel in, text events, tool calls and
+stops out.
 
-Per token: incremental detokenization (never half a UTF-8 character) -> reasoning/answer split on the
-think tags (the tags never appear in either text) -> on the answer channel, stop strings (never shown
-partially) and <TOOLCALL> parsing (never leaking the tag or half a call). Every token id reaches the
-stream exactly once, on the delta of the step that committed it.
+Per token: incremental detokenization (never half a UTF-8 character) -> the think tags dropped (neither
+channel ever shows them) -> the text on the token's channel, as the thinking stage decided it -> on the
+answer channel, stop strings (never shown partially) and <TOOLCALL> parsing (never leaking the tag or
+half a call). Every token id reaches the stream exactly once, on the delta of the step that committed it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tokenizers import Tokenizer
 
 from edge_runtime.engine.detokenizer import IncrementalDecoder, StopMatcher
 from edge_runtime.engine.records import Channel, Delta, Event, TokenLogprobs, ToolCallRecord
-from edge_runtime.engine.thinking import ReasoningSplitter
+from edge_runtime.engine.thinking import TagStripper
 from edge_runtime.engine.toolcalls import TextDelta, ToolCall, ToolCallParser
 
 
@@ -22,7 +23,6 @@ from edge_runtime.engine.toolcalls import TextDelta, ToolCall, ToolCallParser
 class OutputProcessor:
     tokenizer: Tokenizer | None
     prompt_ids: list[int]
-    reasoning: bool
     stop_strings: list[str]
     tool_names: list[str] | None
     reasoning_text: str = ""
@@ -33,15 +33,20 @@ class OutputProcessor:
     def __post_init__(self) -> None:
         if self.tokenizer is not None:
             self._decoder = IncrementalDecoder(self.tokenizer, self.prompt_ids, skip_special_tokens=False)
-        self._splitter = ReasoningSplitter(self.reasoning)
+        self._tags = TagStripper()
+        self._channel = Channel.REASONING
         self._stops = StopMatcher(self.stop_strings)
         self._tools = ToolCallParser(self.tool_names) if self.tool_names is not None else None
         self._answer_started = False
 
     def push(self, token_id: int, channel: Channel, logprobs: TokenLogprobs | None) -> list[Event]:
         """Events for one committed (non-stop) token."""
+        events: list[Event] = []
+        if channel is not self._channel:  # text held back so far belongs to the channel it came from
+            events += self._text_events(self._tags.flush())
+            self._channel = channel
         text = self._decoder.push(token_id) if self.tokenizer is not None else ""
-        events = self._text_events(self._splitter.feed(text))
+        events += self._text_events(self._tags.feed(text))
         self._attach(events, token_id, channel, logprobs)
         return events
 
@@ -49,28 +54,25 @@ class OutputProcessor:
         """Release everything held back (end of stream)."""
         if self.stopped_by is not None:
             return []
-        pieces = self._splitter.feed(self._decoder.flush()) if self.tokenizer is not None else []
-        events = self._text_events(pieces + self._splitter.flush())
+        text = self._tags.feed(self._decoder.flush()) if self.tokenizer is not None else ""
+        events = self._text_events(text + self._tags.flush())
         if self.stopped_by is None:  # flushing the text may itself complete a stop string
             events += self._answer_events(self._stops.flush(), final=True)
         return events
 
-    def _text_events(self, pieces) -> list[Event]:
-        events: list[Event] = []
-        for piece in pieces:
-            if self.stopped_by is not None:
-                break
-            if piece.channel is Channel.REASONING:
-                self.reasoning_text += piece.text
-                events.append(Delta(piece.text, Channel.REASONING))
-            else:
-                text = piece.text if self._answer_started else piece.text.lstrip()
-                self._answer_started = self._answer_started or bool(text)
-                safe, stop = self._stops.push(text)
-                events += self._answer_events(safe, final=False)
-                if stop is not None:
-                    self.stopped_by = stop
-                    events += self._answer_events("", final=True)
+    def _text_events(self, text: str) -> list[Event]:
+        if not text or self.stopped_by is not None:
+            return []
+        if self._channel is Channel.REASONING:
+            self.reasoning_text += text
+            return [Delta(text, Channel.REASONING)]
+        text = text if self._answer_started else text.lstrip()
+        self._answer_started = self._answer_started or bool(text)
+        safe, stop = self._stops.push(text)
+        events = self._answer_events(safe, final=False)
+        if stop is not None:
+            self.stopped_by = stop
+            events += self._answer_events("", final=True)
         return events
 
     def _answer_events(self, text: str, final: bool) -> list[Event]:
@@ -93,9 +95,9 @@ class OutputProcessor:
 
     @staticmethod
     def _attach(events: list[Event], token_id: int, channel: Channel, logprobs: TokenLogprobs | None) -> None:
-        target = next((e for e in events if isinstance(e, Delta)), None)
+        target = next((e for e in events if isinstance(e, Delta) and e.channel is channel), None)
         if target is None:
-            target = Delta("", Channel.ANSWER if channel is Channel.ANSWER else Channel.REASONING)
+            target = Delta("", channel)
             events.insert(0, target)
         target.token_ids.append(token_id)
         if logprobs is not None:

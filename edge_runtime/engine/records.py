@@ -136,13 +136,11 @@ class Priority(enum.IntEnum):
 
 
 class Channel(enum.StrEnum):
-    """Where a token or a piece of text belongs."""
+    """Where a token and its text belong: decided once, on the token side, by the thinking stage
+    (everything up to and including `</think>` is reasoning)."""
 
     REASONING = "reasoning"
     ANSWER = "answer"
-    # The close sequence the thinking budget forced: counted apart from the model's reasoning and answer;
-    # its text is shown on the channel it falls in (before `</think>` reasoning, after it the answer).
-    FORCED = "forced"
 
 
 class FinishReason(enum.StrEnum):

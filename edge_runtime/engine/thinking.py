@@ -1,4 +1,4 @@
-"""Per-request reasoning control: the thinking budget as a stage of the sampler chain, and the channel splitter.
+"""Per-request reasoning control: the thinking budget as a stage of the sampler chain, and the think-tag stripper.
 
 `ThinkingController` is one request's budget, a small state machine that works the way llama.cpp's
 reasoning budget does: before each draw `apply(logits)` either forces the next token of the close sequence
@@ -14,7 +14,9 @@ model's own state with no second prefill. States and transitions:
     ANSWER   --max_answer_tokens reached---------------------------> DONE     (`exhausted`)
 
 Counting: `reasoning_tokens` are the model's own tokens while THINKING (its `</think>` included), so
-`reasoning_tokens <= B + G` always; forced tokens are counted in `forced_tokens` (Channel.FORCED). Masks:
+`reasoning_tokens <= B + G` always; forced tokens are counted in `forced_tokens`. The channel of every
+token is decided here, once: reasoning up to and including `</think>` (forced or not), the answer after
+it; output processing shows each token's text on its channel. Masks:
 in THINKING the request's stop tokens (a reply never ends inside its reasoning, so the answer keeps its
 room), in ANSWER the think tags (no second `</think>`, no new `<think>`).
 
@@ -26,9 +28,8 @@ close sequence whose text ends the model's reasoning text is skipped (so "...don
 The deadline is measured from the first generated token with an injectable millisecond clock; the token
 that arrives at or after it is still the model's reasoning, and the close is forced from the next step.
 
-`ReasoningSplitter` is the text-side counterpart: it turns decoded text deltas into channel-tagged
-pieces, dropping the `<think>`/`</think>` tags, so neither the reasoning nor the answer ever shows them.
-Special tokens are looked up by their text through the tokenizer, never by id.
+`TagStripper` is the text-side counterpart: it drops the `<think>`/`</think>` tags from decoded text, so
+neither the reasoning nor the answer ever shows them. Special tokens are looked up by their text through the tokenizer, never by id.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -75,6 +75,7 @@ class ThinkingController:
         self._close_ids = tokenizer.encode(config.close_text, add_special_tokens=False).ids
         if self._close_id not in self._close_ids:
             raise ValueError(f"close_text {config.close_text!r} does not tokenize to a {THINK_CLOSE!r} token")
+        self._close_at = self._close_ids.index(self._close_id)  # forced tokens past it are the answer's
         # Text of each token-boundary prefix of the close sequence, for matching what the model wrote.
         self._close_prefix_texts = [
             tokenizer.decode(self._close_ids[:k], skip_special_tokens=False) for k in range(len(self._close_ids))
@@ -113,7 +114,7 @@ class ThinkingController:
         return None
 
     def accept(self, token_id: int) -> Channel:
-        """Advance on a committed token; returns its channel (FORCED for the close sequence's tokens)."""
+        """Advance on a committed token; returns its channel."""
         if self.state is State.DONE:
             raise RuntimeError("accept() after the answer budget was spent")
         if self.state is State.CLOSING and token_id != self._close_ids[self._close_pos]:
@@ -133,10 +134,11 @@ class ThinkingController:
     def _transition(self, token_id: int, now: float) -> Channel:
         if self.state is State.CLOSING:
             self.forced_tokens += 1
+            channel = Channel.ANSWER if self._close_pos > self._close_at else Channel.REASONING
             self._close_pos += 1
             if self._close_pos == len(self._close_ids):
                 self.state = State.ANSWER
-            return Channel.FORCED
+            return channel
         if self.state is State.ANSWER:
             self.answer_tokens += 1
             return Channel.ANSWER
@@ -178,49 +180,33 @@ class ThinkingController:
         return self._token_text[token_id]
 
 
-@dataclass(frozen=True)
-class ChannelText:
-    channel: Channel
-    text: str
+class TagStripper:
+    """Decoded text deltas in, the same text without `<think>` and `</think>` out, however the text is split.
 
-
-class ReasoningSplitter:
-    """Decoded text deltas in, reasoning/answer pieces out; `<think>` and `</think>` never pass through.
-
-    Tags are removed in one left-to-right pass, like `str.replace`: text that only spells a tag once
-    a tag inside it is removed (`<think<think>>`) is the model's text and is kept. The first
-    `</think>` switches to the answer channel; text is otherwise passed through exactly.
+    Tags are removed in one left-to-right pass, like `str.replace`: text that only spells a tag once a tag
+    inside it is removed (`<think<think>>`) is the model's text and is kept. The possible beginning of a
+    tag at the end of a delta is held back until the next delta decides it.
     """
 
     _TAGS = (THINK_OPEN, THINK_CLOSE)
 
-    def __init__(self, reasoning_enabled: bool) -> None:
-        self._channel = Channel.REASONING if reasoning_enabled else Channel.ANSWER
+    def __init__(self) -> None:
         self._pending = ""
 
-    def feed(self, delta: str) -> list[ChannelText]:
-        buffer = self._pending + delta
-        pieces: list[ChannelText] = []
+    def feed(self, delta: str) -> str:
+        buffer, out = self._pending + delta, []
         while True:
             hits = [(buffer.find(tag), tag) for tag in self._TAGS if tag in buffer]
             if not hits:
                 break
             start, tag = min(hits)
-            self._emit(pieces, buffer[:start])
-            buffer = buffer[start + len(tag) :]
-            if tag == THINK_CLOSE:
-                self._channel = Channel.ANSWER
+            out.append(buffer[:start])
+            buffer = buffer[start + len(tag):]
         keep = max(held_back_length(buffer, tag) for tag in self._TAGS)
-        self._emit(pieces, buffer[: len(buffer) - keep])
-        self._pending = buffer[len(buffer) - keep :]
-        return pieces
+        out.append(buffer[:len(buffer) - keep])
+        self._pending = buffer[len(buffer) - keep:]
+        return "".join(out)
 
-    def flush(self) -> list[ChannelText]:
-        pieces: list[ChannelText] = []
-        self._emit(pieces, self._pending)
-        self._pending = ""
-        return pieces
-
-    def _emit(self, pieces: list[ChannelText], text: str) -> None:
-        if text:
-            pieces.append(ChannelText(self._channel, text))
+    def flush(self) -> str:
+        pending, self._pending = self._pending, ""
+        return pending
