@@ -142,7 +142,7 @@ def test_watchdog_pings_stop_while_a_model_call_hangs(tiny_bundle: Path, tmp_pat
         assert sum("WATCHDOG=1" in m for m in _drain(systemd)) == 3  # an idle engine is healthy
 
         engine.runner.decode = hanging_decode
-        handle = engine.submit(GenerationRequest(prompt_ids=[1, 2, 3], max_tokens=8))
+        handle = engine.submit(GenerationRequest(prompt_ids=[1, 2, 3], max_tokens=8, ignore_eos=True))
         assert entered.wait(60)
         progress = EngineProgress.of(engine)
         asyncio.run(watch(3))
