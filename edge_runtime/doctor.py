@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from edge_runtime.service.config import ServiceConfig
+from edge_runtime.bundle.demo import DEMO_BUNDLE
 from edge_runtime.bundle.units import format_bytes
 from nemotron_jetson.detect import JetsonInfo, detect
 
@@ -33,7 +34,6 @@ REQUIRED_PACKAGES = ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf",
 # JetPack ships GPU builds of ONNX Runtime under other distribution names.
 ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime_gpu")
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-DEMO_BUNDLE = Path(__file__).resolve().parent / "demo_bundle"
 # Below this share of available memory a budget risks the OOM killer once the OS and caches grow.
 BUDGET_HEADROOM = 0.9
 

@@ -1,7 +1,7 @@
 """`nemotron-edge serve`: the gRPC service (see service/server.py for what it does and in which order).
 
 Settings come from the TOML config (--config, default /etc/nemotron-edge/config.toml when it exists) with
-every flag of service_config.add_arguments overriding it. Without --bundle (and no bundle in the config)
+every flag of service.config.add_arguments overriding it. Without --bundle (and no bundle in the config)
 the demo bundle shipped inside the package is served, so `nemotron-edge serve --listen unix:/tmp/e.sock`
 works straight after `pip install`.
 

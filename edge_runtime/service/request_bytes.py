@@ -4,7 +4,7 @@ grpc.aio deserializes a request on the event loop before the handler runs, so wh
 every other call. This interceptor gives unary-request handlers a deserializer that
   - refuses a request longer than `max_bytes()` (RequestLimits.max_request_bytes, derived from the model's
     context) before parsing it: the handler answers RESOURCE_EXHAUSTED naming the limit, having cost no
-    more than receiving the bytes (gRPC's own max_receive_message_length, grpc_options.MAX_MESSAGE_BYTES, is
+    more than receiving the bytes (gRPC's own max_receive_message_length, engine.limits.MAX_MESSAGE_BYTES, is
     the transport's ceiling above it);
   - turns bytes that are not a valid message (corrupt wire format, invalid UTF-8 in a string field) into
     INVALID_ARGUMENT naming the message type, instead of gRPC's UNKNOWN "Unexpected DecodeError" with a

@@ -224,7 +224,7 @@ def _load_in_background(config: ServiceConfig, bundle: Path) -> asyncio.Future:
     def work() -> None:
         try:
             result = load_engine(bundle, config.engine_config(), config.thinking_defaults(),
-                                 lambda context: config.request_limits(context))
+                                 config.request_limits)
         except BaseException as e:  # noqa: BLE001 - reported to the event loop, which decides
             loop.call_soon_threadsafe(deliver, future.set_exception, e)
         else:
