@@ -31,8 +31,9 @@ from nemotron_jetson.detect import JetsonInfo, detect
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
 SERVICE_USER = "nemotron-edge"
 REQUIRED_PACKAGES = ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf", "cryptography")
-# JetPack ships GPU builds of ONNX Runtime under other distribution names.
-ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime_gpu")
+# GPU builds of ONNX Runtime install under another distribution name (JetPack's and PyPI's alike; importlib
+# normalizes "onnxruntime_gpu" to it).
+ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 # Below this share of available memory a budget risks the OOM killer once the OS and caches grow.
 BUDGET_HEADROOM = 0.9
@@ -52,6 +53,7 @@ class DoctorContext:
 
     config: ServiceConfig
     jetson: JetsonInfo
+    gpu: tuple[str, ...] = ()  # evidence of an NVIDIA GPU (find_nvidia_gpu); empty: none here
     config_error: str | None = None  # set: the config file could not be read; checks use the defaults
 
 
@@ -77,7 +79,17 @@ def check_packages(ctx: DoctorContext) -> list[CheckResult]:
         found = [(name, v) for name in names if (v := _installed_version(name)) is not None]
         name = f"package {package}"
         if not found:
-            results.append(CheckResult(name, FAIL, "not installed", f"pip install '{package}>={minimums.get(package, '0')}'"))
+            fix = ("pip install 'nemotron-edge[cpu]' (or [gpu] on a machine with CUDA; on a Jetson, JetPack's "
+                   "onnxruntime-gpu: docs/jetson.md)" if package == "onnxruntime"
+                   else f"pip install '{package}>={minimums.get(package, '0')}'")
+            results.append(CheckResult(name, FAIL, "not installed", fix))
+            continue
+        if len(found) > 1:  # e.g. onnxruntime and onnxruntime-gpu: they install over each other's files
+            names = ", ".join(f"{d} {v}" for d, v in found)
+            results.append(CheckResult(name, WARN, f"{len(found)} builds installed: {names}; whichever was "
+                                       "installed last owns the shared files",
+                                       "keep one: pip uninstall -y " + " ".join(d for d, _ in found) +
+                                       ", then install the one for this machine (docs/jetson.md)"))
             continue
         dist, version = found[0]
         minimum = minimums.get(package)
@@ -94,7 +106,7 @@ def check_providers(ctx: DoctorContext) -> CheckResult:
         import onnxruntime
     except ImportError as e:
         return CheckResult("onnxruntime providers", FAIL, f"onnxruntime does not import: {e}",
-                           "pip install onnxruntime (or JetPack's onnxruntime-gpu wheel on a Jetson)")
+                           "pip install 'nemotron-edge[cpu]' (or [gpu]; on a Jetson, JetPack's onnxruntime-gpu wheel)")
     available = onnxruntime.get_available_providers()
     detail = "available: " + ", ".join(available)
     missing_configured = [p for p in ctx.config.providers if ORT_NAMES[p] not in available]
@@ -104,6 +116,10 @@ def check_providers(ctx: DoctorContext) -> CheckResult:
         return CheckResult("onnxruntime providers", status,
                            f"{detail}; configured but missing: {', '.join(missing_configured)} "
                            "(ONNX Runtime would fall back to the next provider)", _gpu_ort_fix(ctx.jetson))
+    if ctx.gpu and "CUDAExecutionProvider" not in available:
+        return CheckResult("onnxruntime providers", WARN,
+                           f"{detail}; an NVIDIA GPU is here ({ctx.gpu[0]}) but this ONNX Runtime has only the CPU "
+                           "provider: generation runs on the CPU", _gpu_ort_fix(ctx.jetson))
     if gpu_missing:
         # The configured providers are all there (e.g. cpu only): GPU providers missing is a note, not a fault.
         return CheckResult("onnxruntime providers", WARN, f"{detail}; no {', '.join(gpu_missing)}: CPU only",
@@ -116,8 +132,8 @@ def _gpu_ort_fix(jetson: JetsonInfo) -> str:
         return ("install JetPack's onnxruntime-gpu wheel (built with CUDA and TensorRT) into the system Python; "
                 "the service venv sees it through --system-site-packages. Uninstall any CPU 'onnxruntime' "
                 "from the venv, it shadows the GPU build")
-    return ("on a machine with an NVIDIA GPU: pip install onnxruntime-gpu plus CUDA and TensorRT; "
-            "on this machine the runtime uses the CPU provider")
+    return ("on a machine with an NVIDIA GPU: pip uninstall -y onnxruntime, then pip install 'nemotron-edge[gpu]' "
+            "(onnxruntime-gpu; it needs the CUDA and cuDNN libraries, TensorRT for the tensorrt provider)")
 
 
 def check_torch(ctx: DoctorContext) -> CheckResult:
@@ -128,10 +144,11 @@ def check_torch(ctx: DoctorContext) -> CheckResult:
     return CheckResult("torch", INFO, f"torch {version} importable (not needed on the device; only the exporter uses it)")
 
 
-def check_gpu(ctx: DoctorContext) -> CheckResult:
+def find_nvidia_gpu(jetson: JetsonInfo, dev: Path = Path("/dev")) -> tuple[str, ...]:
+    """Evidence of an NVIDIA GPU on this machine: a Jetson's iGPU, `nvidia-smi -L`, device nodes."""
     found = []
-    if ctx.jetson.is_jetson:
-        found.append(f"Jetson iGPU ({ctx.jetson.soc or 'unknown SoC'})")
+    if jetson.is_jetson:
+        found.append(f"Jetson iGPU ({jetson.soc or 'unknown SoC'})")
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
@@ -141,11 +158,15 @@ def check_gpu(ctx: DoctorContext) -> CheckResult:
         if listing:
             found.append(listing.splitlines()[0])
     nodes = sorted(p.name for pattern in ("nvidia[0-9]*", "nvidiactl", "nvhost-gpu", "nvhost-ctrl-gpu", "nvmap")
-                   for p in Path("/dev").glob(pattern))
+                   for p in dev.glob(pattern))
     if nodes:
         found.append("device nodes " + " ".join(f"/dev/{n}" for n in nodes))
-    if found:
-        return CheckResult("gpu", PASS, "; ".join(found))
+    return tuple(found)
+
+
+def check_gpu(ctx: DoctorContext) -> CheckResult:
+    if ctx.gpu:
+        return CheckResult("gpu", PASS, "; ".join(ctx.gpu))
     return CheckResult("gpu", WARN, "no NVIDIA GPU: no nvidia-smi, no /dev/nvidia* or /dev/nvhost-* nodes",
                        "run on a Jetson or a machine with an NVIDIA GPU and driver; here generation runs on the CPU")
 
@@ -271,7 +292,8 @@ CHECKS: tuple[Callable[[DoctorContext], CheckResult | list[CheckResult]], ...] =
 
 
 def run_checks(config: ServiceConfig, config_error: str | None = None, jetson: JetsonInfo | None = None) -> list[CheckResult]:
-    ctx = DoctorContext(config=config, jetson=jetson if jetson is not None else detect("/"), config_error=config_error)
+    jetson = jetson if jetson is not None else detect("/")
+    ctx = DoctorContext(config=config, jetson=jetson, gpu=find_nvidia_gpu(jetson), config_error=config_error)
     results: list[CheckResult] = []
     for check in CHECKS:
         outcome = check(ctx)
@@ -294,7 +316,8 @@ def _declared_minimums() -> dict[str, str]:
         return {}
     minimums = {}
     for requirement in requirements:
-        match = re.match(r"^([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)\s*$", requirement)
+        # `name>=1.2`, or `name>=1.2; extra == "cpu"` for ONNX Runtime's flavours.
+        match = re.match(r"^([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)\s*(;.*)?$", requirement)
         if match:
             minimums[match.group(1).lower()] = match.group(2)
     return minimums

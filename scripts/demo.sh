@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e .
+.venv/bin/pip install -q -e '.[cpu]'
 sock="${TMPDIR:-/tmp}/nemotron-edge-demo/edge.sock"
 .venv/bin/nemotron-edge serve --listen "unix:$sock" &
 server=$!

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # Pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is a local CPU build on our machines.
-.venv/bin/pip install -q 'torch==2.13.0' -e '.[export,test]'
+.venv/bin/pip install -q 'torch==2.13.0' -e '.[cpu,export,test]'
 if ! command -v systemd-analyze >/dev/null; then  # the unit-file tests need it
     if [ "$(id -u)" = 0 ]; then apt-get install -y -q systemd; else sudo apt-get install -y -q systemd; fi
 fi

@@ -4,6 +4,7 @@ are warnings with fixes (not failures), and real problems (bad config, oversized
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -118,3 +119,42 @@ def test_gpu_providers_configured_on_a_non_jetson_warn_not_fail(tmp_path: Path) 
     if not HAS_CUDA:
         status, detail = checks["onnxruntime providers"]
         assert status == "WARN" and "configured but missing: tensorrt, cuda" in detail, out
+
+
+def test_a_gpu_with_only_the_cpu_provider_is_named_with_the_fix_for_the_machine() -> None:
+    """An NVIDIA GPU is present (its evidence given, as `find_nvidia_gpu` reports it) while this ONNX Runtime
+    has only the CPU provider: a clear warning, with the fix for a server or for a Jetson."""
+    from edge_runtime.doctor import WARN, DoctorContext, check_providers
+    from edge_runtime.service.config import ServiceConfig
+    from nemotron_jetson.detect import JetsonInfo
+
+    server = check_providers(DoctorContext(ServiceConfig(), JetsonInfo(False), gpu=("GPU 0: NVIDIA H200",)))
+    jetson = check_providers(DoctorContext(ServiceConfig(), JetsonInfo(True, soc="tegra264"),
+                                           gpu=("Jetson iGPU (tegra264)",)))
+    if HAS_CUDA:
+        assert "NVIDIA GPU is here" not in server.detail
+        return
+    assert server.status == WARN and "an NVIDIA GPU is here (GPU 0: NVIDIA H200)" in server.detail
+    assert "only the CPU provider" in server.detail and "nemotron-edge[gpu]" in server.fix
+    assert jetson.status == WARN and "JetPack's onnxruntime-gpu" in jetson.fix
+
+
+def test_gpu_evidence_comes_from_device_nodes(tmp_path: Path) -> None:
+    from edge_runtime.doctor import find_nvidia_gpu
+    from nemotron_jetson.detect import JetsonInfo
+
+    (tmp_path / "nvidia0").touch()
+    (tmp_path / "nvidiactl").touch()
+    assert any("/dev/nvidia0 /dev/nvidiactl" in e for e in find_nvidia_gpu(JetsonInfo(False), dev=tmp_path))
+    assert find_nvidia_gpu(JetsonInfo(True, soc="tegra264"), dev=tmp_path / "none")[0] == "Jetson iGPU (tegra264)"
+
+
+def test_two_onnxruntime_builds_in_one_environment_warn(tmp_path: Path) -> None:
+    """A second build's metadata on the path (as `pip install onnxruntime-gpu` beside onnxruntime leaves it)."""
+    dist = tmp_path / "onnxruntime_gpu-1.31.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.31.1\n")
+    result = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "doctor"], capture_output=True, text=True,
+                            timeout=180, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    line = next(l for l in result.stdout.splitlines() if "package onnxruntime" in l)
+    assert line.startswith("[WARN]") and "2 builds installed" in line and "onnxruntime-gpu 1.31.1" in line, result.stdout
