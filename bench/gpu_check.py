@@ -10,12 +10,12 @@ JSON report, one printed summary, for each preset (`tiny`; without --quick also 
   (for int4, the reference with the weights the bundle stores, dequantized), so a run without a GPU
   checks something real too. A format the provider cannot run is skipped, with ONNX Runtime's reason;
   fp32 refused, or the CUDA provider not the one running (ONNX Runtime falls back to the CPU), fails.
-- host <-> device bytes of one decode step at batch 1 and 8. COMPUTED from what the runner binds, not
-  measured: today every state input and output is a host numpy array, so on a GPU provider all of them
-  cross each step (K/V grows with the past length); on the CPU provider nothing crosses.
+- host <-> device bytes of one decode step at batch 1 and 8, as the runner counts them per call: the state
+  is bound in the provider's device memory (0 bytes through the host), the token ids and past lengths go
+  in and the float32 logits come out through host memory; on the CPU provider nothing crosses.
 - decode and prefill tokens/s at batch 1 and 8 without CUDA graphs. With CUDA graphs is reported as not
-  supported: graph capture needs device-resident state at fixed addresses, which the runner does not have
-  yet (a later change binds device buffers and fills in both the byte count and this measurement).
+  supported: capture also needs the token ids, lengths and logits in device buffers at fixed addresses, and
+  one capture per batch size, which the runner does not do yet.
 
 The bundles are exported on the machine that runs the check, by the exporter, from synthetic checkpoints:
 those of `nano-9b-v2-slice` are too large to travel to the GPU machine. Each preset has a time budget (BUDGET_S), printed beside what it
@@ -79,7 +79,8 @@ TOLERANCES = {
 }
 CUDA_GRAPHS = {"status": "not_supported",
                "reason": "not supported yet: CUDA graph capture needs every input and output in device memory "
-                         "at fixed addresses; the runner binds host numpy buffers and stages K/V each call"}
+                         "at fixed addresses; the runner keeps the state there but binds token ids, lengths "
+                         "and logits in host memory"}
 
 
 class Side(Protocol):
@@ -97,8 +98,9 @@ class OrtSide:
         from edge_runtime.engine.runner import OrtModelRunner
         from edge_runtime.engine.state_pool import StatePool
 
-        self.pool = StatePool(bundle.state_layout, rows, MAX_CONTEXT, rows, MAX_CONTEXT)
-        self.runner = OrtModelRunner(bundle, self.pool, ProviderConfig(providers=providers, cuda=cuda_options))
+        config = ProviderConfig(providers=providers, cuda=cuda_options)
+        self.pool = StatePool(bundle.state_layout, rows, MAX_CONTEXT, config.state_device())
+        self.runner = OrtModelRunner(bundle, self.pool, config)
         self.slots = [self.pool.allocate() for _ in range(rows)]
 
     def prefill(self, chunks: list[list[int]], past: list[int]) -> np.ndarray:
@@ -230,25 +232,19 @@ def dequantized_model(model, bundle):
 
 
 def decode_step_bytes(side: OrtSide, batch: int, past: int) -> dict:
-    """What one decode step of `batch` rows after `past` tokens binds, and so moves between host and device:
-    the buffers the runner binds (pool.gather_kv, pool.gather_states, pool.output_views, the token ids,
-    past lengths and logits) are host numpy arrays, so on a GPU provider each crosses once per step."""
-    pool, slots = side.pool, side.slots[:batch]
+    """What one decode step of `batch` rows after `past` prompt tokens binds in host memory, as the runner
+    counts it (HostBytes), and so moves between host and device on a GPU provider: token ids and lengths in,
+    logits out; the state is in device memory there. On the CPU provider nothing crosses."""
+    rng = np.random.default_rng(past)
     vocab = side.runner.bundle.config.vocab_size
-    int64 = np.dtype(np.int64).itemsize
-    kv = sum(a.nbytes for a in pool.gather_kv(slots, past).values())
-    states_in = sum(a.nbytes for a in pool.gather_states(slots).values())
-    outputs = pool.output_views(slots, 1)
-    kv_out = sum(outputs[s.output_name].nbytes for s in pool.specs if s.per_token)
-    states_out = sum(outputs[s.output_name].nbytes for s in pool.specs if not s.per_token)
-    to_device = kv + states_in + 2 * batch * int64  # + input_ids and past_lengths
-    to_host = states_out + kv_out + batch * vocab * 4  # + float32 logits
+    logits = side.prefill([rng.integers(0, vocab, past).tolist() for _ in range(batch)], [0] * batch)
+    counted = side.runner.host_bytes["decode"]
+    before = dict(vars(counted))
+    side.decode(logits.argmax(-1).tolist(), [past] * batch)
+    bound = {k: v - before[k] for k, v in vars(counted).items()}
     crosses = side.runner.active_providers[0] != "CPUExecutionProvider"
-    return {"past_tokens": past, "host_to_device": to_device if crosses else 0,
-            "device_to_host": to_host if crosses else 0,
-            "bound": {"kv_in": kv, "states_in": states_in, "ids_and_lengths": 2 * batch * int64,
-                      "states_out": states_out, "kv_out": kv_out, "logits": batch * vocab * 4},
-            "kv_in_per_past_token": kv // past if past else 0}
+    return {"past_tokens": past, "host_to_device": bound["inputs"] + bound["state"] // 2 if crosses else 0,
+            "device_to_host": bound["logits"] + bound["state"] // 2 if crosses else 0, "bound_in_host_memory": bound}
 
 
 def timed_perf(side: OrtSide, batch: int, steps: int, reps: int, vocab: int) -> dict:
@@ -372,7 +368,7 @@ def check_preset(preset: str, opts: Options) -> dict:
         assert not isinstance(perf, Refusal), perf  # it opened above
         vocab = bundle.config.vocab_size
         out["decode_step_bytes"][fmt] = {
-            "status": "computed", "method": "computed from the runner's bindings (host numpy buffers), not measured",
+            "status": "counted", "method": "counted by the runner for each call it binds (HostBytes)",
             **{f"batch{b}": decode_step_bytes(perf, b, PERF_PROMPT) for b in PERF_BATCHES}}
         out["perf"][fmt] = {
             "status": "measured",
@@ -393,6 +389,12 @@ def failures(report: dict) -> list[str]:
             elif p["status"] == "failed":
                 bad.append(f"{preset} {fmt} parity: max rel err {p['max_rel_err']:.2e} (tolerance {p['tolerance']}), "
                            f"{sum(not m['near_tie'] for m in p['token_mismatches'])} token mismatches beyond a near-tie")
+        if report["provider"] != "cpu":  # on a GPU the state must stay in device memory
+            for fmt, steps in r["decode_step_bytes"].items():
+                for batch, step in steps.items():
+                    if isinstance(step, dict) and step["bound_in_host_memory"]["state"]:
+                        bad.append(f"{preset} {fmt} {batch}: {step['bound_in_host_memory']['state']} bytes of state "
+                                   "bound in host memory on a GPU provider")
     return bad
 
 
@@ -418,7 +420,8 @@ def command_output(argv: list[str]) -> str | None:
 
 def crossing(step: dict, batch: int) -> str:
     moved = step["host_to_device"] + step["device_to_host"]
-    return f"b{batch} {moved / 1e6:.2f} MB of {sum(step['bound'].values()) / 1e6:.2f} MB bound"
+    bound = step["bound_in_host_memory"]
+    return f"b{batch} {moved / 1e6:.3f} MB (state bound in host memory: {bound['state'] / 1e6:.3f} MB)"
 
 
 def preload_cuda_libraries() -> str:
@@ -448,7 +451,7 @@ def summary(report: dict) -> str:
             perf = r["perf"][fmt]
             lines.append(
                 f"  {fmt:5} parity {p['status']} (max rel err {p['max_rel_err']:.1e} <= {p['tolerance']:g}, "
-                f"{len(p['token_mismatches'])} argmax flips) | decode step host<->device (computed) "
+                f"{len(p['token_mismatches'])} argmax flips) | decode step host<->device "
                 + ", ".join(crossing(r["decode_step_bytes"][fmt][f"batch{b}"], b) for b in PERF_BATCHES) + " | tokens/s "
                 + ", ".join(f"b{b} prefill {perf[f'batch{b}']['cuda_graphs_off']['prefill_tokens_per_s']:.0f} "
                             f"decode {perf[f'batch{b}']['cuda_graphs_off']['decode_tokens_per_s']:.0f}"

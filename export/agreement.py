@@ -19,8 +19,8 @@ PROMPTS, NEW_TOKENS, MAX_CONTEXT = 8, 64, 128
 
 
 def make_pool(bundle, rows: int) -> StatePool:
-    """`rows` slots, calls of up to `rows` rows and MAX_CONTEXT new tokens per row."""
-    return StatePool(bundle.state_layout, rows, MAX_CONTEXT, rows, MAX_CONTEXT)
+    """`rows` slots of MAX_CONTEXT tokens."""
+    return StatePool(bundle.state_layout, rows, MAX_CONTEXT)
 
 
 def padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,11 +5,15 @@ written before the graphs are built (nemotron_export.weights_file): building a g
 the file's index. The builder emits standard ONNX ops, MatMulNBits for quantized projections, and our
 custom SSM ops (nemotron_export.ops).
 
-Graph interface (b batch, t tokens, T past tokens; state names from edge_runtime.bundle.state_layout):
+Graph interface (b batch, t tokens, C the K/V buffer's capacity; state names from edge_runtime.bundle.state_layout):
   inputs   input_ids int64 [b, t]; lengths int64 [b] (prefill only: valid tokens per right-padded row);
-           past_lengths int64 [b] (tokens already in each row's K/V); past.* states
+           past_lengths int64 [b] (tokens already in each row's state; 0 starts a sequence: prefill ignores
+           that row's past conv/SSM state, so a reused slot needs no clearing); past.* states (key/value
+           [b, kv_heads, C, head_dim])
   outputs  logits float32 [b, vocab] at each row's last valid token; present.* states (conv/ssm: after
-           the last valid token; key/value: this call's tokens only, [b, kv_heads, t, head_dim])
+           the last valid token; key/value: the same buffer as past.*, with this call's t tokens written at
+           each row's past length; the runtime binds both to the slot's own memory)
+A prefill call with any row past 0 must have one row (GroupQueryAttention's limit); decode takes any batch.
 """
 
 from __future__ import annotations
@@ -199,7 +203,7 @@ class GraphBuilder:
         c = self.cfg
         h, hd, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
         z, xbc, dt_raw = self.node("Split", [proj, self.ints(c.mamba_inner, c.conv_dim, h)], 3, axis=-1)
-        xbc, conv_state = self.node("CausalConv1d", [xbc, f"past.{i}.conv", conv_w, conv_b, "lengths"], 2,
+        xbc, conv_state = self.node("CausalConv1d", [xbc, self.fresh_state(f"past.{i}.conv", 3), conv_w, conv_b, "lengths"], 2,
                                     domain=ops.DOMAIN, channels=c.conv_dim)
         self._rename(conv_state, f"present.{i}.conv")
         x, B, C = self.node("Split", [xbc, self.ints(c.mamba_inner, g * n, g * n)], 3, axis=-1)
@@ -208,38 +212,30 @@ class GraphBuilder:
         y, ssm = self.node("SsdChunkScan", [
             self.one("Reshape", [x, self.ints(0, 0, h, hd)]), dt, A,
             self.one("Reshape", [B, self.ints(0, 0, g, n)]), self.one("Reshape", [C, self.ints(0, 0, g, n)]),
-            D, f"past.{i}.ssm"], 2, domain=ops.DOMAIN, chunk_size=c.chunk_size)
+            D, self.fresh_state(f"past.{i}.ssm", 4)], 2, domain=ops.DOMAIN, chunk_size=c.chunk_size)
         self._rename(ssm, f"present.{i}.ssm")
         y = self.one("Reshape", [y, self.ints(0, -1, c.mamba_inner)])  # [b, t, inner] float32
         normed = self.one("GatedGroupNorm", [y, z, norm_w], domain=ops.DOMAIN,
                           n_groups=c.n_groups, epsilon=c.layer_norm_epsilon)
         return self.one("Cast", [normed], to=self.act)
 
-    def attention(self, i: int, u: str, attn_bias: str) -> str:
-        c, p = self.cfg, f"backbone.layers.{i}.self_attn." if False else f"backbone.layers.{i}.mixer."
+    def attention(self, i: int, u: str, kv_lengths: tuple[str, str]) -> str:
+        """One attention layer as ONNX Runtime's GroupQueryAttention (no rotary: the model has no position
+        encoding). Its K/V cache is the slot's own buffer, bound as both `past` and `present`: the kernel
+        writes this call's K/V at each row's position in place and attends over each row's own length, reading
+        K in its stored [kv_heads, capacity, head_dim] layout."""
+        c, p = self.cfg, f"backbone.layers.{i}.mixer."
         hq, hkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        rep = hq // hkv
         bias = (lambda n: p + n + ".bias") if c.attention_bias else (lambda n: None)
-        q = self.linear(u, p + "q_proj.weight", bias("q_proj"))
-        k = self.linear(u, p + "k_proj.weight", bias("k_proj"))
+        q = self.linear(u, p + "q_proj.weight", bias("q_proj"))  # [b, t, hq * hd]
+        k = self.linear(u, p + "k_proj.weight", bias("k_proj"))  # [b, t, hkv * hd]
         v = self.linear(u, p + "v_proj.weight", bias("v_proj"))
-        heads = lambda x, nh: self.one("Transpose", [self.one("Reshape", [x, self.ints(0, 0, nh, hd)])], perm=[0, 2, 1, 3])
-        q, k, v = heads(q, hq), heads(k, hkv), heads(v, hkv)  # [b, heads, t, hd]
-        self._rename(k, f"present.{i}.key")
-        self._rename(v, f"present.{i}.value")
-        keys = self.one("Concat", [f"past.{i}.key", f"present.{i}.key"], axis=2)  # [b, hkv, T+t, hd]
-        values = self.one("Concat", [f"past.{i}.value", f"present.{i}.value"], axis=2)
-        # Query heads sharing a K/V head are adjacent, so grouping them avoids copying K/V `rep` times.
-        qg = self.one("Reshape", [q, self.ints(0, hkv, rep, -1, hd)])  # [b, hkv, rep, t, hd]
-        kt = self.one("Unsqueeze", [self.one("Transpose", [keys], perm=[0, 1, 3, 2]), self.ints(2)])  # [b, hkv, 1, hd, T+t]
-        scores = self.one("Cast", [self.one("MatMul", [qg, kt])], to=TensorProto.FLOAT)  # [b, hkv, rep, t, T+t]
-        scores = self.one("Add", [self.one("Mul", [scores, self.const(f"f32_scale_{hd}", np.array(hd ** -0.5, np.float32))]),
-                                  attn_bias])
-        probs = self.one("Cast", [self.one("Softmax", [scores], axis=-1)], to=self.act)
-        out = self.one("MatMul", [probs, self.one("Unsqueeze", [values, self.ints(2)])])  # [b, hkv, rep, t, hd]
-        out = self.one("Reshape", [out, self.ints(0, hq, -1, hd)])  # [b, hq, t, hd]
-        out = self.one("Reshape", [self.one("Transpose", [out], perm=[0, 2, 1, 3]), self.ints(0, 0, hq * hd)])
-        return self.linear(out, p + "o_proj.weight", bias("o_proj"))
+        seqlens_k, total = kv_lengths
+        out, key, value = self.node("GroupQueryAttention", [q, k, v, f"past.{i}.key", f"past.{i}.value", seqlens_k, total],
+                                    3, domain=MS_DOMAIN, num_heads=hq, kv_num_heads=hkv, scale=float(hd ** -0.5))
+        self._rename(key, f"present.{i}.key")
+        self._rename(value, f"present.{i}.value")
+        return self.linear(out, p + "o_proj.weight", bias("o_proj"))  # out [b, t, hq * hd]
 
     def mlp(self, i: int, u: str) -> str:
         p = f"backbone.layers.{i}.mixer."
@@ -265,25 +261,24 @@ class GraphBuilder:
         ok = self.one("Less", [self.one("Unsqueeze", [pos, self.ints(0)]), self.one("Unsqueeze", ["lengths", self.ints(1)])])
         return self.one("Unsqueeze", [self.one("Cast", [ok], to=TensorProto.FLOAT), self.ints(-1)])
 
-    def attention_bias(self, first_attention_layer: int) -> str:
-        """[b, 1, 1, t, T+t] float32: 0 where a query may see a key (past keys < past_lengths; causal within
-        this call), -inf elsewhere."""
-        zero, one = self.const("i64_zero", np.array(0, np.int64)), self.const("i64_one", np.array(1, np.int64))
-        T = self.one("Squeeze", [self.one("Shape", [f"past.{first_attention_layer}.key"], start=2, end=3), self.ints(0)])
-        t = self.one("Squeeze", [self.one("Shape", ["input_ids"], start=1, end=2), self.ints(0)])
-        b = self.one("Shape", ["input_ids"], start=0, end=1)
-        past_ok = self.one("Less", [self.one("Unsqueeze", [self.one("Range", [zero, T, one]), self.ints(0)]),
-                                    self.one("Unsqueeze", ["past_lengths", self.ints(1)])])  # [b, T]
-        tt = self.one("Unsqueeze", [t, self.ints(0)])
-        Tt = self.one("Unsqueeze", [T, self.ints(0)])
-        past_ok = self.one("Expand", [self.one("Unsqueeze", [past_ok, self.ints(1)]), self.one("Concat", [b, tt, Tt], axis=0)])
-        pos = self.one("Range", [zero, t, one])
-        causal = self.one("LessOrEqual", [self.one("Unsqueeze", [pos, self.ints(0)]), self.one("Unsqueeze", [pos, self.ints(1)])])  # [t, t]
-        causal = self.one("Expand", [self.one("Unsqueeze", [causal, self.ints(0)]), self.one("Concat", [b, tt, tt], axis=0)])
-        ok = self.one("Concat", [past_ok, causal], axis=2)  # [b, t, T+t]
-        bias = self.one("Where", [ok, self.const("f32_zero", np.array(0.0, np.float32)),
-                                  self.const("f32_neginf", np.array(-np.inf, np.float32))])
-        return self.one("Unsqueeze", [bias, self.ints(1, 2)])
+    def kv_lengths(self) -> tuple[str, str]:
+        """GroupQueryAttention's `seqlens_k` (int32 [b]: each row's K/V length after this call, minus one) and
+        `total_sequence_length` (int32 scalar: the longest). Every row counts all t tokens of the call, its
+        right padding too: the kernel places a row's new tokens at seqlens_k + 1 - t, so padding lands after the
+        row's valid K/V, where nothing reads it before the row's next tokens overwrite it."""
+        t = self.one("Shape", ["input_ids"], start=1, end=2)  # [1]
+        total = self.one("Add", ["past_lengths", t])  # [b]
+        seqlens_k = self.one("Cast", [self.one("Sub", [total, self.const("i64_one", np.array(1, np.int64))])], to=TensorProto.INT32)
+        longest = self.one("Cast", [self.one("ReduceMax", [total], keepdims=0)], to=TensorProto.INT32)
+        return seqlens_k, longest
+
+    def fresh_state(self, name: str, rank: int) -> str:
+        """The past state `name` [b, ...] with the rows that start a sequence (past_lengths 0) zeroed, so a
+        reused slot needs no clearing on any device."""
+        started = self.one("Greater", ["past_lengths", self.const("i64_zero", np.array(0, np.int64))])
+        started = self.one("Reshape", [started, self.ints(-1, *([1] * (rank - 1)))])
+        zero = self.scalar(0.0) if name.endswith(".conv") else self.const("f32_zero", np.array(0.0, np.float32))
+        return self.one("Where", [started, name, zero])
 
     def embed(self, name: str) -> str:
         """Token embeddings [b, t, d] in the activation dtype. Quantized embeddings are int8 rows with one
@@ -303,13 +298,13 @@ class GraphBuilder:
         x = self.embed(emb_name)  # [b, t, d]
         valid = None if decode else self.valid_mask()
         attn = c.layers_of(ATTENTION)
-        attn_bias = self.attention_bias(attn[0]) if attn else None
+        kv_lengths = self.kv_lengths() if attn else None
         for i, kind in enumerate(c.pattern):
             u = self.rms_norm(x, f"backbone.layers.{i}.norm.weight")
             if kind == MAMBA:
                 out = self.mamba(i, u, valid, decode)
             elif kind == ATTENTION:
-                out = self.attention(i, u, attn_bias)
+                out = self.attention(i, u, kv_lengths)
             else:
                 out = self.mlp(i, u)
             x = self.one("Add", [x, out])
@@ -334,13 +329,11 @@ class GraphBuilder:
         inputs.append(helper.make_tensor_value_info("past_lengths", TensorProto.INT64, [batch]))
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, self.cfg.vocab_size])]
         for s in specs:
-            shape_in = [batch, *s.shape]
-            shape_out = [batch, *s.shape]
+            shape = [batch, *s.shape]
             if s.per_token:
-                shape_in[2] = "past_seq"
-                shape_out[2] = 1 if decode else "seq"
-            inputs.append(helper.make_tensor_value_info(s.name, ONNX_DTYPE[s.dtype], shape_in))
-            outputs.append(helper.make_tensor_value_info(s.output_name, ONNX_DTYPE[s.dtype], shape_out))
+                shape[2] = "kv_capacity"  # the slot's K/V buffer, past and present alike (updated in place)
+            inputs.append(helper.make_tensor_value_info(s.name, ONNX_DTYPE[s.dtype], shape))
+            outputs.append(helper.make_tensor_value_info(s.output_name, ONNX_DTYPE[s.dtype], shape))
         used = {n for node in self.nodes for n in node.input}
         initializers = [_external_stub(name, entry) for name, entry in self.weights.tensors.items() if name in used]
         initializers += [onnx.numpy_helper.from_array(arr, name) for name, arr in self.consts.items()]

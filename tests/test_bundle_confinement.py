@@ -302,7 +302,7 @@ STATE_LIES = {
     "config and layout: float16 states": (_layout_from_config(activation_dtype="float16"),
                                           "prefill.onnx inputs: 'past.0.conv' is float32"),
     "config and layout: one more KV head": (_layout_from_config({"num_key_value_heads": 4}),
-                                            "'past.2.key' is float32 ['batch', 2, 'past_seq', 32]"),
+                                            "'past.2.key' is float32 ['batch', 2, 'kv_capacity', 32]"),
     "graph inputs listed wrong": (lambda m: m["graphs"]["decode"]["inputs"][0].update(name="ids"), "graphs.decode.inputs[0]"),
     "logits over another vocabulary": (lambda m: m["config"].update(vocab_size=1000), "'logits' is float32 ['batch', 1024]"),
 }

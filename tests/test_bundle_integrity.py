@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bundle_edit import copy_bundle, edit_manifest
-from edge_runtime.bundle.reader import MANIFEST_FILE, BundleError, open_bundle
+from edge_runtime.bundle.reader import MANIFEST_FILE, SCHEMA_VERSION, BundleError, open_bundle
 
 
 @pytest.fixture
@@ -111,12 +111,20 @@ def test_manifest_flip_that_keeps_valid_json_is_named(copy, field):
     assert MANIFEST_FILE in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None, True])
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 0, "1", None, True])
 def test_unknown_schema_version_is_refused(copy, version):
     bundle = copy()
     edit_manifest(bundle, lambda m: m.__setitem__("schema_version", version))
     msg = refusal(bundle)
     assert "schema_version" in msg and repr(version) in msg and "not supported" in msg, msg
+
+
+def test_an_older_bundle_is_refused_with_a_re_export_hint(copy):
+    """Schema 1 bundles concatenated K/V per call; this runtime binds K/V buffers in place."""
+    bundle = copy()
+    edit_manifest(bundle, lambda m: m.__setitem__("schema_version", 1))
+    msg = refusal(bundle)
+    assert "schema_version 1 is not supported" in msg and "re-export" in msg, msg
 
 
 @pytest.mark.parametrize("domain,version", [("nemotron_edge", 2), ("nemotron_edge", None), ("other_domain", 1),

@@ -456,18 +456,24 @@ def make_engine(bundle: Path, lib: str | None):
 
 
 def run_calls(engine, prompts: list[list[int]], decode_steps: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """A right-padded batched prefill, then decode steps; (logits, copy of every state array) after each call."""
+    """A right-padded batched prefill, then decode steps; (logits, a copy of every slot's state, K/V up to its
+    length) after each call."""
     runner, pool = engine.runner, engine.pool
     slots = [pool.allocate() for _ in prompts]
-    snap = lambda logits: (logits.copy(), {k: v[slots].copy() for k, v in pool.arrays.items()})
-    out = [snap(runner.prefill(slots, prompts, [0] * len(prompts)))]
+    kv = {s.name for s in pool.specs if s.per_token}
+
+    def snap(logits: np.ndarray, past: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return logits.copy(), {f"{k} slot {slot}": v[:, :n] if k in kv else v
+                               for slot, n in zip(slots, past) for k, v in pool.read(slot).items()}
+
     past = [len(p) for p in prompts]
+    out = [snap(runner.prefill(slots, prompts, [0] * len(prompts)), past)]
     tokens = [p[-1] for p in prompts]
     for _ in range(decode_steps):
         logits = runner.decode(slots, tokens, past)
-        out.append(snap(logits))
-        tokens = [int(t) for t in logits.argmax(-1)]
         past = [q + 1 for q in past]
+        out.append(snap(logits, past))
+        tokens = [int(t) for t in logits.argmax(-1)]
     return out
 
 
@@ -496,9 +502,9 @@ def bundle_feeds(bundle_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     """Inputs of one call of each graph: a 9-token prefill, a decode step after 4 tokens."""
     engine = make_engine(bundle_dir, None)
     slot = engine.pool.allocate()
-    past = lambda tokens: {**engine.pool.gather_states([slot]), **engine.pool.gather_kv([slot], tokens)}
-    return {"decode": {**past(4), "input_ids": np.array([[5]]), "past_lengths": np.array([4])},
-            "prefill": {**past(0), "input_ids": np.arange(3, 12)[None],
+    past = {name: np.zeros_like(state)[None] for name, state in engine.pool.read(slot).items()}
+    return {"decode": {**past, "input_ids": np.array([[5]]), "past_lengths": np.array([4])},
+            "prefill": {**past, "input_ids": np.arange(3, 12)[None],
                         "lengths": np.array([9]), "past_lengths": np.array([0])}}
 
 

@@ -229,21 +229,20 @@ def test_resident_memory_matches_the_plan(bundle, request):
 
 def test_a_slot_reused_by_a_later_request_keeps_decode_in_place(tiny_bundle):
     """A finishes first and E takes its slot, arriving last: the decode batch still runs in slot order, so
-    every decode call updates the state in place and none copies it through staging; the tokens are each
-    request's own."""
+    every decode batch is one call over consecutive slots (none split); the tokens are each request's own."""
     engine = Engine(tiny_bundle, EngineConfig(max_batch=4, max_sequences=4))
     lengths = {"A": 3, "B": 20, "C": 20, "D": 20, "E": 10}
     requests = {k: GenerationRequest(prompt(i, 5), GREEDY, max_tokens=n, ignore_eos=True)
                 for i, (k, n) in enumerate(lengths.items())}
     alone = {k: engine.generate(r).token_ids for k, r in requests.items()}
-    staged_before = engine.runner.staged_calls["decode"]
+    split_before = engine.runner.split_calls["decode"]
     handles = {k: engine.submit(requests[k]) for k in "ABCD"}
     while handles["A"].final is None:
         engine.step()
     handles["E"] = engine.submit(requests["E"])
     engine.run_until_done()
     assert {k: h.final.token_ids for k, h in handles.items()} == alone
-    assert engine.runner.staged_calls["decode"] == staged_before
+    assert engine.runner.split_calls["decode"] == split_before
 
 
 @pytest.mark.parametrize("spinning, stop, allow, duration", [
@@ -277,5 +276,5 @@ def test_more_sequences_than_rows_take_turns(tiny_bundle):
     while engine.has_work():
         engine.step()
         peak = max(peak, engine.slots_busy)
-    assert peak == 6 and engine.pool.max_rows == 2
+    assert peak == 6 and engine.max_rows == 2
     assert [h.final.token_ids for h in handles] == alone

@@ -20,6 +20,7 @@ from edge_runtime.bundle.memory_plan import (
     plan_memory,
 )
 from edge_runtime.bundle.model_config import ModelConfig
+from edge_runtime.bundle.reader import SCHEMA_VERSION
 from edge_runtime.engine.providers import ProviderConfig
 from edge_runtime.bundle.state_layout import state_layout
 
@@ -120,15 +121,15 @@ def test_smaller_weights_fit_more_sequences(real):
     assert fits[0] < fits[1] < fits[2]
 
 
-def test_max_batch_bounds_the_staging_rows_not_the_sequences(real):
+def test_max_batch_bounds_the_batch_rows_not_the_sequences(real):
     """Sequences beyond max_batch rows take turns in the rows: each costs its state, no more."""
     plan = plan_memory(real, "int4", 110 * GiB, 2048, max_batch=8)
     unbounded = plan_memory(real, "int4", 110 * GiB, 2048)
-    assert plan.max_sequences > unbounded.max_sequences > 8
+    assert plan.max_sequences >= unbounded.max_sequences > 8
     assert plan.fits(plan.max_sequences, 2048) and not plan.fits(plan.max_sequences + 1, 2048)
     extra = plan.total_bytes(20, 2048) - plan.total_bytes(19, 2048)
     assert extra == plan.sequence_bytes(2048)
-    assert plan.total_bytes(8, 2048) - plan.total_bytes(7, 2048) == plan.sequence_bytes(2048) + plan.row_bytes(2048)
+    assert plan.total_bytes(8, 2048) - plan.total_bytes(7, 2048) == plan.sequence_bytes(2048) + plan.decode_working_bytes_per_sequence
     longest = plan.max_context(200)
     assert plan.fits(200, longest) and not plan.fits(200, longest + 1)
 
@@ -264,7 +265,7 @@ def test_plan_command_reads_a_bundle(tiny_bundle, capsys):
 
 
 def test_plan_command_errors_name_what_is_wrong(tmp_path, capsys):
-    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "config": {}}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "config": {}}))
     assert main(["plan", "--bundle", str(tmp_path), "--budget", "64GiB"]) == 2
     assert "custom op domain" in capsys.readouterr().err
     assert main(["plan", "--config", str(REAL_CONFIG), "--budget", "lots"]) == 2

@@ -31,8 +31,8 @@ from edge_runtime.bundle.onnx_header import ITEM_BYTES, ONNX_TYPES, TYPE_NAMES, 
 from edge_runtime.bundle.state_layout import DTYPE_BYTES, NP_DTYPE, StateSpec, state_layout
 
 GRAPHS = ("prefill", "decode")
-# Rows of one model call. Each costs a staging copy of a sequence's whole state (142 MB of SSM state alone
-# at full size), so past this no board holds the staging, whatever the memory plan would later say.
+# Rows of one model call. Each is a sequence with its whole state (142 MB of SSM state alone at full size),
+# so past this no board holds the batch, whatever the memory plan would later say.
 MAX_BATCH = 256
 # Tokens of one sequence: the API carries the limit as uint32 (ModelInfo.max_context).
 MAX_CONTEXT = 2**32 - 1
@@ -273,8 +273,8 @@ def _runtime_interface(graph: str, kind: str, specs: list[StateSpec], vocab: int
         out = {"logits": ("float32", [VARIES, vocab])}
     for s in specs:
         dims: list = [VARIES, *s.shape]
-        if s.per_token:  # past: the tokens so far; present: the call's new tokens
-            dims[2] = VARIES if kind == "inputs" or graph == "prefill" else ONE
+        if s.per_token:  # the slot's K/V buffer, its capacity chosen by the runtime; past and present alike
+            dims[2] = VARIES
         out[s.name if kind == "inputs" else s.output_name] = (s.dtype, dims)
     return out
 

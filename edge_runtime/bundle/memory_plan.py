@@ -23,7 +23,7 @@ the MatMulNBits codes and scales, 1.0x the float weights with pre-packing forced
 Working memory (a model of the graphs as the exporter builds them, checked against measured resident memory
 in tests/test_engine.py):
 - prefill, for the tokens of one engine step (`prefill_chunk`), per token:
-    4 bytes x (3 x attention heads x context      -- scores, probabilities and their float32 copies
+    4 bytes x (attention heads x context           -- GroupQueryAttention's float32 probabilities
                + 6 x mamba heads x chunk_size      -- the SSD scan's intra-chunk decay and score matrices
                + 4 x (in_proj_dim + intermediate_size + hidden_size))  -- projection outputs in flight
   times ARENA_FACTOR: ONNX Runtime's CPU arena keeps what it grew for the largest step (measured on
@@ -117,9 +117,8 @@ class WeightStorage:
 class MemoryPlan:
     """Every figure of a plan in bytes, and what fits. `max_sequences` is for `context`. Each sequence costs
     `sequence_bytes(context)` of state in its slot; each of the first `max_batch` sequences (all of them when
-    it is None) also costs `row_bytes(context)` for its row of a model call: the runtime's staging buffers
-    (a copy of the state going into a call, and the new state coming out of it, `call_tokens` K/V rows at
-    most) and the decode row's working memory. Sequences beyond `max_batch` take turns in the rows."""
+    it is None) also costs `decode_working_bytes_per_sequence` for its row of a model call. A call updates
+    the state in its slot (no copies of it), and sequences beyond `max_batch` take turns in the rows."""
 
     weights_format: str
     activation_dtype: str
@@ -134,7 +133,6 @@ class MemoryPlan:
     kv_bytes_per_token: int
     prefill_working_bytes: int
     decode_working_bytes_per_sequence: int
-    call_tokens: int
     overhead_bytes: int
     max_position_embeddings: int
 
@@ -155,35 +153,30 @@ class MemoryPlan:
 
     @property
     def working_bytes(self) -> int:
-        """Working memory with every staging row in use."""
-        return self.prefill_working_bytes + self.rows(self.max_sequences) * self.row_bytes(self.context)
+        """Working memory with every batch row in use."""
+        return self.prefill_working_bytes + self.rows(self.max_sequences) * self.decode_working_bytes_per_sequence
 
     @property
     def max_sequences(self) -> int:
         return self.max_sequences_at(self.context)
 
     def rows(self, n_sequences: int) -> int:
-        """Batch rows (staging) that `n_sequences` running sequences use: at most `max_batch` per model call."""
+        """Batch rows that `n_sequences` running sequences use: at most `max_batch` per model call."""
         return n_sequences if self.max_batch is None else min(n_sequences, self.max_batch)
 
     def sequence_bytes(self, context: int) -> int:
         """State of one sequence holding `context` tokens: conv + SSM, plus K/V for every token."""
         return self.fixed_state_bytes_per_sequence + self.kv_bytes_per_token * context
 
-    def row_bytes(self, context: int) -> int:
-        """One batch row: input staging (a state copy), output staging, decode working memory."""
-        out_staging = self.fixed_state_bytes_per_sequence + self.kv_bytes_per_token * self.call_tokens
-        return self.sequence_bytes(context) + out_staging + self.decode_working_bytes_per_sequence
-
     def total_bytes(self, n_sequences: int, context: int) -> int:
         return (self.base_bytes + n_sequences * self.sequence_bytes(context)
-                + self.rows(n_sequences) * self.row_bytes(context))
+                + self.rows(n_sequences) * self.decode_working_bytes_per_sequence)
 
     def fits(self, n_sequences: int, context: int) -> bool:
         return self.total_bytes(n_sequences, context) <= self.budget_bytes
 
     def max_sequences_at(self, context: int) -> int:
-        seq, row = self.sequence_bytes(context), self.row_bytes(context)
+        seq, row = self.sequence_bytes(context), self.decode_working_bytes_per_sequence
         n = max(0, self.available_bytes // (seq + row))  # every sequence with its own row
         if self.max_batch is None or n <= self.max_batch:
             return n
@@ -196,16 +189,14 @@ class MemoryPlan:
         if n_sequences <= 0:
             raise MemoryPlanError(f"n_sequences: must be >= 1, got {n_sequences}")
         n, r = n_sequences, self.rows(n_sequences)
-        # n x (fixed + kv c) + r x (fixed + kv c + fixed + kv call + decode row) <= available
-        fixed = self.fixed_state_bytes_per_sequence
-        constant = n * fixed + r * (2 * fixed + self.kv_bytes_per_token * self.call_tokens
-                                    + self.decode_working_bytes_per_sequence)
-        share = self.available_bytes - constant
+        # n x (fixed + kv c) + r x decode row <= available
+        share = self.available_bytes - n * self.fixed_state_bytes_per_sequence \
+            - r * self.decode_working_bytes_per_sequence
         if share < 0:
             return 0
         if self.kv_bytes_per_token == 0:
             return self.max_position_embeddings
-        return min(self.max_position_embeddings, share // ((n + r) * self.kv_bytes_per_token))
+        return min(self.max_position_embeddings, share // (n * self.kv_bytes_per_token))
 
     def to_dict(self) -> dict:
         return {
@@ -275,7 +266,7 @@ def default_activation_dtype(weights: str) -> str:
 
 def prefill_bytes_per_token(config: ModelConfig, context: int) -> int:
     """Working memory one prompt token of an engine step costs (see the module docstring)."""
-    attention = 3 * config.num_attention_heads * context if config.layers_of(ATTENTION) else 0
+    attention = config.num_attention_heads * context if config.layers_of(ATTENTION) else 0
     scan = 6 * config.mamba_num_heads * config.chunk_size if config.layers_of(MAMBA) else 0
     projections = 4 * (config.in_proj_dim + config.intermediate_size + config.hidden_size)
     return ARENA_FACTOR * 4 * (attention + scan + projections)
@@ -351,7 +342,6 @@ def plan_memory(
         kv_bytes_per_token=bytes_per_token(specs),
         prefill_working_bytes=prefill_chunk * prefill_bytes_per_token(config, context),
         decode_working_bytes_per_sequence=config.vocab_size * 4 + widest * act_bytes,
-        call_tokens=min(prefill_chunk, context),
         overhead_bytes=overhead_bytes,
         max_position_embeddings=config.max_position_embeddings,
     )

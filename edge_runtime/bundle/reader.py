@@ -22,7 +22,8 @@ from edge_runtime.bundle.checks import BundleError, bundle_file, check_graphs, c
 from edge_runtime.bundle.model_config import ModelConfig
 from edge_runtime.bundle.state_layout import StateSpec
 
-SCHEMA_VERSION = 1
+# 2: attention is GroupQueryAttention over K/V buffers updated in place; prefill zeroes rows that start.
+SCHEMA_VERSION = 2
 SUPPORTED_CUSTOM_OPS = {"nemotron_edge": {1}}
 MANIFEST_FILE = "manifest.json"
 # A manifest lists a few hundred tensors and a chat template; anything near this is not one.
@@ -146,7 +147,10 @@ def open_bundle(path: str | Path, verify: bool = True, on_bytes: Callable[[int],
     manifest = read_json_object(mpath)
     version = manifest.get("schema_version")
     if type(version) is not int or version != SCHEMA_VERSION:
-        raise BundleError(f"{mpath}: schema_version {reprlib.repr(version)} is not supported (this runtime reads {SCHEMA_VERSION})")
+        hint = " (an older bundle: re-export it with this version's exporter)" \
+            if type(version) is int and version < SCHEMA_VERSION else ""
+        raise BundleError(f"{mpath}: schema_version {reprlib.repr(version)} is not supported (this runtime reads "
+                          f"{SCHEMA_VERSION}){hint}")
     ops = manifest.get("custom_ops")
     ops = ops if isinstance(ops, dict) else {}  # refused below, as an unsupported (None) domain
     domain, op_version = ops.get("domain"), ops.get("version")

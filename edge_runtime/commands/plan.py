@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--context", type=int, default=8192, help="tokens per sequence to plan for (default 8192)")
     p.add_argument("--group-size", type=int, help=f"int8/int4 block size (default: the bundle's, or {DEFAULT_GROUP_SIZE})")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help="sequences in one model call, each with its staging row (default 8, the exporter's); "
+                   help="sequences in one model call, each with its row of decode working memory (default 8, the exporter's); "
                         "more sequences take turns and cost only their state")
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, help="prefill chunk in tokens")
     p.add_argument("--providers", default="cpu",
@@ -114,7 +114,7 @@ def render(plan: MemoryPlan, source: str) -> str:
         ("K/V per token", *_b(plan.kv_bytes_per_token)),
         (f"per sequence at {plan.context} tokens", *_b(plan.sequence_bytes(plan.context))),
         ("working memory: prefill chunk (once)", *_b(plan.prefill_working_bytes)),
-        ("batch row: staging + decode (per sequence)", *_b(plan.row_bytes(plan.context))),
+        ("batch row: decode working memory (per sequence)", *_b(plan.decode_working_bytes_per_sequence)),
         ("runtime overhead", *_b(plan.overhead_bytes)),
         ("left for sequences", *_b(plan.available_bytes)),
         (f"sequences that fit at {plan.context} tokens", f"{plan.max_sequences:,}", ""),

@@ -97,11 +97,9 @@ class Engine:
             if slots < 1:
                 raise RequestError("memory_budget", f"no sequence of {self.max_context} tokens fits the budget")
         self.num_slots = slots
-        call_tokens = min(self.config.scheduler.prefill_chunk, self.max_context)
-        self._check_memory(call_tokens)
-        self.pool = StatePool(self.bundle.state_layout, slots, self.max_context, self.max_rows,
-                              max_call_tokens=call_tokens)
-        self.runner = OrtModelRunner(self.bundle, self.pool, self.config.providers)
+        self._check_memory()
+        self.pool = StatePool(self.bundle.state_layout, slots, self.max_context, self.config.providers.state_device())
+        self.runner = OrtModelRunner(self.bundle, self.pool, self.config.providers, self.max_rows)
         self.scheduler = Scheduler(self.config.scheduler, self.max_rows)
         self.eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.token_to_id(END_OF_TURN) is not None:
@@ -121,11 +119,11 @@ class Engine:
             return open_trusted_bundle(path, self.config.trusted_keys)
         return open_bundle(path, verify=self.config.verify_bundle)
 
-    def _check_memory(self, call_tokens: int) -> None:
+    def _check_memory(self) -> None:
         """Refuse a state pool and logits buffers that the memory available now cannot hold. (The weights are
         mapped from their file, not allocated; a budget's plan counts them.)"""
-        need = StatePool.planned_bytes(self.bundle.state_layout, self.num_slots, self.max_context, self.max_rows,
-                                       call_tokens) + OrtModelRunner.logits_bytes(self.model_config.vocab_size, self.max_rows)
+        need = StatePool.planned_bytes(self.bundle.state_layout, self.num_slots, self.max_context) \
+            + OrtModelRunner.logits_bytes(self.model_config.vocab_size, self.max_rows)
         available = psutil.virtual_memory().available
         if need > available:
             raise RequestError("memory", (
@@ -379,7 +377,7 @@ class Engine:
         plan = self.plan
         return EngineStatus(
             slots_total=self.num_slots, slots_busy=busy, queue_depth=self.queue_depth, held_bytes=self.held_bytes,
-            working_bytes=self.working_bytes, state_bytes_per_slot=self.pool.slot_nbytes // max(1, self.num_slots),
+            working_bytes=self.working_bytes, state_bytes_per_slot=self.pool.nbytes // max(1, self.num_slots),
             state_pool_bytes=self.pool.nbytes,
             weight_bytes=plan.resident_weight_bytes if plan else self.runner.weights.nbytes,
             steps=self.steps, tokens_generated=self.tokens_generated,
@@ -400,12 +398,11 @@ class Engine:
     @property
     def working_bytes(self) -> int:
         """Working memory held for model calls: the plan's prefill working memory and each row's decode
-        working memory, and the state pool's staging buffers as allocated (0 without a plan: unaccounted)."""
+        working memory (0 without a plan: unaccounted)."""
         if self.plan is None:
-            return self.pool.staging_nbytes
+            return 0
         rows = self.plan.rows(self.num_slots)
-        return self.plan.prefill_working_bytes + rows * self.plan.decode_working_bytes_per_sequence \
-            + self.pool.staging_nbytes
+        return self.plan.prefill_working_bytes + rows * self.plan.decode_working_bytes_per_sequence
 
     @property
     def held_bytes(self) -> int:
@@ -414,7 +411,7 @@ class Engine:
         that this is at most `plan.total_bytes(num_slots, context)`, hence within the budget."""
         plan = self.plan
         base = plan.resident_weight_bytes + plan.overhead_bytes if plan else self.runner.weights.nbytes
-        return base + self.working_bytes + self.pool.slot_nbytes
+        return base + self.working_bytes + self.pool.nbytes
 
 
 def _tokenizer(bundle: Bundle) -> Tokenizer | None:

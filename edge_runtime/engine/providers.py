@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edge_runtime.bundle.checks import GRAPHS
 from edge_runtime.bundle.reader import Bundle
+from edge_runtime.engine.state_pool import StateDevice
 
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
 SPINNING = ("always", "in_run", "brief", "never")
@@ -54,6 +55,12 @@ class ProviderConfig:
         instead, which the plan counts as the weights themselves (not measured on a GPU)."""
         return 0 if self.providers != ["cpu"] or self.prepacking_disabled(weight_format) else len(GRAPHS)
 
+    def state_device(self) -> StateDevice:
+        """Where the state pool lives: the first provider's device (CUDA memory for CUDA and TensorRT)."""
+        if self.providers and self.providers[0] in ("cuda", "tensorrt"):
+            return StateDevice("cuda", int(self.cuda.get("device_id", 0)))
+        return StateDevice()
+
     def ort_providers(self, bundle: Bundle, graph: str) -> list:
         out: list = []
         for name in self.providers:
@@ -75,14 +82,14 @@ def tensorrt_options(bundle: Bundle, graph: str, user: dict[str, str]) -> dict[s
     limits = bundle.limits
     mb, mc = limits["max_batch"], limits["max_context"]
     specs = bundle.state_layout
-    def profile(batch: int, seq: int, past: int) -> str:
+    def profile(batch: int, seq: int, capacity: int) -> str:
         shapes = [f"input_ids:{batch}x{1 if graph == 'decode' else seq}", f"past_lengths:{batch}"]
         if graph == "prefill":
             shapes.append(f"lengths:{batch}")
         for s in specs:
             dims = [batch, *s.shape]
             if s.per_token:
-                dims[2] = past
+                dims[2] = capacity
             shapes.append(f"{s.name}:" + "x".join(str(d) for d in dims))
         return ",".join(shapes)
     opts = {
@@ -91,8 +98,8 @@ def tensorrt_options(bundle: Bundle, graph: str, user: dict[str, str]) -> dict[s
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": str(cache / "trt-timing"),
         "trt_fp16_enable": "True",
-        "trt_profile_min_shapes": profile(1, 1, 0),
-        "trt_profile_opt_shapes": profile(max(1, mb // 2), min(512, mc), min(1024, mc)),
+        "trt_profile_min_shapes": profile(1, 1, 1),
+        "trt_profile_opt_shapes": profile(max(1, mb // 2), min(512, mc), mc),
         "trt_profile_max_shapes": profile(mb, mc, mc),
     }
     opts.update({k: v for k, v in user.items() if k != "cache_dir"})
