@@ -31,10 +31,9 @@ import platform
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -121,6 +120,8 @@ class TorchSide:
     def _run(self, ids, lengths: list[int], past: list[int], decode: bool) -> np.ndarray:
         import torch
 
+        from nemotron_export.threads import one_torch_thread
+
         cut = max(past)
         states = {k: (v[:, :, :cut] if k.endswith(("key", "value")) else v) for k, v in self.states.items()}
         with torch.no_grad(), one_torch_thread():
@@ -148,20 +149,6 @@ class TorchSide:
         import torch
 
         return self._run(torch.tensor(tokens)[:, None], [1] * len(tokens), past, decode=True)
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """torch's threads spin at barriers; beside ONNX Runtime's pool on a small, shared machine two of them
-    ran the reference several times slower (tests/test_export_parity.py says the same of its runs)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,7 +15,6 @@ And fp16 / bf16 bundles of tiny run on CPU within stated tolerances.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from nemotron_export.checkpoint import load_checkpoint
 from nemotron_export.onnx_graph import WeightFormat
 from nemotron_export.ssm import process_dt
 from nemotron_export.synth import random_weights, synth, write_checkpoint
+from nemotron_export.threads import one_torch_thread
 
 TOL = 1e-4
 DECODE_STEPS = 32
@@ -51,21 +51,9 @@ ODD_CONFIG = ModelConfig(
 )
 
 
-@contextmanager
-def torch_threads(n: int):
-    """One torch thread beside ONNX Runtime's (spinning) pool: on 2 shared cores two torch threads ran the
-    tiny models 3x slower, and the nano slice no faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
-    with torch_threads(1):
+    with one_torch_thread():
         yield
 
 

@@ -62,6 +62,7 @@ from nemotron_export.commands import GROUP_SIZE_BY_FORMAT
 from nemotron_export.onnx_graph import WeightFormat
 from nemotron_export.quantize import QuantizedWeight
 from nemotron_export.synth import synth
+from nemotron_export.threads import one_torch_thread
 
 CALIBRATION = "random"  # the prompts are random tokens too (another seed); see the module docstring
 BYTE_LIMIT = {"int8": 0.30, "int4": 0.17}
@@ -77,11 +78,8 @@ def fmt(kind: str, group: int | None = None, accuracy_level: int = 0) -> WeightF
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
-    """One torch thread beside ONNX Runtime's pool: on 2 shared cores two threads each run 3-4x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,11 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from nemotron_export import bundle as bundle_mod
 from nemotron_export import weights_file
@@ -40,6 +38,7 @@ from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.journal import JOURNAL_FILE, RESUME_DIR, ResumeError, partial_path
 from nemotron_export.onnx_graph import WeightFormat
 from nemotron_export.synth import PRESETS, random_weights, write_checkpoint
+from nemotron_export.threads import one_torch_thread
 from nemotron_export.weights_file import WeightsWriter
 
 BIN = Path(sys.executable).parent / "nemotron-edge"
@@ -97,16 +96,6 @@ def kill_when(cmd: list[str], out: Path, condition) -> dict:
             proc.kill()
             proc.wait()
     pytest.fail(f"the export ended (exit {proc.returncode}) before its journal met the condition")
-
-
-@contextmanager
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_sigkill_twice_then_resume_gives_the_uninterrupted_bytes(deep_checkpoint, tmp_path):
