@@ -1,9 +1,9 @@
 """Prometheus metrics of the service, on an optional loopback-only HTTP port.
 
 A private `CollectorRegistry` (not prometheus_client's global one) holds them, so two servers in one
-process (tests) never collide. Gauges that mirror engine state (queue depth, busy slots, memory) are read
-live at scrape time through callbacks; counters and histograms are fed by the gRPC servicer when a
-request ends.
+process (tests) never collide. Gauges that mirror engine state (queue depth, slots, memory) are read live at
+scrape time, all from one engine status snapshot per scrape (`_EngineGauges`); counters and histograms are
+fed by the gRPC servicer when a request ends.
 
     nemotron_edge_requests_total{rpc, outcome}   outcome: a finish reason (stop, length, stop_sequence,
                                                  cancelled, error) or a refused call's gRPC code, lowercase
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from edge_runtime.engine.engine import EngineStatus
 from edge_runtime.engine.records import Final
@@ -42,6 +43,42 @@ _QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 _STAGE_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
+class _EngineGauges:
+    """The gauges that mirror the engine and the process, as one collector: a scrape builds one EngineStatus
+    snapshot for all of them, not one per gauge, so its figures also agree with each other. Until `status` is
+    set (the model loading) the engine's gauges read 0 and memory has process_rss only."""
+
+    def __init__(self) -> None:
+        self.status: Callable[[], EngineStatus] | None = None
+        self.budget_bytes = 0
+        self._process = psutil.Process()
+
+    @staticmethod
+    def describe() -> tuple[GaugeMetricFamily, ...]:
+        """The families without samples: the registry learns their names from these without a scrape."""
+        return (GaugeMetricFamily("nemotron_edge_queue_depth", "Requests waiting for a slot"),
+                GaugeMetricFamily("nemotron_edge_slots_busy", "Sequence slots decoding now"),
+                GaugeMetricFamily("nemotron_edge_slots_total", "Sequence slots in the state pool"),
+                GaugeMetricFamily("nemotron_edge_memory_bytes", "Memory by kind (plan figures and process RSS)",
+                                  labels=["kind"]))
+
+    def collect(self) -> tuple[GaugeMetricFamily, ...]:
+        queue_depth, slots_busy, slots_total, memory = families = self.describe()
+        memory.add_metric(["process_rss"], self._process.memory_info().rss)
+        if self.status is None:
+            for family in (queue_depth, slots_busy, slots_total):
+                family.add_metric([], 0)
+            return families
+        status = self.status()
+        queue_depth.add_metric([], status.queue_depth)
+        slots_busy.add_metric([], status.slots_busy)
+        slots_total.add_metric([], status.slots_total)
+        memory.add_metric(["budget"], self.budget_bytes)
+        memory.add_metric(["planned"], status.held_bytes)
+        memory.add_metric(["state_pool"], status.state_pool_bytes)
+        return families
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -50,11 +87,8 @@ class ServiceMetrics:
                                 ["rpc", "outcome"], registry=r)
         self.tokens = Counter("nemotron_edge_generated_tokens", "Output tokens generated, by channel",
                               ["channel"], registry=r)
-        self.queue_depth = Gauge("nemotron_edge_queue_depth", "Requests waiting for a slot", registry=r)
-        self.slots_busy = Gauge("nemotron_edge_slots_busy", "Sequence slots decoding now", registry=r)
-        self.slots_total = Gauge("nemotron_edge_slots_total", "Sequence slots in the state pool", registry=r)
-        self.memory = Gauge("nemotron_edge_memory_bytes", "Memory by kind (plan figures and process RSS)",
-                            ["kind"], registry=r)
+        self._engine_gauges = _EngineGauges()
+        r.register(self._engine_gauges)
         self.ttft = Histogram("nemotron_edge_time_to_first_token_seconds", "Arrival to first output token",
                               buckets=_TTFT_BUCKETS, registry=r)
         self.token_latency = Histogram("nemotron_edge_token_latency_seconds",
@@ -66,18 +100,12 @@ class ServiceMetrics:
                                        ["stage"], buckets=_STAGE_BUCKETS, registry=r)
         self.stages_running = Gauge("nemotron_edge_stages_running", "Stages of preparing a call running now",
                                     ["stage"], registry=r)
-        process = psutil.Process()
-        self.memory.labels(kind="process_rss").set_function(lambda: process.memory_info().rss)
         self._http = None
 
     def attach(self, status: Callable[[], EngineStatus], budget_bytes: int) -> None:
-        """Start reading the live gauges from a loaded engine's status snapshots (cheap: a few attributes)."""
-        self.queue_depth.set_function(lambda: status().queue_depth)
-        self.slots_busy.set_function(lambda: status().slots_busy)
-        self.slots_total.set_function(lambda: status().slots_total)
-        self.memory.labels(kind="budget").set(budget_bytes)
-        self.memory.labels(kind="planned").set_function(lambda: status().held_bytes)
-        self.memory.labels(kind="state_pool").set_function(lambda: status().state_pool_bytes)
+        """Start reading the live gauges from a loaded engine's status snapshots, one per scrape."""
+        self._engine_gauges.budget_bytes = budget_bytes
+        self._engine_gauges.status = status
 
     def finished(self, rpc: str, final: Final) -> None:
         """A stream ended with a Final record."""
