@@ -18,7 +18,7 @@ from edge_runtime.bundle.chat_template import ChatTemplate, RenderLimits, Render
 from edge_runtime.engine.engine import Engine
 from edge_runtime.engine.limits import RequestLimits
 from edge_runtime.engine.records import (DEFAULT_CLOSE_TEXT, Event, GenerationRequest, Priority, RequestError,
-                                         SamplingParams, ThinkingConfig)
+                                         SamplingParams, ThinkingConfig, new_request_id)
 from edge_runtime.engine.sequence import Sequence
 from edge_runtime.engine.token_ids import encode
 
@@ -124,7 +124,7 @@ class Chat:
             deadline=chat.deadline,
             thinking=thinking,
             tool_names=names if chat.tools and chat.tool_choice != "none" else None,
-            **({"request_id": chat.request_id} if chat.request_id else {}),
+            request_id=chat.request_id or new_request_id(),
         )
 
     def submit(self, chat: ChatRequest, on_event: Callable[[Event], None] | None = None) -> Sequence:

@@ -177,6 +177,11 @@ class EngineUnavailableError(RuntimeError):
     """The engine is draining or stopped (UNAVAILABLE)."""
 
 
+def new_request_id() -> str:
+    """A process-unique id for a request whose caller gave none."""
+    return f"req-{next(_ids)}"
+
+
 @dataclass
 class GenerationRequest:
     prompt_ids: list[int]
@@ -190,7 +195,7 @@ class GenerationRequest:
     # Reasoning control; None: plain generation, no thinking section and no budget.
     thinking: ThinkingConfig | None = None
     tool_names: list[str] | None = None  # parse <TOOLCALL> blocks against these tools (chat requests)
-    request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    request_id: str = field(default_factory=new_request_id)
 
 
 @dataclass

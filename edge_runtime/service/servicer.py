@@ -61,7 +61,7 @@ from edge_runtime.engine.engine import Engine
 from edge_runtime.engine.limits import MAX_MESSAGE_BYTES, RequestLimits
 from edge_runtime.engine.loading import LoadedEngine
 from edge_runtime.engine.records import (EngineUnavailableError, Final, FinishReason, GenerationRequest,
-                                         QueueFullError, RequestError, SamplingParams)
+                                         QueueFullError, RequestError, SamplingParams, new_request_id)
 from edge_runtime.engine.token_ids import encode
 from edge_runtime.service.convert import (check_bounds, event_to_proto, messages_from_proto, output_limits,
                                           priority_from_proto, request_id_from_proto, sampling_overrides,
@@ -350,7 +350,7 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             ignore_eos=limits.ignore_eos,
             priority=priority_from_proto(r.priority),
             deadline=engine.clock() + remaining if remaining is not None else None,
-            **({"request_id": request_id} if request_id else {}),
+            request_id=request_id or new_request_id(),
         )
 
     # ---- unary helpers ------------------------------------------------------------------------------------
