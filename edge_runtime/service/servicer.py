@@ -300,8 +300,7 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         limits = output_limits(r.sampling)
         thinking_deadline_ms = opt("thinking_deadline_ms")
         if thinking_deadline_ms is None and remaining is not None:
-            default = self.chat.defaults.thinking_deadline_ms
-            thinking_deadline_ms = min(default, remaining * 500) if default is not None else remaining * 500
+            thinking_deadline_ms = _thinking_deadline_ms(remaining, self.chat.defaults.thinking_deadline_ms)
         return ChatRequest(
             messages=messages_from_proto(r.messages),
             tools=tools_from_proto(r.tools),
@@ -432,6 +431,13 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
     if left is None or not math.isfinite(left) or left > _NO_DEADLINE_S:
         return None
     return max(0.0, left)
+
+
+def _thinking_deadline_ms(remaining_s: float, default_ms: float | None) -> float:
+    """The thinking deadline of a chat call that sets none: half its remaining time, in ms (or the server's
+    default, if that is shorter), so the model closes its reasoning with half the time left for the answer."""
+    half_ms = remaining_s / 2 * 1000
+    return half_ms if default_ms is None else min(default_ms, half_ms)
 
 
 def _telemetry(source: TelemetryReader | None) -> dict[str, float]:
