@@ -52,14 +52,17 @@ class Case:
             (warmup or fn)()
         return self.record(key, unit, [fn() for _ in range(reps)], **info)
 
-    def measure_interleaved(self, fns: dict[str, tuple[str, Callable[[], float]]], reps: int) -> None:
-        """`warmups` rounds, then `reps` rounds calling each once per round."""
+    def measure_interleaved(self, fns: dict[str, tuple[str, Callable[[], float]]], reps: int,
+                            alternate: bool = False) -> None:
+        """`warmups` rounds, then `reps` rounds calling each once per round; `alternate` reverses the order
+        every other round, so that no measurement always runs in the wake of the same other one."""
         for _ in range(self.warmups):
             for _, fn in fns.values():
                 fn()
         runs: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(reps):
-            for key, (_, fn) in fns.items():
+        for k in range(reps):
+            order = list(fns.items())
+            for key, (_, fn) in (order[::-1] if alternate and k % 2 else order):
                 runs[key].append(fn())
         group = len({m["rounds"] for m in self.measurements.values() if "rounds" in m})  # a new id per call
         for key, (unit, _) in fns.items():
@@ -67,17 +70,20 @@ class Case:
 
     def ratio(self, key: str, num: str, den: str, target: str | None = None) -> float | None:
         """num / den, checked against `target` (">= x" or "<= x") when given: the median of the per-round
-        ratios when the two were measured in the same rounds, else median(num) / median(den)."""
+        ratios when the two were measured in the same rounds (their smallest and largest kept as `min` and
+        `max`), else median(num) / median(den) (`min` and `max` None)."""
         if num not in self.measurements or den not in self.measurements:
             return None
         a, b = self.measurements[num], self.measurements[den]
         paired = a.get("rounds") is not None and a.get("rounds") == b.get("rounds")
-        value = statistics.median(x / y for x, y in zip(a["runs"], b["runs"])) if paired else a["median"] / b["median"]
+        per_round = [x / y for x, y in zip(a["runs"], b["runs"])] if paired else []
+        value = statistics.median(per_round) if paired else a["median"] / b["median"]
         met = None
         if target is not None:
             op, bound = target.split()
             met = value >= float(bound) if op == ">=" else value <= float(bound)
-        self.ratios[key] = {"value": value, "num": num, "den": den, "paired": paired, "target": target, "met": met}
+        self.ratios[key] = {"value": value, "min": min(per_round, default=None), "max": max(per_round, default=None),
+                            "num": num, "den": den, "paired": paired, "target": target, "met": met}
         return value
 
     def finish(self) -> dict:

@@ -58,3 +58,22 @@ def test_cli_rejects_an_unknown_case():
 
     with pytest.raises(SystemExit):
         main(["--cases", "decode,nonsense"])
+
+
+def test_long_context_reports_paired_ratios_on_tiny(tmp_path, tiny_int4_bundle):
+    from bench.long_context import TARGETS, main
+
+    out = tmp_path / "long_context.json"
+    assert main(["--bundle", str(tiny_int4_bundle), "--no-kernels", "--rounds", "2", "--warmups", "0",
+                 "--batches", "1", "2", "--long", "48", "--short", "8", "--new-tokens", "10", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["meta"]["bundle_max_context"] == results["meta"]["engine_max_context"] == 512  # the bundle's limit
+    case = results["cases"]["long_context"]
+    assert set(case["measurements"]) == {"b1 short", "b1 long", "b2 short", "b2 long"}
+    for key, m in case["measurements"].items():
+        assert m["unit"] == "ms/step" and len(m["runs"]) == 2 and all(x > 0 for x in m["runs"]), key
+        assert case["details"]["decode_steps_counted"][key] > 0, key
+    for b in (1, 2):
+        r = case["ratios"][f"b{b} long / short"]
+        assert r["paired"] and 0 < r["min"] <= r["value"] <= r["max"], b
+        assert r["target"] == TARGETS.get(b) and r["met"] in ((None,) if r["target"] is None else (True, False)), b
