@@ -1,12 +1,16 @@
 """Decode speed of two revisions of this repository, interleaved in one run: did a change cost speed?
 
 Each revision is checked out into a temporary git worktree and runs in its own worker process (the same
-Python environment, the revision's own `edge_runtime` first on the path), which loads an engine on the
-given bundle once and then, per request from the driver, decodes `new_tokens` greedy tokens for `batch`
+Python environment, the revision's own `edge_runtime` first on the path), which loads an engine on its
+bundle once and then, per request from the driver, decodes `new_tokens` greedy tokens for `batch`
 prompts and reports the wall time. Rounds alternate which revision goes first; a ratio is the median of
 the per-round ratios (after over before, tokens/s), as everywhere in bench/timing.py.
 
+Both sides run `--bundle` unless `--before-bundle` or `--after-bundle` gives a side its own (a change of
+the bundle schema: each revision needs a bundle its own exporter wrote, of the same checkpoint and format).
+
     python -m bench.revisions --before a8ab354 --after HEAD --bundle BUNDLE [--rounds 15] [--batches 1 8]
+    python -m bench.revisions --before a8ab354 --after HEAD --before-bundle OLD --after-bundle NEW
 """
 
 from __future__ import annotations
@@ -83,15 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", required=True)
     p.add_argument("--after", default="HEAD")
-    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--bundle", type=Path, help="the bundle of both sides, unless a side has its own")
+    p.add_argument("--before-bundle", type=Path, help="the bundle of --before (default: --bundle)")
+    p.add_argument("--after-bundle", type=Path, help="the bundle of --after (default: --bundle)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--warmups", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     args = p.parse_args(argv)
+    bundles = {"before": args.before_bundle or args.bundle, "after": args.after_bundle or args.bundle}
+    missing = [side for side, bundle in bundles.items() if bundle is None]
+    if missing:
+        p.error(f"no bundle for {' and '.join(missing)}: give --bundle or --{'-bundle and --'.join(missing)}-bundle")
     with tempfile.TemporaryDirectory() as tmp:
-        workers = [Worker(rev, Path(tmp) / name, args.bundle.resolve(), max(args.batches), args.prompt_tokens,
+        workers = [Worker(rev, Path(tmp) / name, bundles[name].resolve(), max(args.batches), args.prompt_tokens,
                           args.new_tokens) for name, rev in (("before", args.before), ("after", args.after))]
         try:
             ratios: dict[int, list[float]] = {b: [] for b in args.batches}
@@ -108,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for w in workers:
                 w.close()
-    result = {"bundle": str(args.bundle), "rounds": args.rounds, "new_tokens": args.new_tokens,
+    # One bundle is reported as before; two are named per side, so that no key claims one bundle for both.
+    named = ({"bundle": str(bundles["before"])} if bundles["before"] == bundles["after"]
+             else {f"{side}_bundle": str(bundle) for side, bundle in bundles.items()})
+    result = {**named, "rounds": args.rounds, "new_tokens": args.new_tokens,
               "median_tok_s": {name: round(statistics.median(v), 1) for name, v in speeds.items()},
               "after_over_before": {f"b{b}": round(statistics.median(r), 3) for b, r in ratios.items()}}
     print(json.dumps(result, indent=2))
