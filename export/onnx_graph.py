@@ -219,11 +219,12 @@ class GraphBuilder:
                           n_groups=c.n_groups, epsilon=c.layer_norm_epsilon)
         return self.one("Cast", [normed], to=self.act)
 
-    def attention(self, i: int, u: str, kv_lengths: tuple[str, str]) -> str:
-        """One attention layer as ONNX Runtime's GroupQueryAttention (no rotary: the model has no position
-        encoding). Its K/V cache is the slot's own buffer, bound as both `past` and `present`: the kernel
-        writes this call's K/V at each row's position in place and attends over each row's own length, reading
-        K in its stored [kv_heads, capacity, head_dim] layout."""
+    def attention(self, i: int, u: str, kv_lengths: tuple[str, str], decode: bool) -> str:
+        """One attention layer: ONNX Runtime's GroupQueryAttention in prefill, our DecodeAttention (whose
+        body is that op; nemotron_export.ops) in decode; no rotary, the model has no position encoding. The
+        K/V cache is the slot's own buffer, bound as both `past` and `present`: this call's K/V is written at
+        each row's position in place and attention runs over each row's own length, reading K in its stored
+        [kv_heads, capacity, head_dim] layout."""
         c, p = self.cfg, f"backbone.layers.{i}.mixer."
         hq, hkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         bias = (lambda n: p + n + ".bias") if c.attention_bias else (lambda n: None)
@@ -231,8 +232,10 @@ class GraphBuilder:
         k = self.linear(u, p + "k_proj.weight", bias("k_proj"))  # [b, t, hkv * hd]
         v = self.linear(u, p + "v_proj.weight", bias("v_proj"))
         seqlens_k, total = kv_lengths
-        out, key, value = self.node("GroupQueryAttention", [q, k, v, f"past.{i}.key", f"past.{i}.value", seqlens_k, total],
-                                    3, domain=MS_DOMAIN, num_heads=hq, kv_num_heads=hkv, scale=float(hd ** -0.5))
+        out, key, value = self.node("DecodeAttention" if decode else "GroupQueryAttention",
+                                    [q, k, v, f"past.{i}.key", f"past.{i}.value", seqlens_k, total], 3,
+                                    domain=ops.DOMAIN if decode else MS_DOMAIN,
+                                    num_heads=hq, kv_num_heads=hkv, scale=float(hd ** -0.5))
         self._rename(key, f"present.{i}.key")
         self._rename(value, f"present.{i}.value")
         return self.linear(out, p + "o_proj.weight", bias("o_proj"))  # out [b, t, hq * hd]
@@ -304,7 +307,7 @@ class GraphBuilder:
             if kind == MAMBA:
                 out = self.mamba(i, u, valid, decode)
             elif kind == ATTENTION:
-                out = self.attention(i, u, kv_lengths)
+                out = self.attention(i, u, kv_lengths, decode)
             else:
                 out = self.mlp(i, u)
             x = self.one("Add", [x, out])

@@ -45,6 +45,18 @@ MambaDecodeStep(zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A, D, norm_
     (float), dt_min and dt_max (float, default 0 and inf: softplus is >= 0, so no clamp). The body calls
     CausalConv1d and SsmStep, so a runtime with kernels for those two but not this op still uses them.
 
+DecodeAttention(q, k, v, past_key, past_value, seqlens_k, total_sequence_length)
+        -> (out, present_key, present_value)
+    One decode token of attention over a K/V cache updated in place (decode graph only): q [b, 1, hq*d] T,
+    k, v [b, 1, hkv*d] T, past_key, past_value [b, hkv, C, d] T (the slot's cache of capacity C),
+    seqlens_k [b] int32 (each row's past length: its new K/V goes there), total_sequence_length [] int32
+    (the longest row after this token). present_* is the cache with the new K/V written at seqlens_k;
+    out [b, 1, hq*d] T attends each query head (heads i*hq/hkv.. share K/V head i) over its row's
+    seqlens_k + 1 positions, scaled by `scale`. Attributes num_heads (hq), kv_num_heads (hkv), scale
+    (float). Its body is ONNX Runtime's com.microsoft.GroupQueryAttention rather than standard ops: an
+    in-place cache update has no standard-op form that stays in place, and that op (CPU and CUDA kernels)
+    does it; our CPU kernel replaces it because it reads each K/V head once for the query heads sharing it.
+
 Helper functions (model-local functions in the same domain, no schema and no kernel expected; the bodies
 and the prefill graph call them, so the mixer's arithmetic is written once):
     Segsum(a) -> [..., L, L]: segment sums for the chunk scan.
@@ -65,6 +77,7 @@ from onnxscript.values import Opset
 DOMAIN = "nemotron_edge"
 VERSION = 1
 ne = Opset(DOMAIN, VERSION)
+ms = Opset("com.microsoft", 1)
 
 FLOAT = onnx.TensorProto.FLOAT
 BOOL = onnx.TensorProto.BOOL
@@ -220,6 +233,15 @@ def MambaDecodeStep(zxbcdt, conv_state, conv_weight, conv_bias, dt_bias, A, D, n
     return y, new_conv_state, new_ssm_state
 
 
+@script(ne, default_opset=op)
+def DecodeAttention(q, k, v, past_key, past_value, seqlens_k, total_sequence_length,
+                    num_heads: int, kv_num_heads: int, scale: float):
+    out, present_key, present_value = ms.GroupQueryAttention(
+        q, k, v, past_key, past_value, seqlens_k, total_sequence_length,
+        num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale)
+    return out, present_key, present_value
+
+
 @dataclass(frozen=True)
 class Attr:
     """An attribute of a custom op, int or float; required unless it has a default."""
@@ -246,7 +268,8 @@ class CustomOp:
     body: object  # onnxscript function
 
     def schema(self) -> OpSchema:
-        types = {"T": ["tensor(float)", "tensor(float16)"], "F": ["tensor(float)"], "I": ["tensor(int64)"]}
+        types = {"T": ["tensor(float)", "tensor(float16)"], "F": ["tensor(float)"], "I": ["tensor(int64)"],
+                 "J": ["tensor(int32)"]}
         used = sorted({t for _, t in self.inputs + self.outputs})
         return OpSchema(
             self.name, DOMAIN, VERSION,
@@ -274,8 +297,16 @@ CUSTOM_OPS: dict[str, CustomOp] = {
                  (Attr("channels"), Attr("n_groups"), Attr("epsilon", float), Attr("dt_min", float, 0.0),
                   Attr("dt_max", float, INF)),
                  MambaDecodeStep),
+        CustomOp("DecodeAttention",
+                 (("q", "T"), ("k", "T"), ("v", "T"), ("past_key", "T"), ("past_value", "T"), ("seqlens_k", "J"),
+                  ("total_sequence_length", "J")),
+                 (("out", "T"), ("present_key", "T"), ("present_value", "T")),
+                 (Attr("num_heads"), Attr("kv_num_heads"), Attr("scale", float)), DecodeAttention),
     )
 }
+# ONNX Runtime contrib ops a body may call instead of standard ops: DecodeAttention's in-place cache update
+# has no standard-op form that stays in place, and every ONNX Runtime build (CPU and CUDA kernels) has this op.
+RUNTIME_OPS_IN_BODIES = {("com.microsoft", "GroupQueryAttention")}
 # Functions the bodies and the prefill graph call; shipped alongside, not ops a kernel is expected to replace.
 HELPER_FUNCTIONS = (Segsum, TimeStep, GatedGroupNorm)
 

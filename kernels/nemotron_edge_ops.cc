@@ -17,6 +17,7 @@
 #undef ORT_API_MANUAL_INIT
 #include "onnxruntime_lite_custom_op.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -657,6 +658,124 @@ struct MambaDecodeStep {
 
 // ---- registration -----------------------------------------------------------------------------------
 
+// ---- DecodeAttention --------------------------------------------------------------------------------
+//
+// One decode token of attention over a K/V cache updated in place (the function body is ONNX Runtime's
+// GroupQueryAttention, whose CPU kernel multiplies each query head by the whole cache on its own):
+//   q [b, 1, hq*d] T, k, v [b, 1, hkv*d] T, past_key, past_value [b, hkv, C, d] T, seqlens_k [b] int32 (each
+//   row's past length: where its new K/V goes), total_sequence_length [] int32
+//   -> out [b, 1, hq*d] T, present_key, present_value [b, hkv, C, d] T.
+// present_* may be the memory of past_* (the runtime binds them so): the new row is written there and the
+// rest left alone. Each (row, K/V head) is one job: K and V are read once for the hq/hkv query heads that
+// share them, which is what makes a long cache cheap.
+
+// scores[i, j] = q[i, :] . K[j, :] for the `rep` query rows q [rep, d] and keys K [n, d].
+HOT void attention_scores(const float* __restrict q, const float* __restrict K, float* __restrict scores,
+                          int64_t rep, int64_t n, int64_t d) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* kj = K + j * d;
+    for (int64_t i = 0; i < rep; ++i) {
+      const float* qi = q + i * d;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t e = 0; e < d; ++e) acc += qi[e] * kj[e];
+      scores[i * n + j] = acc;
+    }
+  }
+}
+
+// acc[i, :] = sum_j p[i, j] V[j, :] for the `rep` probability rows p [rep, n] and values V [n, d].
+HOT void attention_values(const float* __restrict p, const float* __restrict V, float* __restrict acc,
+                          int64_t rep, int64_t n, int64_t d) {
+  std::fill(acc, acc + rep * d, 0.0f);
+  for (int64_t j = 0; j < n; ++j) {
+    const float* vj = V + j * d;
+    for (int64_t i = 0; i < rep; ++i) {
+      const float w = p[i * n + j];
+      float* a = acc + i * d;
+#pragma omp simd
+      for (int64_t e = 0; e < d; ++e) a[e] += w * vj[e];
+    }
+  }
+}
+
+template <typename T>
+struct DecodeAttention {
+  DecodeAttention(const OrtApi* api, const OrtKernelInfo* info) {
+    num_heads_ = attribute_or(api, info, "num_heads", int64_t{-1});
+    kv_num_heads_ = attribute_or(api, info, "kv_num_heads", int64_t{-1});
+    scale_ = attribute_or(api, info, "scale", 0.0f);
+  }
+  int64_t num_heads_, kv_num_heads_;
+  float scale_;  // 0: 1/sqrt(d), as GroupQueryAttention
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& q_in, const Tensor<T>& k_in, const Tensor<T>& v_in,
+                      const Tensor<T>& past_key, const Tensor<T>& past_value, const Tensor<int32_t>& seqlens_in,
+                      const Tensor<int32_t>& /*total_sequence_length*/, Tensor<T>& out_t, Tensor<T>& key_out,
+                      Tensor<T>& value_out) {
+    auto bad = [](const std::string& msg) { return invalid("DecodeAttention", msg); };
+    const int64_t hq = num_heads_, hkv = kv_num_heads_;
+    if (hq <= 0 || hkv <= 0 || hq % hkv != 0) return bad("attributes num_heads and kv_num_heads must be positive, kv_num_heads dividing num_heads");
+    const auto& ks = past_key.Shape();
+    if (!rank_is(ks, 4) || ks[1] != hkv || past_value.Shape() != ks) return bad("past_key and past_value must be [b, kv_num_heads, C, d]");
+    const int64_t b = ks[0], C = ks[2], d = ks[3], rep = hq / hkv;
+    const auto& qs = q_in.Shape();
+    if (!rank_is(qs, 3) || qs[0] != b || qs[1] != 1 || qs[2] != hq * d) return bad("q must be [b, 1, num_heads * d] (one token)");
+    const std::vector<int64_t> kv_shape{b, 1, hkv * d};
+    if (k_in.Shape() != kv_shape || v_in.Shape() != kv_shape) return bad("k and v must be [b, 1, kv_num_heads * d]");
+    if (seqlens_in.Shape() != std::vector<int64_t>{b}) return bad("seqlens_k must be [b]");
+    const int32_t* pos = seqlens_in.Data();
+    for (int64_t r = 0; r < b; ++r)
+      if (pos[r] < 0 || pos[r] >= C) return bad("seqlens_k: a row's position is outside the cache's capacity");
+    const float scale = scale_ != 0.0f ? scale_ : 1.0f / std::sqrt(static_cast<float>(d));
+    const T* q = q_in.Data();
+    const T* k = k_in.Data();
+    const T* v = v_in.Data();
+    T* out = out_t.Allocate({b, 1, hq * d});
+    T* K = key_out.Allocate(ks);
+    T* V = value_out.Allocate(ks);
+    const size_t cache = static_cast<size_t>(b * hkv * C * d) * sizeof(T);
+    if (K != past_key.Data()) std::memcpy(K, past_key.Data(), cache);  // not in place: start from the past
+    if (V != past_value.Data()) std::memcpy(V, past_value.Data(), cache);
+
+    size_t work = 0;
+    for (int64_t r = 0; r < b; ++r) work += static_cast<size_t>((pos[r] + 1) * hkv * d * 2);
+    auto job = [&](size_t i) {  // one (row, K/V head): i = row * hkv + head
+      const int64_t r = static_cast<int64_t>(i) / hkv, g = static_cast<int64_t>(i) % hkv, n = pos[r] + 1;
+      T* Kr = K + i * C * d;
+      T* Vr = V + i * C * d;
+      std::copy(k + (r * hkv + g) * d, k + (r * hkv + g + 1) * d, Kr + pos[r] * d);
+      std::copy(v + (r * hkv + g) * d, v + (r * hkv + g + 1) * d, Vr + pos[r] * d);
+      std::vector<float> qf(rep * d), scores(rep * n), acc(rep * d), kf, vf;
+      const T* qr = q + (r * hq + g * rep) * d;  // the rep query heads of K/V head g
+      for (int64_t e = 0; e < rep * d; ++e) qf[e] = to_f32(qr[e]) * scale;
+      const float* Kf;
+      const float* Vf;
+      if constexpr (std::is_same_v<T, float>) {
+        Kf = Kr, Vf = Vr;
+      } else {
+        kf.resize(n * d), vf.resize(n * d);
+        for (int64_t e = 0; e < n * d; ++e) kf[e] = to_f32(Kr[e]), vf[e] = to_f32(Vr[e]);
+        Kf = kf.data(), Vf = vf.data();
+      }
+      attention_scores(qf.data(), Kf, scores.data(), rep, n, d);
+      for (int64_t h = 0; h < rep; ++h) {  // softmax of each query head's row
+        float* s = scores.data() + h * n;
+        const float top = *std::max_element(s, s + n);
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - top));
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+      }
+      attention_values(scores.data(), Vf, acc.data(), rep, n, d);
+      T* o = out + (r * hq + g * rep) * d;
+      for (int64_t e = 0; e < rep * d; ++e) o[e] = from_f32<T>(acc[e]);
+    };
+    parallel_for(ctx, static_cast<size_t>(b * hkv), work, job);
+    return Ort::Status{nullptr};
+  }
+};
+
 constexpr const char* kDomain = "nemotron_edge";
 constexpr const char* kCpu = "CPUExecutionProvider";
 
@@ -699,6 +818,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
       reg->add<SsmStep>("SsmStep");
       reg->add<SsdChunkScan>("SsdChunkScan");
       reg->add<MambaDecodeStep>("MambaDecodeStep");
+      reg->add<DecodeAttention>("DecodeAttention");
       registry = std::move(reg);
     }
     return api->AddCustomOpDomain(options, registry->domain);

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 from nemotron_export import ops
 
 ROOT = Path(__file__).resolve().parents[1]
-F32, F16, I64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64
+F32, F16, I64, I32 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.INT32
 ONNX_OF = {np.float32: F32, np.float16: F16}
 
 
@@ -51,7 +51,8 @@ def one_node_model(op_type: str, inputs: list[tuple[str, int, list]], outputs: l
         [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
         [helper.make_tensor_value_info(n, t, None) for n, t in outputs])
     model = helper.make_model(graph, functions=ops.function_protos(),
-                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, ops.VERSION)])
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, ops.VERSION),
+                                             helper.make_opsetid("com.microsoft", 1)])
     return model.SerializeToString()
 
 
@@ -384,17 +385,93 @@ def test_mamba_decode_step_updates_states_in_place(kernel_lib, dtype):
     model, feeds = decode_step_inputs(np.random.default_rng(7), dtype, 3, 4, 8, 2, 16, k=4)
     sess = session(model, kernel_lib)
     want = sess.run(None, feeds)
-    conv, ssm = feeds["conv_state"].copy(), feeds["ssm_state"].copy()
-    binding = sess.io_binding()
-    for name, value in {**feeds, "conv_state": conv, "ssm_state": ssm}.items():
-        binding.bind_cpu_input(name, value)
-    binding.bind_output("y")
-    binding.bind_output("new_conv_state", "cpu", 0, conv.dtype, list(conv.shape), conv.ctypes.data)
-    binding.bind_output("new_ssm_state", "cpu", 0, ssm.dtype, list(ssm.shape), ssm.ctypes.data)
-    sess.run_with_iobinding(binding)
-    np.testing.assert_array_equal(binding.copy_outputs_to_cpu()[0], want[0])
+    y, (conv, ssm) = run_in_place(sess, feeds, "y", {"conv_state": "new_conv_state", "ssm_state": "new_ssm_state"})
+    np.testing.assert_array_equal(y, want[0])
     np.testing.assert_array_equal(conv, want[1])
     np.testing.assert_array_equal(ssm, want[2])
+
+
+def run_in_place(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], first: str,
+                 aliased: dict[str, str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run with each input of `aliased` bound as its output too (copies of the feeds, as the runtime binds a
+    slot's state): the output `first`, and the aliased buffers afterwards."""
+    buffers = {name: feeds[name].copy() for name in aliased}
+    binding = sess.io_binding()
+    for name, value in {**feeds, **buffers}.items():
+        binding.bind_cpu_input(name, value)
+    binding.bind_output(first)
+    for name, output in aliased.items():
+        a = buffers[name]
+        binding.bind_output(output, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+    sess.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0], list(buffers.values())
+
+
+# ---- DecodeAttention ---------------------------------------------------------------------------------
+
+def attention_inputs(rng, dtype, b, hq, hkv, d, capacity, positions):
+    """A one-node DecodeAttention model and its inputs: row r's new K/V goes to positions[r]."""
+    shapes = {"q": (b, 1, hq * d), "k": (b, 1, hkv * d), "v": (b, 1, hkv * d),
+              "past_key": (b, hkv, capacity, d), "past_value": (b, hkv, capacity, d)}
+    feeds = {n: rng.standard_normal(shape).astype(dtype) for n, shape in shapes.items()}
+    feeds["seqlens_k"] = np.array(positions, np.int32)
+    feeds["total_sequence_length"] = np.array(max(positions) + 1, np.int32)
+    t = ONNX_OF[dtype]
+    model = one_node_model(
+        "DecodeAttention", [(n, t, list(shape)) for n, shape in shapes.items()]
+        + [("seqlens_k", I32, [b]), ("total_sequence_length", I32, [])],
+        [("out", t), ("present_key", t), ("present_value", t)], num_heads=hq, kv_num_heads=hkv, scale=d ** -0.5)
+    return model, feeds
+
+
+def assert_caches_agree(ref: list[np.ndarray], got: list[np.ndarray], positions: list[int]) -> None:
+    """present_key and present_value up to each row's new position (GroupQueryAttention leaves a fresh
+    output's positions after that unwritten)."""
+    for k in (1, 2):
+        for row, pos in enumerate(positions):
+            np.testing.assert_array_equal(got[k][row, :, :pos + 1], ref[k][row, :, :pos + 1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("hq, hkv", [(4, 2), (6, 1), (3, 3)])
+def test_decode_attention_matches_function_body(kernel_lib, dtype, hq, hkv):
+    """Against its body, ONNX Runtime's GroupQueryAttention: rows at the first and last cache position."""
+    positions = [0, 17, 39]
+    model, feeds = attention_inputs(np.random.default_rng(hq), dtype, 3, hq, hkv, 16, 40, positions)
+    ref, got = both(model, feeds, kernel_lib)
+    assert_close(ref[0], got[0], tol(dtype), "out")
+    assert_caches_agree(ref, got, positions)
+
+
+def test_decode_attention_on_the_thread_pool(kernel_lib):
+    positions = [700, 3, 1023, 512]
+    model, feeds = attention_inputs(np.random.default_rng(5), np.float32, 4, 8, 2, 64, 1024, positions)
+    ref, got = session(model, None).run(None, feeds), pool_session(model, kernel_lib).run(None, feeds)
+    assert_close(ref[0], got[0], 1e-5, "out")
+    assert_caches_agree(ref, got, positions)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_decode_attention_updates_the_cache_in_place(kernel_lib, dtype):
+    """Bound as both past and present (as the runtime binds a slot's cache), the cache changes only at each
+    row's new position, and the output is what fresh outputs give."""
+    positions = [5, 0, 30]
+    model, feeds = attention_inputs(np.random.default_rng(9), dtype, 3, 4, 2, 16, 32, positions)
+    sess = session(model, kernel_lib)
+    want = sess.run(None, feeds)
+    out, (key, value) = run_in_place(sess, feeds, "out", {"past_key": "present_key", "past_value": "present_value"})
+    np.testing.assert_array_equal(out, want[0])
+    for cache, past, new in ((key, feeds["past_key"], feeds["k"]), (value, feeds["past_value"], feeds["v"])):
+        expected = past.copy()
+        for row, pos in enumerate(positions):
+            expected[row, :, pos] = new[row, 0].reshape(2, 16)
+        np.testing.assert_array_equal(cache, expected)
+
+
+def test_decode_attention_refuses_a_position_outside_the_cache(kernel_lib):
+    model, feeds = attention_inputs(np.random.default_rng(1), np.float32, 2, 4, 2, 16, 32, [3, 32])
+    with pytest.raises(Exception, match="seqlens_k"):
+        session(model, kernel_lib).run(None, feeds)
 
 
 def only_inner_kernels(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -524,21 +601,24 @@ def profiled_ops(model: str | bytes, weights, lib: str | None, feeds: dict[str, 
 
 def test_bundle_executes_kernels_not_bodies(kernel_lib, tiny_bundle, tmp_path):
     """In the bundle's own graphs the custom ops run as single nodes, and the node count drops: decode runs
-    one MambaDecodeStep per Mamba layer, prefill CausalConv1d and SsdChunkScan."""
+    one MambaDecodeStep per Mamba layer and one DecodeAttention per attention layer (without the library,
+    GroupQueryAttention, its body), prefill CausalConv1d and SsdChunkScan."""
     from edge_runtime.bundle.reader import open_bundle
     from edge_runtime.engine.runner import WeightMap
 
     bundle = open_bundle(tiny_bundle)
     weights = WeightMap(bundle)
-    mamba = len(bundle.config.layers_of("M"))
-    assert mamba > 0
-    want = {"decode": {"MambaDecodeStep": mamba}, "prefill": {"CausalConv1d": mamba, "SsdChunkScan": mamba}}
+    mamba, attention = len(bundle.config.layers_of("M")), len(bundle.config.layers_of("*"))
+    assert mamba > 0 and attention > 0
+    want = {"decode": {"MambaDecodeStep": mamba, "DecodeAttention": attention},
+            "prefill": {"CausalConv1d": mamba, "SsdChunkScan": mamba}}
     for graph, feeds in bundle_feeds(tiny_bundle).items():
         path = str(bundle.graph_path(graph))
         native = profiled_ops(path, weights, kernel_lib, feeds, tmp_path)
         bodies = profiled_ops(path, weights, None, feeds, tmp_path)
         assert {op: native.count(op) for op in ops.CUSTOM_OPS if native.count(op)} == want[graph]
         assert not set(ops.CUSTOM_OPS) & set(bodies)
+        assert bodies.count("GroupQueryAttention") == attention
         assert len(native) < len(bodies) * 0.75, (len(native), len(bodies))
 
 
