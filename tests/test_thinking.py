@@ -276,7 +276,11 @@ def test_tags_are_dropped_however_the_text_is_split(pieces: list[str], data: st.
     bounds = [0, *cuts, len(text)]
     stripper = TagStripper()
     raw = [stripper.feed(text[a:b]) for a, b in zip(bounds, bounds[1:])] + [stripper.flush()]
-    for piece in raw:
-        assert "<think>" not in piece and "</think>" not in piece
-    # One left-to-right pass, tags removed where they occur.
-    assert "".join(raw) == re.sub(r"<think>|</think>", "", text)
+    # One left-to-right pass, tags removed where they occur, however the text was cut ...
+    want = re.sub(r"<think>|</think>", "", text)
+    assert "".join(raw) == want
+    # ... and no delta carries a tag that the pass removes. Text that spells a tag only once a tag inside
+    # it is gone ("<think<think>>") is the model's own text and stays, as the docstring says.
+    if "<think>" not in want and "</think>" not in want:
+        for piece in raw:
+            assert "<think>" not in piece and "</think>" not in piece

@@ -153,10 +153,10 @@ class OrtModelRunner:
         if binding is None:
             binding = session.io_binding()
             device = self.pool.device
-            for name, r in state.items():
-                binding.bind_input(name, device.kind, device.id, r.dtype, r.shape, r.address)
-                binding.bind_output("present." + name.removeprefix("past."), device.kind, device.id, r.dtype,
-                                    r.shape, r.address)
+            for spec in self.pool.specs:
+                r = state[spec.name]
+                binding.bind_input(spec.name, device.kind, device.id, r.dtype, r.shape, r.address)
+                binding.bind_output(spec.output_name, device.kind, device.id, r.dtype, r.shape, r.address)
             logits = self._logits[graph][logits_row:logits_row + rows]
             binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
             if graph == "decode":
