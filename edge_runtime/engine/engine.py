@@ -377,7 +377,7 @@ class Engine:
         plan = self.plan
         return EngineStatus(
             slots_total=self.num_slots, slots_busy=busy, queue_depth=self.queue_depth, held_bytes=self.held_bytes,
-            working_bytes=self.working_bytes, state_bytes_per_slot=self.pool.nbytes // max(1, self.num_slots),
+            working_bytes=self.working_bytes, state_bytes_per_slot=self.pool.slot_nbytes,
             state_pool_bytes=self.pool.nbytes,
             weight_bytes=plan.resident_weight_bytes if plan else self.runner.weights.nbytes,
             steps=self.steps, tokens_generated=self.tokens_generated,

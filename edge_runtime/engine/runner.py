@@ -149,10 +149,10 @@ class OrtModelRunner:
         session = self.sessions[graph]
         key = (slot, rows, logits_row)
         binding = self._decode_bindings.get(key) if graph == "decode" else None
-        state = self.pool.rows(slot, rows)
         if binding is None:
             binding = session.io_binding()
             device = self.pool.device
+            state = self.pool.rows(slot, rows)
             for spec in self.pool.specs:
                 r = state[spec.name]
                 binding.bind_input(spec.name, device.kind, device.id, r.dtype, r.shape, r.address)
@@ -169,7 +169,7 @@ class OrtModelRunner:
         bound.inputs += sum(a.nbytes for a in feeds.values())
         bound.logits += rows * self._vocab * np.dtype(np.float32).itemsize
         if self.pool.device.is_host:
-            bound.state += 2 * sum(r.nbytes for r in state.values())
+            bound.state += 2 * rows * self.pool.slot_nbytes
 
 
 def prefill_calls(batch: list[tuple[int, int]], past_lengths: list[int]) -> list[tuple[int, int]]:

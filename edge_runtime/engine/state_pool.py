@@ -12,13 +12,12 @@ row with past length 0 ignores its past state (export/onnx_graph.py), on any dev
 from __future__ import annotations
 
 import heapq
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from edge_runtime.bundle.state_layout import NP_DTYPE, StateSpec
+from edge_runtime.bundle.state_layout import NP_DTYPE, StateSpec, bytes_per_sequence
 
 
 class PoolFullError(RuntimeError):
@@ -45,31 +44,22 @@ class StateRows:
     shape: list[int]
     dtype: type
 
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
-
 
 class StatePool:
     def __init__(self, specs: list[StateSpec], num_slots: int, max_context: int, device: StateDevice = StateDevice()):
         """K/V slots hold `max_context` tokens: the planned context, never the model's maximum."""
         self.specs, self.device = specs, device
         self.num_slots, self.max_context = num_slots, max_context
-        self.buffers: dict[str, ort.OrtValue] = {}
-        self._row_bytes: dict[str, int] = {}
-        for s in specs:
-            shape = slot_shape(s, max_context)
-            dtype = NP_DTYPE[s.dtype]
-            self.buffers[s.name] = ort.OrtValue.ortvalue_from_shape_and_type(
-                [num_slots, *shape], dtype, device.kind, device.id)
-            self._row_bytes[s.name] = np.dtype(dtype).itemsize * math.prod(shape)
+        self.buffers = {s.name: ort.OrtValue.ortvalue_from_shape_and_type(
+            [num_slots, *slot_shape(s, max_context)], NP_DTYPE[s.dtype], device.kind, device.id) for s in specs}
+        self._row_bytes = {s.name: s.bytes_per_sequence(max_context) for s in specs}
+        self.slot_nbytes = sum(self._row_bytes.values())  # one sequence's state
         self._free = list(range(num_slots))  # a min-heap: the lowest free slot goes first, keeping busy slots dense
 
     @staticmethod
     def planned_bytes(specs: list[StateSpec], num_slots: int, max_context: int) -> int:
         """What a pool of these arguments allocates, before allocating it (its `nbytes` once made)."""
-        return num_slots * sum(np.dtype(NP_DTYPE[s.dtype]).itemsize * math.prod(slot_shape(s, max_context))
-                               for s in specs)
+        return num_slots * bytes_per_sequence(specs, max_context)
 
     @property
     def free_slots(self) -> int:
@@ -77,7 +67,7 @@ class StatePool:
 
     @property
     def nbytes(self) -> int:
-        return self.num_slots * sum(self._row_bytes.values())
+        return self.num_slots * self.slot_nbytes
 
     def allocate(self) -> int:
         if not self._free:
