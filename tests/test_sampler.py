@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from edge_runtime.engine.sampler import (
     SamplerState,
     SamplingParams,
+    _nucleus,
     allowed_tokens,
     apply_penalties,
     sample,
@@ -117,6 +118,25 @@ def test_presence_and_frequency_penalties_count_output_tokens_only():
     state.record([1, 1, 1, 2])
     out = apply_penalties(row, state)
     np.testing.assert_allclose(out, [0.0, -(0.5 + 3 * 0.25), -(0.5 + 0.25), 0.0, 0.0])
+
+
+def test_penalties_over_long_prompts_and_outputs_match_a_direct_count():
+    rng = np.random.default_rng(11)
+    vocab = 3000
+    prompt = rng.integers(0, vocab, 700).tolist()
+    output = rng.integers(0, vocab + 50, 900).tolist()  # some ids past the logits' width, which are not penalised
+    row = rng.standard_normal(vocab).astype(np.float32)
+    state = _state(prompt=tuple(prompt), repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.2)
+    for token in output[:100]:
+        state.record(token)
+    state.record(output[100:])
+    expected = row.copy()
+    seen = sorted(t for t in set(prompt) | set(output) if t < vocab)
+    expected[seen] = np.where(expected[seen] > 0, expected[seen] / 1.3, expected[seen] * 1.3)
+    for token in set(output):
+        if token < vocab:
+            expected[token] -= np.float32(0.2) * output.count(token) + np.float32(0.4)
+    np.testing.assert_array_equal(apply_penalties(row, state), expected)
 
 
 def test_penalty_steers_greedy_choice():
@@ -256,3 +276,33 @@ def test_nan_and_inf_logits_are_handled_per_row(params):
         assert int(sample(masked[None], [SamplerState.create(params)]).token_ids[0]) in (5, 6)
     with pytest.raises(ValueError, match="^logits:"):
         sample(np.full((1, 50), -np.inf, dtype=np.float32), [SamplerState.create(params)])
+
+
+def _full_sort_nucleus(weights: np.ndarray, mass: float) -> np.ndarray:
+    order = np.argsort(-weights, kind="stable")
+    cum = np.cumsum(weights[order])
+    return order[: int(np.searchsorted(cum, mass, side="left")) + 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n=st.integers(1, 3000), levels=st.integers(1, 12), share=st.floats(0.0, 1.0))
+def test_nucleus_is_exactly_the_full_sort_prefix(data, n, levels, share):
+    """The nucleus sorts only what it must, yet keeps the very tokens, in the very order, of a stable sort of
+    all of them, ties included (equal weights in position order), whether the 64 largest hold the mass or not."""
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if data.draw(st.booleans()):  # few distinct weights: ties everywhere, the nucleus edge among them
+        weights = np.exp(rng.integers(0, levels, n).astype(np.float64))
+    else:
+        weights = np.exp(rng.standard_normal(n) * data.draw(st.floats(0.01, 8.0)))
+    mass = share * float(np.cumsum(weights[np.argsort(-weights, kind="stable")])[-1])
+    np.testing.assert_array_equal(_nucleus(weights, mass), _full_sort_nucleus(weights, mass))
+
+
+def test_top_p_on_flat_real_size_logits_matches_the_full_sort():
+    """A flat row at the real vocabulary: most tokens are in the nucleus, far more than the first guess."""
+    row = _logits(1, seed=12, scale=1.0)[0]
+    params = SamplingParams(temperature=1.0, top_p=0.95).validate()
+    ids, _ = allowed_tokens(row, params)
+    assert ids.shape[0] > 50_000
+    assert set(ids.tolist()) == _reference_allowed(row, params)

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.engine.toolcalls import OPEN_TAG, TextDelta, ToolCall, ToolCallEvent, ToolCallParser, held_back_length
+from edge_runtime.engine.toolcalls import CLOSE_TAG, OPEN_TAG, TextDelta, ToolCall, ToolCallEvent, ToolCallParser, held_back_length
 
 TOOLS = ["get_weather", "calculate_tip"]
 
@@ -81,6 +81,18 @@ def test_unterminated_block_becomes_error_on_flush() -> None:
     (call,) = parser.flush()
     assert isinstance(call, ToolCall) and "unterminated" in (call.error or "")
     assert call.arguments_json == '[{"name": "get_weather"'
+
+
+def test_a_long_call_streamed_a_character_at_a_time_is_searched_once() -> None:
+    """Each delta is searched with at most a tag's length of what came before, never the whole block so far, so
+    a call as long as a whole answer costs the same per token at its end as at its start."""
+    content = "x" * 20_000
+    text = f'Writing.<TOOLCALL>[{{"name": "get_weather", "arguments": {{"city": "{content}"}}}}]{CLOSE_TAG}done'
+    parser = ToolCallParser(TOOLS)
+    events = coalesce(run(parser, list(text)))
+    assert events == [TextDelta("Writing."), ToolCall("get_weather", json.dumps({"city": content}), {"city": content}),
+                      TextDelta("done")]
+    assert parser.chars_searched <= len(CLOSE_TAG) * len(text)
 
 
 def test_held_back_length() -> None:

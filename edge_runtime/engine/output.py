@@ -25,10 +25,11 @@ class OutputProcessor:
     prompt_ids: list[int]
     stop_strings: list[str]
     tool_names: list[str] | None
-    reasoning_text: str = ""
-    answer_text: str = ""
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     stopped_by: str | None = None  # the stop string that ended the answer
+    # Each channel's text in pieces, joined when read: appending to a str attribute copies all of it.
+    _reasoning: list[str] = field(default_factory=list, init=False, repr=False)
+    _answer: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None:
@@ -38,6 +39,14 @@ class OutputProcessor:
         self._stops = StopMatcher(self.stop_strings)
         self._tools = ToolCallParser(self.tool_names) if self.tool_names is not None else None
         self._answer_started = False
+
+    @property
+    def reasoning_text(self) -> str:
+        return "".join(self._reasoning)
+
+    @property
+    def answer_text(self) -> str:
+        return "".join(self._answer)
 
     def push(self, token_id: int, channel: Channel, logprobs: TokenLogprobs | None) -> list[Event]:
         """Events for one committed (non-stop) token."""
@@ -64,7 +73,7 @@ class OutputProcessor:
         if not text or self.stopped_by is not None:
             return []
         if self._channel is Channel.REASONING:
-            self.reasoning_text += text
+            self._reasoning.append(text)
             return [Delta(text, Channel.REASONING)]
         text = text if self._answer_started else text.lstrip()
         self._answer_started = self._answer_started or bool(text)
@@ -89,7 +98,7 @@ class OutputProcessor:
                 self.tool_calls.append(record)
                 events.append(record)
             elif item.text:
-                self.answer_text += item.text
+                self._answer.append(item.text)
                 events.append(Delta(item.text, Channel.ANSWER))
         return events
 

@@ -28,7 +28,6 @@ every alternative outside the nucleus.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +36,39 @@ import numpy as np
 from edge_runtime.engine.records import Channel, SamplingParams, TokenLogprobs
 from edge_runtime.engine.thinking import ThinkingController
 
+
+class IdTally:
+    """Distinct token ids in first-seen order with their counts, as arrays that grow in place, so adding one
+    id is O(1) (amortised) and a penalty reads them without rebuilding anything from Python objects."""
+
+    def __init__(self) -> None:
+        self._ids = np.empty(64, dtype=np.int64)
+        self._counts = np.zeros(64, dtype=np.float32)
+        self._slot: dict[int, int] = {}
+
+    def add(self, token_id: int) -> None:
+        slot = self._slot.get(token_id)
+        if slot is None:
+            slot = len(self._slot)
+            if slot == self._ids.shape[0]:
+                self._ids = np.resize(self._ids, 2 * slot)
+                self._counts = np.concatenate([self._counts, np.zeros(slot, dtype=np.float32)])
+            self._slot[token_id] = slot
+            self._ids[slot] = token_id
+        self._counts[slot] += 1
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[: len(self._slot)]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self._counts[: len(self._slot)]
+
+
 @dataclass
 class SamplerState:
     """One sequence's sampling state; the engine keeps one per sequence and calls `record` for every token
@@ -44,20 +76,22 @@ class SamplerState:
 
     params: SamplingParams
     rng: np.random.Generator
-    prompt_token_ids: frozenset[int] = frozenset()
-    output_counts: Counter[int] = field(default_factory=Counter)
+    seen: IdTally = field(default_factory=IdTally)  # prompt and output ids: the repetition penalty's
+    output: IdTally = field(default_factory=IdTally)  # output ids: the presence and frequency penalties'
 
     @classmethod
     def create(cls, params: SamplingParams, prompt_token_ids: Iterable[int] = ()) -> "SamplerState":
         """`params` as the engine validated them (SamplingParams.validate). No seed: fresh OS entropy, so
         unseeded requests differ from each other."""
-        return cls(params, np.random.default_rng(params.seed), frozenset(int(t) for t in prompt_token_ids))
+        state = cls(params, np.random.default_rng(params.seed))
+        for token_id in prompt_token_ids:
+            state.seen.add(int(token_id))
+        return state
 
     def record(self, token_ids: int | Iterable[int]) -> None:
-        if isinstance(token_ids, (int, np.integer)):
-            self.output_counts[int(token_ids)] += 1
-        else:
-            self.output_counts.update(int(t) for t in token_ids)
+        for token_id in [token_ids] if isinstance(token_ids, (int, np.integer)) else token_ids:
+            self.seen.add(int(token_id))
+            self.output.add(int(token_id))
 
 
 @dataclass(frozen=True)
@@ -144,14 +178,13 @@ def apply_penalties(logits: np.ndarray, state: SamplerState) -> np.ndarray:
     p = state.params
     vocab = logits.shape[-1]
     out = logits
-    if p.repetition_penalty != 1.0 and (state.prompt_token_ids or state.output_counts):
-        ids = _in_vocab(np.fromiter(state.prompt_token_ids | state.output_counts.keys(), dtype=np.int64), vocab)
+    if p.repetition_penalty != 1.0 and len(state.seen):
+        ids = _in_vocab(state.seen.ids, vocab)
         out = np.array(logits, dtype=np.float32)
         seen = out[ids]
         out[ids] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
-    if (p.presence_penalty or p.frequency_penalty) and state.output_counts:
-        ids = np.fromiter(state.output_counts.keys(), dtype=np.int64)
-        counts = np.fromiter(state.output_counts.values(), dtype=np.float32)
+    if (p.presence_penalty or p.frequency_penalty) and len(state.output):
+        ids, counts = state.output.ids, state.output.counts
         keep = (ids >= 0) & (ids < vocab)
         if out is logits:
             out = np.array(logits, dtype=np.float32)
@@ -212,17 +245,33 @@ def _nucleus_candidates(logits: np.ndarray, m: float, t: float, top_p: float) ->
 
 def _nucleus(weights: np.ndarray, mass: float) -> np.ndarray:
     """Positions in `weights` of the smallest most-probable prefix holding `mass` (at least one), most probable
-    first. A nucleus is usually a few of many candidates: sort a partial guess, grown 4x until it holds it."""
+    first, equal weights in position order: the prefix a stable descending sort of all of `weights` gives.
+
+    Its size needs only the weights' values in descending order, which tied positions share: those of the 64
+    largest (one partition) usually hold `mass`, else all of them are sorted (values only, not positions). The
+    prefix is then every position above its smallest value plus, in position order, as many at that value as
+    it takes, and only those are ordered. The cumulative sums are the full sort's, added in the same order.
+    """
     n = weights.shape[0]
-    k = min(n, 64)
-    while True:
-        part = np.argpartition(-weights, k - 1)[:k] if k < n else np.arange(n)
-        order = part[np.argsort(-weights[part], kind="stable")]
-        cum = np.cumsum(weights[order])
-        if cum[-1] >= mass or k == n:
-            # Keep every token whose preceding mass is still below `mass`.
-            return order[: int(np.searchsorted(cum, mass, side="left")) + 1]
-        k = min(n, 4 * k)
+    values = np.sort(np.partition(weights, n - 64)[n - 64:] if n > 64 else weights)[::-1]
+    cum = np.cumsum(values)
+    if cum[-1] < mass and values.shape[0] < n:
+        values = np.sort(weights)[::-1]
+        cum = np.cumsum(values)
+    size = min(int(np.searchsorted(cum, mass, side="left")) + 1, n)
+    last = values[size - 1]
+    above = np.flatnonzero(weights > last)
+    keep = np.concatenate([above, np.flatnonzero(weights == last)[: size - above.shape[0]]])
+    kept = weights[keep]
+    order = np.argsort(-kept)
+    # Equal weights (common in float32 logits) come out of that sort in no set order: put each run of them
+    # in position order, sorting only the tied entries rather than everything stably.
+    ordered = kept[order]
+    equal = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if equal.size:
+        tied = np.union1d(equal, equal + 1)
+        order[tied] = order[tied][np.lexsort((order[tied], -ordered[tied]))]
+    return keep[order]
 
 
 def _sample_row(row: np.ndarray, state: SamplerState) -> tuple[int, TokenLogprobs | None]:

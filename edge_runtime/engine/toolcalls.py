@@ -66,38 +66,52 @@ class ToolCallParser:
         # None means "the request declared no tool list": any name is accepted.
         self._tool_names = None if tool_names is None else frozenset(tool_names)
         self._state = _State.TEXT
-        self._buffer = ""
+        self._held = ""  # TEXT: the end of the text so far that may begin the open tag
+        # CALL: the block body so far, in pieces, and its end that may begin the close tag; only that end
+        # and the new text are searched, so a long block costs no more per delta than a short one.
+        self._body: list[str] = []
+        self._tail = ""
+        self.chars_searched = 0  # characters searched for a tag, for checking the work stays linear
 
     def feed(self, delta: str) -> list[ToolCallEvent]:
-        self._buffer += delta
         events: list[ToolCallEvent] = []
         while True:
             if self._state is _State.TEXT:
-                start = self._buffer.find(OPEN_TAG)
+                buffer, self._held = self._held + delta, ""
+                self.chars_searched += len(buffer)
+                start = buffer.find(OPEN_TAG)
                 if start < 0:
-                    keep = held_back_length(self._buffer, OPEN_TAG)
-                    _emit_text(events, self._buffer[: len(self._buffer) - keep])
-                    self._buffer = self._buffer[len(self._buffer) - keep :]
+                    keep = held_back_length(buffer, OPEN_TAG)
+                    _emit_text(events, buffer[: len(buffer) - keep])
+                    self._held = buffer[len(buffer) - keep :]
                     return events
-                _emit_text(events, self._buffer[:start])
-                self._buffer = self._buffer[start + len(OPEN_TAG) :]
+                _emit_text(events, buffer[:start])
+                delta = buffer[start + len(OPEN_TAG) :]
                 self._state = _State.CALL
             else:
-                end = self._buffer.find(CLOSE_TAG)
+                window = self._tail + delta
+                self.chars_searched += len(window)
+                end = window.find(CLOSE_TAG)
                 if end < 0:
+                    self._body.append(delta)
+                    self._tail = window[1 - len(CLOSE_TAG) :]
                     return events
-                events.extend(self._parse_block(self._buffer[:end]))
-                self._buffer = self._buffer[end + len(CLOSE_TAG) :]
+                body = "".join(self._body)
+                cut = end - len(self._tail)  # negative: the tag began in the tail, already in the body
+                body = body[: len(body) + cut] if cut < 0 else body + delta[:cut]
+                events.extend(self._parse_block(body))
+                delta = window[end + len(CLOSE_TAG) :]
+                self._body, self._tail = [], ""
                 self._state = _State.TEXT
 
     def flush(self) -> list[ToolCallEvent]:
         """End of stream: release held-back text, or report an unclosed block as an error record."""
         events: list[ToolCallEvent] = []
         if self._state is _State.TEXT:
-            _emit_text(events, self._buffer)
+            _emit_text(events, self._held)
         else:
-            events.append(ToolCall("", self._buffer, None, f"unterminated {OPEN_TAG} block"))
-        self._buffer = ""
+            events.append(ToolCall("", "".join(self._body), None, f"unterminated {OPEN_TAG} block"))
+        self._held, self._body, self._tail = "", [], ""
         self._state = _State.TEXT
         return events
 
