@@ -171,6 +171,14 @@ def _plan(ckpt: Checkpoint, partial: PartialExport, ids: torch.Tensor, group_siz
     return plan_formats(costs, shapes, group_size, SCALE_DTYPE.itemsize)
 
 
+def unit_params(ckpt: Checkpoint) -> list[int]:
+    """Parameters in each unit of weights.bin, in the order they are written and journaled: the embedding
+    table, each layer, the head (final norm and lm_head)."""
+    return [ckpt.tensors[EMBEDDING].numel,
+            *(sum(ckpt.tensors[n].numel for n in ckpt.layer_names(i)) for i in range(ckpt.cfg.num_layers)),
+            ckpt.tensors[NORM_F].numel + ckpt.tensors[LM_HEAD].numel]
+
+
 def _write_weights(ckpt: Checkpoint, partial: PartialExport, table: WeightTable, fmt: WeightFormat,
                    plan: dict | None, ids: torch.Tensor | None, calibration: Calibration | None,
                    progress: bool) -> None:
@@ -183,9 +191,7 @@ def _write_weights(ckpt: Checkpoint, partial: PartialExport, table: WeightTable,
         journal.units_done, journal.weights_bytes = units_done, table.length
         partial.commit(carry, drop)
 
-    sizes = [ckpt.tensors[EMBEDDING].numel,
-             *(sum(ckpt.tensors[n].numel for n in ckpt.layer_names(i)) for i in range(layers)),
-             ckpt.tensors[NORM_F].numel + ckpt.tensors[LM_HEAD].numel]
+    sizes = unit_params(ckpt)
     desc = "writing weights" if fmt.bits is None else "quantizing, writing weights"
     with tqdm(total=sum(sizes), initial=sum(sizes[:journal.units_done]), desc=desc, unit="param", unit_scale=True,
               disable=not progress) as bar:

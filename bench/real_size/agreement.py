@@ -53,9 +53,10 @@ def bundle_logits(bundle_dir: Path) -> np.ndarray:
     runner = OrtModelRunner(bundle, pool, ProviderConfig(custom_op_library=artifacts.kernel_library()[0]),
                             max_rows=PROMPTS)
     slots = [pool.allocate() for _ in rows]
-    out = [runner.prefill(slots, [r[:1] for r in rows], [0] * PROMPTS)]
+    # The runner returns its own logits buffer, overwritten by the next call: keep copies.
+    out = [runner.prefill(slots, [r[:1] for r in rows], [0] * PROMPTS).copy()]
     for t in range(1, TOKENS):
-        out.append(runner.decode(slots, [r[t] for r in rows], [t] * PROMPTS))
+        out.append(runner.decode(slots, [r[t] for r in rows], [t] * PROMPTS).copy())
     return np.stack(out, axis=1).astype(np.float32)  # [PROMPTS, TOKENS, vocab]
 
 
