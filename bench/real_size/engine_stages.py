@@ -28,11 +28,15 @@ def plan(bundle: Path, budget: str) -> dict:
         args = cli("plan", "--bundle", str(bundle), "--budget", plan_budget or budget, "--context", str(PLAN_CONTEXT),
                    "--providers", providers, "--json")
         done = subprocess.run(args, capture_output=True, text=True)
-        if done.returncode != 0:
+        if done.returncode == 2 and " short of " in done.stderr:  # the plan's refusal: the bundle does not fit
+            out[name] = {"refused": done.stderr.strip().splitlines()[-1]}
+        elif done.returncode != 0:
             raise RuntimeError(f"plan of {bundle} failed: {done.stderr[-2000:]}")
-        out[name] = json.loads(done.stdout)
-    weights = out["thor"]["weight_bytes"]
-    out["thor_decode_ceiling_tokens_per_second"] = THOR_BANDWIDTH / (weights + out["thor"]["fixed_state_bytes_per_sequence"] * 2)
+        else:
+            out[name] = json.loads(done.stdout)
+    thor = out["thor"]
+    if "refused" not in thor:  # batch 1: all weights once, one sequence's SSM state read and written
+        out["thor_decode_ceiling_tokens_per_second"] = THOR_BANDWIDTH / (thor["weight_bytes"] + 2 * thor["fixed_state_bytes_per_sequence"])
     return out
 
 
