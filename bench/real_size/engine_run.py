@@ -62,6 +62,7 @@ def measure(spec: RunSpec) -> dict:
     from bench.timing import timed
     from bench.variants import GREEDY, prompt_ids
     from edge_runtime import Engine, EngineConfig, GenerationRequest, SchedulerConfig
+    from edge_runtime.bundle.memory_plan import MemoryPlanError
     from edge_runtime.engine.records import RequestError
     from edge_runtime.engine.providers import ProviderConfig
 
@@ -74,7 +75,7 @@ def measure(spec: RunSpec) -> dict:
             scheduler=SchedulerConfig(prefill_chunk=chunk, max_step_tokens=chunk),
             providers=ProviderConfig(intra_op_threads=spec.threads, spinning=spec.spinning,
                                      custom_op_library=spec.kernel_library)))
-    except RequestError as e:  # the plan's refusal: what the run reports for a bundle that does not fit
+    except (MemoryPlanError, RequestError) as e:  # the plan's refusal: what the run reports for a bundle that does not fit
         return {"spec": asdict(spec), "refused": str(e)}
     load_s = time.perf_counter() - t0
     first_s = timed(lambda: engine.generate(GenerationRequest([101, 102, 103], GREEDY, max_tokens=2, ignore_eos=True)))
