@@ -24,11 +24,12 @@ BUDGET = 8 << 30
 NEW_TOKENS = 16
 
 
-def _high_water_mark() -> int:
-    """Peak RSS of this process image, bytes: VmHWM. (getrusage's ru_maxrss would not do: it survives exec,
-    so a child forked from a large parent reports the parent's size.)"""
+def proc_status(field: str) -> int:
+    """A `kB` field of /proc/self/status, in bytes: VmRSS now, or VmHWM, the peak RSS of this process image.
+    (getrusage's ru_maxrss would not do for the peak: it survives exec, so a child forked from a large
+    parent reports the parent's size.)"""
     with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
+        line = next(line for line in f if line.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
 
@@ -54,7 +55,7 @@ def _child(spec: dict) -> dict:
     engine.run_until_done(handles)
     plan = engine.plan
     return {"start": start, "loaded": loaded, "end": proc.memory_info().rss,
-            "peak": _high_water_mark(),
+            "peak": proc_status("VmHWM"),
             "planned_loaded": plan.resident_weight_bytes + plan.overhead_bytes, "planned_peak": plan.total_bytes(batch, context),
             "weight_bytes": plan.weight_bytes, "prepacked_bytes": plan.prepacked_bytes, "state_pool_bytes": engine.pool.nbytes,
             "overhead_bytes": plan.overhead_bytes, "prefill_working_bytes": plan.prefill_working_bytes}

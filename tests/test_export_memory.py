@@ -18,9 +18,7 @@ piece (2.35 GB each, before the quantizer's temporaries), goes far over the boun
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.real_size.measured_process import cli, run_measured
 from nemotron_export.presets import PRESETS
 from nemotron_export.safetensors_writer import TensorSpec, to_bf16_bits, write_checkpoint_tensors
 from nemotron_export.synth import checkpoint_shapes
@@ -68,18 +67,10 @@ def real_width_checkpoint(tmp_path) -> Iterator[Path]:
     shutil.rmtree(tmp_path)  # gigabytes: not left behind in pytest's kept temporary directories
 
 
-def peak_rss_of(args: list[str], log: Path) -> tuple[int, int]:
-    """(exit code, peak RSS in bytes) of a process running `args`, its output sent to `log`."""
-    actions = [(os.POSIX_SPAWN_OPEN, fd, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for fd in (1, 2)]
-    pid = os.posix_spawn(args[0], args, {**os.environ, "PYTHONUNBUFFERED": "1"}, file_actions=actions)
-    _, status, usage = os.wait4(pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024  # Linux reports KiB
-
-
 def test_int8_export_peak_rss_is_bounded_by_one_layer(real_width_checkpoint, tmp_path):
     out, log = tmp_path / "bundle", tmp_path / "export.log"
-    code, peak = peak_rss_of([sys.executable, "-m", "edge_runtime.cli", "export", str(real_width_checkpoint),
-                              "--out", str(out), "--weights", "int8"], log)
+    m = run_measured(cli("export", str(real_width_checkpoint), "--out", str(out), "--weights", "int8"), log)
+    code, peak = m.exit_code, m.peak_rss
     assert code == 0, log.read_text()[-3000:]
     assert (out / "manifest.json").exists()
     layer = largest_layer_float32_bytes(checkpoint_shapes(REAL_WIDTHS))

@@ -11,5 +11,4 @@ Stages, each recorded in `<work>/real_size.json` as soon as it ends (a stage alr
   4, resident memory (sampled VmRSS, VmHWM) against the plan, and the copy-bandwidth ceiling of decode;
 - agreement: transformers' NemotronHForCausalLM (bf16) against a bundle on the same 16-token prompts,
   beside the same comparison on the `small` preset.
-`--report` prints the BENCHMARKS.md tables from the recorded results.
 """

@@ -41,7 +41,6 @@ def reference_logits(ckpt: Path) -> np.ndarray:
 
 
 def bundle_logits(bundle_dir: Path) -> np.ndarray:
-    from bench import artifacts
     from edge_runtime.bundle.reader import open_bundle
     from edge_runtime.engine.providers import ProviderConfig
     from edge_runtime.engine.runner import OrtModelRunner

@@ -19,6 +19,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from bench.memory import proc_status
+
 SAMPLE_S = 0.25
 
 
@@ -34,12 +36,6 @@ class RunSpec:
     threads: int
     spinning: str
     kernel_library: str | None
-
-
-def proc_status(field: str) -> int:
-    """A `kB` field of /proc/self/status (VmRSS, VmHWM), in bytes."""
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith(field + ":")).split()[1]) * 1024
 
 
 class RssSampler(threading.Thread):

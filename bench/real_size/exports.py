@@ -114,12 +114,11 @@ def export(work: Path, ckpt: Path, variant: Variant, limit_minutes: float | None
     complete = m.exit_code == 0 and (out / "manifest.json").exists()
     if not complete and not m.interrupted:
         raise RuntimeError(f"export {variant.name} failed (exit {m.exit_code}); see {work}/export-{variant.name}.log")
+    c = open_checkpoint(ckpt)
     if complete:  # the journal went with the partial directory: the end is the last unit, graphs and manifest
-        c = open_checkpoint(ckpt)
         events.append({"seconds": offset + m.seconds, "measured": c.cfg.num_layers if "int4" in variant.args else 0,
                        "units_done": c.cfg.num_layers + 2})
     runs.append({"seconds": m.seconds, "peak_rss": m.peak_rss, "interrupted": m.interrupted, "resumed": resuming})
-    c = open_checkpoint(ckpt)
     result = {"variant": variant.name, "args": list(variant.args), "complete": complete, "runs": runs,
               "events": events, "seconds": sum(r["seconds"] for r in runs),
               "peak_rss": max(r["peak_rss"] for r in runs),
