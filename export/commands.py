@@ -37,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "is still calibrated. Much faster, less accurate")
     p.add_argument("--no-quantize-lm-head", action="store_true",
                    help="keep lm_head unquantized in int8/int4 bundles (default: quantized like the projections)")
-    p.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 2, 3, 4],
-                   help="MatMulNBits accuracy_level: 0 computes in the activation dtype, 4 in int8 (CPU, faster)")
+    p.add_argument("--accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
+                   help="int8/int4: MatMulNBits accuracy_level on the CPU provider. 4 (default) quantizes the "
+                        "activations to int8 per block, ONNX Runtime's fast integer kernels; 0 computes in "
+                        "float32, exact but far slower (8-bit blocks are dequantized on every call)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-context", type=int, default=4096)
     p.add_argument("--resume", action="store_true",
@@ -86,7 +88,8 @@ def _export(args: argparse.Namespace) -> int:
         signing_key = load_signing_key(args.sign_key) if args.sign_key else None
         fmt = WeightFormat(
             kind=args.weights, group_size=args.group_size or GROUP_SIZE_BY_FORMAT.get(args.weights, 32),
-            quantize_lm_head=not args.no_quantize_lm_head, accuracy_level=args.accuracy_level,
+            quantize_lm_head=not args.no_quantize_lm_head,
+            **({} if args.accuracy_level is None else {"accuracy_level": args.accuracy_level}),
         )
         out = export_bundle(args.checkpoint, args.out,
                             ExportOptions(weights=fmt, max_batch=args.max_batch, max_context=args.max_context,

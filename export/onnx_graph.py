@@ -52,7 +52,11 @@ class WeightFormat:
     # None: int8 rows for int4 bundles (keeps int4 weight bytes under 17% of fp32 at group 32 with no
     # measurable loss), 16-bit for int8 bundles (int8 rows cost them agreement).
     quantize_embeddings: bool | None = None
-    accuracy_level: int = 0  # MatMulNBits: 0 = compute in the activation dtype, 4 = int8 compute on CPU
+    # MatMulNBits' accuracy_level, for the CPU provider (the CUDA kernels ignore it): 4 quantizes the
+    # activations to int8 per block and runs ONNX Runtime's integer kernels; 0 computes in the activation
+    # dtype, exact, but its 8-bit blocks have no such kernel there: every call dequantizes the whole matrix
+    # to float32 first (`python -m bench.matmul_nbits` measures both).
+    accuracy_level: int = 4
 
     def __post_init__(self) -> None:
         if self.kind not in ("fp32", "fp16", "bf16", "int8", "int4"):
