@@ -40,16 +40,19 @@ def _checkpoint(factory: pytest.TempPathFactory, preset: str) -> Path:
     return synth(preset, factory.mktemp("ckpt") / preset, seed=0)
 
 
-def _bundle(factory: pytest.TempPathFactory, checkpoint: Path, max_context: int, weights: str = "fp32") -> Path:
-    """`checkpoint` exported as `nemotron-edge export --weights WEIGHTS --no-gptq` exports it: int4's mixed
-    plan and sizes as by default, without GPTQ's minutes (these fixtures serve memory and graph checks;
-    tests/test_export_quantized.py measures accuracy)."""
+def _bundle(factory: pytest.TempPathFactory, checkpoint: Path, max_context: int, weights: str = "fp32",
+            accuracy_level: int | None = None) -> Path:
+    """`checkpoint` exported as `nemotron-edge export --weights WEIGHTS --no-gptq [--accuracy-level L]`
+    exports it: int4's mixed plan and sizes as by default, without GPTQ's minutes (these fixtures serve
+    memory and graph checks; tests/test_export_quantized.py measures accuracy)."""
     from nemotron_export.bundle import ExportOptions, export_bundle
     from nemotron_export.commands import GROUP_SIZE_BY_FORMAT
     from nemotron_export.onnx_graph import WeightFormat
 
-    fmt = WeightFormat(weights, group_size=GROUP_SIZE_BY_FORMAT.get(weights, 32))
-    return export_bundle(checkpoint, factory.mktemp("bundle") / f"{checkpoint.name}-{weights}",
+    fmt = WeightFormat(weights, group_size=GROUP_SIZE_BY_FORMAT.get(weights, 32),
+                       **({} if accuracy_level is None else {"accuracy_level": accuracy_level}))
+    name = f"{checkpoint.name}-{weights}" + ("" if accuracy_level is None else f"-acc{accuracy_level}")
+    return export_bundle(checkpoint, factory.mktemp("bundle") / name,
                          ExportOptions(fmt, max_batch=8, max_context=max_context, gptq=False), progress=False)
 
 
@@ -82,3 +85,9 @@ def small_bundle(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def small_int4_bundle(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _bundle(tmp_path_factory, small_checkpoint, max_context=1024, weights="int4")
+
+
+@pytest.fixture(scope="session")
+def small_int8_acc0_bundle(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """int8 at MatMulNBits accuracy level 0: the CPU provider dequantizes its 8-bit blocks on every call."""
+    return _bundle(tmp_path_factory, small_checkpoint, max_context=1024, weights="int8", accuracy_level=0)

@@ -19,6 +19,11 @@ on for quantized bundles (MatMulNBits is slow without it) and off for float ones
 the CPU provider holds its matmul weights 1 + 2 times (prefill and decode sessions). Measured on `small`
 (resident growth with pre-packing on minus off, per session): 0.94x (int4) and 0.76x (int8) the bytes of
 the MatMulNBits codes and scales, 1.0x the float weights with pre-packing forced on; the plan counts 1.0x.
+Except for 8-bit blocks at MatMulNBits accuracy level 0 (`export --accuracy-level 0`): the CPU provider has
+no kernel for them, does not pre-pack them, and dequantizes the whole matrix to float32 on every call, so
+a bundle's plan (`plan_for_bundle`) counts no copy of them and one float32 matrix of the largest of them
+(`dequantized_bytes`; measured on the 9B int4 bundle: the 8-bit blocks' pre-packed copies absent, a page
+fault for every page of each dequantized matrix, bench/matmul_nbits.py).
 
 Working memory (a model of the graphs as the exporter builds them, checked against measured resident memory
 in tests/test_engine.py):
@@ -129,6 +134,7 @@ class MemoryPlan:
     parameter_count: int
     weight_bytes: int
     prepacked_bytes: int  # the sessions' pre-packed copies of the matmul weights (module docstring)
+    dequantized_bytes: int  # float32 copy of the largest matrix a MatMulNBits call dequantizes (module docstring)
     fixed_state_bytes_per_sequence: int
     kv_bytes_per_token: int
     prefill_working_bytes: int
@@ -144,7 +150,7 @@ class MemoryPlan:
     @property
     def base_bytes(self) -> int:
         """What the budget holds before any sequence: weights, overhead, prefill working memory."""
-        return self.resident_weight_bytes + self.overhead_bytes + self.prefill_working_bytes
+        return self.resident_weight_bytes + self.overhead_bytes + self.prefill_working_bytes + self.dequantized_bytes
 
     @property
     def available_bytes(self) -> int:
@@ -281,7 +287,14 @@ def matmul_weight_bytes(config: ModelConfig, storage: WeightStorage) -> int:
     return sum(storage.tensor_bytes(t) for t in parameter_tensors(config) if t.role in (MATMUL, LM_HEAD))
 
 
-def plan_memory(
+def plan_memory(*args, **kwargs) -> MemoryPlan:
+    """Plan `budget_bytes` for `config` with `weights` in one of WEIGHT_FORMATS (arguments: `estimate_memory`).
+    Raises MemoryPlanError naming the bad field, or saying by how much the budget misses what is needed
+    before any sequence."""
+    return require_fit(estimate_memory(*args, **kwargs))
+
+
+def estimate_memory(
     config: ModelConfig,
     weights: str,
     budget_bytes: int,
@@ -298,10 +311,10 @@ def plan_memory(
     overhead_bytes: int = RUNTIME_OVERHEAD_BYTES,
     prepacked_copies: int = 0,
 ) -> MemoryPlan:
-    """Plan `budget_bytes` for `config` with `weights` in one of WEIGHT_FORMATS. `state_specs` (from a bundle
-    manifest) overrides the state layout computed from the config. `prepacked_copies`: sessions that pre-pack
-    the matmul weights (`ProviderConfig.prepacked_copies`). Raises MemoryPlanError naming the bad
-    field, or saying by how much the budget misses the weights + overhead + prefill working memory."""
+    """The plan of `budget_bytes` for `config` with `weights` in one of WEIGHT_FORMATS, whether or not it fits.
+    `state_specs` (from a bundle manifest) overrides the state layout computed from the config.
+    `prepacked_copies`: sessions that pre-pack the matmul weights (`ProviderConfig.prepacked_copies`).
+    Raises MemoryPlanError naming a bad field."""
     if weights not in WEIGHT_FORMATS:
         raise MemoryPlanError(f"weights: expected one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
     act = activation_dtype or default_activation_dtype(weights)
@@ -338,6 +351,7 @@ def plan_memory(
         parameter_count=parameter_count(config),
         weight_bytes=weight_bytes(config, storage),
         prepacked_bytes=prepacked_copies * matmul_weight_bytes(config, storage),
+        dequantized_bytes=0,
         fixed_state_bytes_per_sequence=fixed_bytes_per_sequence(specs),
         kv_bytes_per_token=bytes_per_token(specs),
         prefill_working_bytes=prefill_chunk * prefill_bytes_per_token(config, context),
@@ -345,13 +359,19 @@ def plan_memory(
         overhead_bytes=overhead_bytes,
         max_position_embeddings=config.max_position_embeddings,
     )
+    return plan
+
+
+def require_fit(plan: MemoryPlan) -> MemoryPlan:
+    """`plan`, or MemoryPlanError saying by how much its budget misses what is needed before any sequence."""
     if plan.available_bytes < 0:
+        dequantized = (f", an 8-bit matrix dequantized per call {_gib(plan.dequantized_bytes)}"
+                       if plan.dequantized_bytes else "")
         raise MemoryPlanError(
-            f"budget_bytes: {_gib(budget_bytes)} is {_gib(-plan.available_bytes)} short of the "
-            f"{_gib(plan.base_bytes)} needed before any sequence (weights {_gib(plan.weight_bytes)} at {weights}, "
-            f"their pre-packed copies {_gib(plan.prepacked_bytes)}, runtime overhead {_gib(overhead_bytes)}, "
-            f"prefill working memory {_gib(plan.prefill_working_bytes)})"
-        )
+            f"budget_bytes: {_gib(plan.budget_bytes)} is {_gib(-plan.available_bytes)} short of the "
+            f"{_gib(plan.base_bytes)} needed before any sequence (weights {_gib(plan.weight_bytes)} at "
+            f"{plan.weights_format}, their pre-packed copies {_gib(plan.prepacked_bytes)}{dequantized}, runtime "
+            f"overhead {_gib(plan.overhead_bytes)}, prefill working memory {_gib(plan.prefill_working_bytes)})")
     return plan
 
 
@@ -364,14 +384,30 @@ def _gib(n: int) -> str:
     return f"{n / 1024**3:.2f} GiB"
 
 
+def _dequantized_per_call(bundle: "Bundle") -> tuple[int, int]:
+    """For a bundle on the CPU provider: the stored bytes of its MatMulNBits matrices that are not pre-packed
+    but dequantized on every call (8-bit blocks at accuracy level 0), and the float32 bytes of the largest."""
+    weights = bundle.weights
+    if int(weights.get("accuracy_level", 0)) != 0:
+        return 0, 0
+    nbytes = {t["name"]: int(t["nbytes"]) for t in weights["tensors"]}
+    shapes = {t["name"]: t["shape"] for t in weights["tensors"]}
+    eight = [name for name, p in weights.get("projections", {}).items() if p.get("bits") == 8]
+    stored = sum(nbytes[n + ".qweight"] + nbytes[n + ".scales"] for n in eight)
+    # qweight [N, blocks, block bytes]: 8-bit codes are one byte each, so K <= blocks x block bytes
+    largest = max((4 * math.prod(shapes[n + ".qweight"]) for n in eight), default=0)
+    return stored, largest
+
+
 def plan_for_bundle(bundle: "Bundle", budget_bytes: int, context: int, max_batch: int | None = None,
                     prefill_chunk: int = DEFAULT_PREFILL_CHUNK, overhead_bytes: int = RUNTIME_OVERHEAD_BYTES,
                     prepacked_copies: int = 0) -> MemoryPlan:
     """Plan for an exported bundle: its own state layout, and the exact bytes of its weights file and of its
-    matmul weights (times `prepacked_copies`)."""
+    matmul weights (times `prepacked_copies`, which also means the CPU provider: there a bundle at accuracy
+    level 0 pre-packs no 8-bit blocks and dequantizes them per call, `_dequantized_per_call`)."""
     weights = bundle.weights
     specs = bundle.state_layout
-    plan = plan_memory(
+    plan = estimate_memory(
         bundle.config, weights["format"], budget_bytes, context, max_batch,
         # float bundles compute in their weight dtype (bf16 ones in float32: the planner's default is close)
         activation_dtype=None if weights["format"] in _FLOAT_FORMAT_DTYPE else weights.get("activation_dtype"),
@@ -381,10 +417,8 @@ def plan_for_bundle(bundle: "Bundle", budget_bytes: int, context: int, max_batch
         quantize_embeddings=bool(weights.get("quantize_embeddings", False)),
         prefill_chunk=prefill_chunk, overhead_bytes=overhead_bytes, prepacked_copies=prepacked_copies,
     )
+    unpacked, dequantized = _dequantized_per_call(bundle) if prepacked_copies else (0, 0)
     exact = replace(plan, weight_bytes=int(bundle.manifest["files"][weights["file"]]["bytes"]),
-                    prepacked_bytes=prepacked_copies * bundle.matmul_weight_bytes)
-    if exact.available_bytes < 0:
-        raise MemoryPlanError(
-            f"budget_bytes: {_gib(budget_bytes)} is {_gib(-exact.available_bytes)} short of the "
-            f"{_gib(exact.base_bytes)} the bundle needs before any sequence")
-    return exact
+                    prepacked_bytes=prepacked_copies * (bundle.matmul_weight_bytes - unpacked),
+                    dequantized_bytes=dequantized)
+    return require_fit(exact)

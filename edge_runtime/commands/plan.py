@@ -110,6 +110,7 @@ def render(plan: MemoryPlan, source: str) -> str:
     rows: list[tuple[str, str, str]] = [
         (f"weights ({plan.parameter_count:,} parameters)", *_b(plan.weight_bytes)),
         ("pre-packed copies of the matmul weights", *_b(plan.prepacked_bytes)),
+        ("8-bit matrix dequantized per call (accuracy level 0)", *_b(plan.dequantized_bytes)),
         ("per-sequence fixed state (conv + SSM)", *_b(plan.fixed_state_bytes_per_sequence)),
         ("K/V per token", *_b(plan.kv_bytes_per_token)),
         (f"per sequence at {plan.context} tokens", *_b(plan.sequence_bytes(plan.context))),
