@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.engine.providers import custom_op_library_error
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO / "bench" / ".cache"
 KERNEL_LIBRARY = REPO / "kernels" / "build" / "libnemotron_edge_ops.so"
@@ -79,10 +81,7 @@ def kernel_library() -> tuple[str | None, str]:
     """The native custom-op library if it is built and loads, and why not otherwise."""
     if not KERNEL_LIBRARY.exists():
         return None, f"{KERNEL_LIBRARY.relative_to(REPO)} not built (bash kernels/build.sh)"
-    import onnxruntime as ort
-
-    try:
-        ort.SessionOptions().register_custom_ops_library(str(KERNEL_LIBRARY))
-    except Exception as e:  # being rebuilt, or built for another ONNX Runtime
-        return None, f"{KERNEL_LIBRARY.relative_to(REPO)} does not load: {e}"
+    error = custom_op_library_error(KERNEL_LIBRARY)
+    if error is not None:  # being rebuilt, or built for another ONNX Runtime
+        return None, f"{KERNEL_LIBRARY.relative_to(REPO)} does not load: {error}"
     return str(KERNEL_LIBRARY), "loaded"

@@ -26,6 +26,7 @@ import psutil
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.bundle.demo import DEMO_BUNDLE
 from edge_runtime.bundle.units import format_bytes
+from edge_runtime.engine.providers import custom_op_library_error, registers_kernels
 from nemotron_jetson.detect import JetsonInfo, detect
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
@@ -134,6 +135,30 @@ def _gpu_ort_fix(jetson: JetsonInfo) -> str:
                 "from the venv, it shadows the GPU build")
     return ("on a machine with an NVIDIA GPU: pip uninstall -y onnxruntime, then pip install 'nemotron-edge[gpu]' "
             "(onnxruntime-gpu; it needs the CUDA and cuDNN libraries, TensorRT for the tensorrt provider)")
+
+
+def check_kernels(ctx: DoctorContext) -> CheckResult:
+    """The native kernels for our ops (kernels/): configured, loadable, and used by the configured providers."""
+    name, path = "native kernels", ctx.config.custom_op_library
+    build = "`bash kernels/build.sh` in the source tree; it needs a C++ compiler"
+    if path is None:
+        return CheckResult(name, WARN, "not configured: the nemotron_edge ops run as their ONNX function bodies "
+                           "(standard ops, slower)",
+                           f"build them ({build}), then set custom_op_library under [providers] or pass "
+                           "--custom-op-library kernels/build/libnemotron_edge_ops.so")
+    if not registers_kernels(ctx.config.providers):
+        return CheckResult(name, WARN, f"{path} is not used: it is registered only for CPU-only sessions, and the "
+                           f"providers are {','.join(ctx.config.providers)}",
+                           "remove custom_op_library, or set [providers] order = [\"cpu\"] to use the kernels")
+    try:
+        error = custom_op_library_error(path)
+    except ImportError as e:
+        return CheckResult(name, SKIP, f"{path}: skip: onnxruntime does not import: {e}")
+    if error is not None:
+        return CheckResult(name, FAIL, f"{path} does not load: {error} (the service will not start)",
+                           f"build it again ({build}; FORCE=1 rebuilds one that looks up to date), or fix "
+                           "[providers] custom_op_library")
+    return CheckResult(name, PASS, f"{path} loads; registered with the CPU sessions")
 
 
 def check_torch(ctx: DoctorContext) -> CheckResult:
@@ -286,7 +311,7 @@ def check_jetson(ctx: DoctorContext) -> CheckResult:
 
 
 CHECKS: tuple[Callable[[DoctorContext], CheckResult | list[CheckResult]], ...] = (
-    check_python, check_config, check_packages, check_providers, check_torch, check_gpu, check_jetson,
+    check_python, check_config, check_packages, check_providers, check_kernels, check_torch, check_gpu, check_jetson,
     check_bundle, check_memory, check_socket_dirs,
 )
 

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Install the device runtime (no torch), start the service on the embedded demo model over a Unix
-# socket, chat with it once through gRPC, and stop the service.
+# Install the device runtime (no torch), build the native kernels if a C++ compiler is here, start the
+# service on the embedded demo model over a Unix socket, chat with it once through gRPC, and stop the service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[cpu]'
+# The kernels are an optimisation (every bundle also runs on stock ONNX Runtime), so the demo goes on
+# without them, and says why in one line.
+kernels=()
+cxx="${CXX:-g++}"
+if ! command -v "${cxx%% *}" >/dev/null; then
+  echo "demo: no C++ compiler ($cxx): running without the native kernels (kernels/README.md)"
+elif ! build_log="$(bash kernels/build.sh 2>&1)"; then
+  echo "demo: kernels/build.sh failed ($(tail -n1 <<<"$build_log")): running without the native kernels"
+else
+  kernels=(--custom-op-library "$PWD/kernels/build/libnemotron_edge_ops.so")
+fi
 sock="${TMPDIR:-/tmp}/nemotron-edge-demo/edge.sock"
-.venv/bin/nemotron-edge serve --listen "unix:$sock" &
+.venv/bin/nemotron-edge serve --listen "unix:$sock" ${kernels[@]+"${kernels[@]}"} &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 .venv/bin/nemotron-edge chat --server "unix:$sock" --wait 120 --max-thinking-tokens 32 --max-answer-tokens 48 \

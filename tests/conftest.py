@@ -1,8 +1,11 @@
-"""Shared fixtures: the synthetic tokenizer (as `tokenizers` and transformers load it), and synthetic
-checkpoints and their exported bundles, built once per test session."""
+"""Shared fixtures: the native kernel library, the synthetic tokenizer (as `tokenizers` and transformers load
+it), and synthetic checkpoints and their exported bundles, built once per test session."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,21 @@ from nemotron_export.tokenizer_synth import build_tokenizer, load_chat_template,
 # No verdict may depend on how fast this machine is: no per-example deadline, no "too slow" health check.
 settings.register_profile("any-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("any-machine")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def kernel_lib() -> str:
+    """Builds (or reuses) kernels/build/libnemotron_edge_ops.so with kernels/build.sh."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("g++ not found: the custom-op kernel library cannot be built here")
+    proc = subprocess.run(["bash", str(ROOT / "kernels" / "build.sh")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"kernels/build.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    lib = ROOT / "kernels" / "build" / "libnemotron_edge_ops.so"
+    assert lib.is_file()
+    return str(lib)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import copy
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +22,8 @@ from onnx import TensorProto, helper
 
 from nemotron_export import ops
 
-ROOT = Path(__file__).resolve().parents[1]
 F32, F16, I64, I32 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.INT32
 ONNX_OF = {np.float32: F32, np.float16: F16}
-
-
-@pytest.fixture(scope="session")
-def kernel_lib() -> str:
-    """Builds (or reuses) kernels/build/libnemotron_edge_ops.so with kernels/build.sh."""
-    if shutil.which(os.environ.get("CXX", "g++")) is None:
-        pytest.skip("g++ not found: the custom-op kernel library cannot be built here")
-    proc = subprocess.run(["bash", str(ROOT / "kernels" / "build.sh")], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"kernels/build.sh failed:\n{proc.stdout}\n{proc.stderr}"
-    lib = ROOT / "kernels" / "build" / "libnemotron_edge_ops.so"
-    assert lib.is_file()
-    return str(lib)
 
 
 # ---- one-node models ---------------------------------------------------------------------------------

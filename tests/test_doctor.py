@@ -39,8 +39,8 @@ def _doctor(*args: str) -> tuple[int, dict[str, tuple[str, str]], str]:
 def test_lists_every_check_and_passes_on_a_cpu_only_machine() -> None:
     code, checks, out = _doctor()
     assert code == 0, out
-    expected = {"python", "config", "onnxruntime providers", "torch", "gpu", "jetson", "bundle", "memory budget",
-                "socket dir /run/nemotron-edge"}
+    expected = {"python", "config", "onnxruntime providers", "native kernels", "torch", "gpu", "jetson", "bundle",
+                "memory budget", "socket dir /run/nemotron-edge"}
     expected |= {f"package {p}" for p in ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf")}
     assert expected <= checks.keys(), out
     assert checks["python"][0] == "PASS"
@@ -59,6 +59,31 @@ def test_missing_gpu_stack_is_a_warning_with_a_fix() -> None:
         assert checks["gpu"][0] in ("WARN", "PASS")
     if checks["gpu"][0] == "WARN":
         assert "no NVIDIA GPU" in checks["gpu"][1] and "fix:" in checks["gpu"][1]
+
+
+def test_native_kernels_not_configured_missing_broken_or_unused(tmp_path: Path) -> None:
+    """Not configured is a warning with the build step; a library that is missing or does not load fails
+    (the service would not start); with GPU providers it is not used, which is a warning."""
+    _, checks, out = _doctor()
+    status, detail = checks["native kernels"]
+    assert status == "WARN" and "not configured" in detail and "fix: build them (`bash kernels/build.sh`" in detail, out
+    missing, empty = tmp_path / "missing.so", tmp_path / "empty.so"
+    empty.touch()
+    for library in (missing, empty):
+        code, checks, out = _doctor("--custom-op-library", str(library))
+        status, detail = checks["native kernels"]
+        assert code == 1 and status == "FAIL" and f"{library} does not load" in detail and "fix:" in detail, out
+    config = tmp_path / "config.toml"
+    config.write_text(f'[providers]\norder = ["cuda", "cpu"]\ncustom_op_library = "{missing}"\n')
+    _, checks, out = _doctor("--config", str(config))
+    status, detail = checks["native kernels"]
+    assert status == "WARN" and f"{missing} is not used" in detail and "providers are cuda,cpu" in detail, out
+
+
+def test_built_native_kernels_pass(kernel_lib: str) -> None:
+    code, checks, out = _doctor("--custom-op-library", kernel_lib)
+    assert code == 0, out
+    assert checks["native kernels"] == ("PASS", f"{kernel_lib} loads; registered with the CPU sessions"), out
 
 
 def test_bundle_check_verifies_or_says_it_cannot() -> None:

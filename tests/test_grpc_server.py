@@ -329,3 +329,19 @@ def test_stream_interval_paces_messages_end_to_end(tiny_bundle: Path, tmp_path: 
     assert len(deltas) <= elapsed / interval_s + 2, f"{len(deltas)} messages in {elapsed:.2f} s"
     # A first message held back for the interval would carry everything generated meanwhile.
     assert len(deltas[0].token_ids) < tokens, "the first message waited for the interval"
+
+
+def test_native_kernels_given_to_serve_are_registered_and_named(kernel_lib: str, tmp_path: Path) -> None:
+    """`serve --custom-op-library`, as scripts/demo.sh starts it once the kernels are built: its sessions
+    register the library (one that does not load stops the start), the log names it, and chats complete."""
+    from edge_runtime.bundle.demo import DEMO_BUNDLE
+
+    with ServerProcess(tmp_path / "with", DEMO_BUNDLE, "--custom-op-library", kernel_lib) as server:
+        server.wait_serving()
+        with server.client() as client:
+            _check_stream(list(client.chat("Hello", max_tokens=8)), 8)
+        assert f"native kernels {kernel_lib}" in server.log()
+    broken = tmp_path / "broken.so"
+    broken.touch()
+    with ServerProcess(tmp_path / "broken", DEMO_BUNDLE, "--custom-op-library", str(broken)) as server:
+        assert server.wait(60) == 1 and f"Failed to load library {broken}" in server.log(), server.log()

@@ -10,11 +10,14 @@ from edge_runtime.service.config import ConfigError, ServiceConfig, apply_overri
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("doctor", help="check Python, packages, GPU, bundle, memory and socket for the service")
+    parser = subparsers.add_parser(
+        "doctor", help="check Python, packages, native kernels, GPU, bundle, memory and socket for the service")
     parser.add_argument("--config", type=Path, default=None,
                         help="service config to check against (default: /etc/nemotron-edge/config.toml if it exists)")
     parser.add_argument("--bundle", default=None, help="bundle directory to verify (overrides the config)")
     parser.add_argument("--budget", default=None, help="memory budget to check, e.g. 24GiB (overrides the config)")
+    parser.add_argument("--custom-op-library", default=None,
+                        help="native kernel library to check (overrides the config)")
     parser.set_defaults(func=run)
 
 
@@ -23,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     error = None
     try:
         config = load_config(args.config)
-        config = apply_overrides(config, bundle=args.bundle, memory_budget=args.budget)
+        config = apply_overrides(config, bundle=args.bundle, memory_budget=args.budget,
+                                 custom_op_library=args.custom_op_library)
     except ConfigError as e:
         error = str(e)
     results = run_checks(config, config_error=error)

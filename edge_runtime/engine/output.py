@@ -1,10 +1,14 @@
 """Output processing for one sequence: committed tokens with their channel in, text events, tool calls and
 stops out.
 
-Per token: incremental detokenization (never half a UTF-8 character) -> the think tags dropped (neither
-channel ever shows them) -> the text on the token's channel, as the thinking stage decided it -> on the
-answer channel, stop strings (never shown partially) and <TOOLCALL> parsing (never leaking the tag or
-half a call). Every token id reaches the stream exactly once, on the delta of the step that committed it.
+Per token: control tokens dropped by id (turn markers, `<s>`, tags: control_tokens.py says which; never
+shown as text) -> incremental detokenization (never half a UTF-8 character) -> think tags spelled out in
+ordinary tokens dropped (neither channel ever shows them) -> the text on the token's channel, as the
+thinking stage decided it -> on the answer channel, stop strings (never shown partially) and <TOOLCALL>
+parsing (never leaking the tag or half a call). The detokenized text of a sequence, before those last
+steps, is `tokenizer.decode(shown ids, skip_special_tokens=False)`; a control token between the pieces
+of a character does not break it. Every token id reaches the stream exactly once, on the delta of the
+step that committed it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
 
+from edge_runtime.engine.control_tokens import control_tokens
 from edge_runtime.engine.detokenizer import IncrementalDecoder, StopMatcher
 from edge_runtime.engine.records import Channel, Delta, Event, TokenLogprobs, ToolCallRecord
 from edge_runtime.engine.thinking import TagStripper
@@ -33,7 +38,9 @@ class OutputProcessor:
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None:
+            # Which ids reach the decoder is decided here, by text, not by the tokenizer's special flag.
             self._decoder = IncrementalDecoder(self.tokenizer, self.prompt_ids, skip_special_tokens=False)
+            self._control = control_tokens(self.tokenizer)
         self._tags = TagStripper()
         self._channel = Channel.REASONING
         self._stops = StopMatcher(self.stop_strings)
@@ -54,7 +61,8 @@ class OutputProcessor:
         if channel is not self._channel:  # text held back so far belongs to the channel it came from
             events += self._text_events(self._tags.flush())
             self._channel = channel
-        text = self._decoder.push(token_id) if self.tokenizer is not None else ""
+        shown = self.tokenizer is not None and self._control.shown(token_id, channel, self._tools is not None)
+        text = self._decoder.push(token_id) if shown else ""
         events += self._text_events(self._tags.feed(text))
         self._attach(events, token_id, channel, logprobs)
         return events

@@ -1,10 +1,12 @@
 """Which execution providers run a bundle's graphs, and their options: CPU by default; CUDA; TensorRT
 (engine and timing caches, fp16, optimization profiles spanning the manifest's limits); how ONNX Runtime's
-idle threads spin, and whether it pre-packs weights (which the memory plan counts)."""
+idle threads spin, whether it pre-packs weights (which the memory plan counts), and whether the native
+kernel library (kernels/) loads."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,10 @@ class ProviderConfig:
         instead, which the plan counts as the weights themselves (not measured on a GPU)."""
         return 0 if self.providers != ["cpu"] or self.prepacking_disabled(weight_format) else len(GRAPHS)
 
+    def kernel_library(self) -> str | None:
+        """The native kernel library the sessions register, if any: only CPU-only sessions do."""
+        return self.custom_op_library if registers_kernels(self.providers) else None
+
     def state_device(self) -> StateDevice:
         """Where the state pool lives: the first provider's device (CUDA memory for CUDA and TensorRT)."""
         if self.providers and self.providers[0] in ("cuda", "tensorrt"):
@@ -73,6 +79,26 @@ class ProviderConfig:
             else:
                 raise ValueError(f"providers: unknown execution provider {name!r}; use cpu, cuda or tensorrt")
         return out
+
+
+def registers_kernels(providers: Sequence[str]) -> bool:
+    """Whether sessions on these providers register the native kernels. They are CPU kernels: in a GPU
+    session they would pull our ops onto the CPU, so there the function bodies run on the GPU instead."""
+    return list(providers) == ["cpu"]
+
+
+def custom_op_library_error(path: str | Path) -> str | None:
+    """Why ONNX Runtime cannot register the native kernel library at `path` (missing, being rebuilt, built for
+    another ONNX Runtime), or None when it can, as `OrtModelRunner` does for CPU sessions."""
+    if not Path(path).is_file():
+        return "no such file"
+    import onnxruntime as ort
+
+    try:
+        ort.SessionOptions().register_custom_ops_library(str(path))
+    except Exception as e:  # ONNX Runtime raises a plain RuntimeError (Fail) with the loader's message
+        return str(e)
+    return None
 
 
 def tensorrt_options(bundle: Bundle, graph: str, user: dict[str, str]) -> dict[str, str]:

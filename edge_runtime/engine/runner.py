@@ -93,10 +93,9 @@ class OrtModelRunner:
             so.add_session_config_entry("session.intra_op.spin_duration_us", str(BRIEF_SPIN_US))
         if self.providers.prepacking_disabled(self.bundle.weights["format"]):
             so.add_session_config_entry("session.disable_prepacking", "1")
-        # The native kernels are CPU kernels: in a GPU session they would pull our ops onto the CPU, so
-        # there the function bodies run on the GPU instead.
-        if self.providers.custom_op_library and self.providers.providers == ["cpu"]:
-            so.register_custom_ops_library(self.providers.custom_op_library)
+        kernels = self.providers.kernel_library()
+        if kernels:
+            so.register_custom_ops_library(kernels)
         for name, value in self.weights.values.items():
             so.add_initializer(name, value)
         return ort.InferenceSession(str(self.bundle.graph_path(graph)), so,

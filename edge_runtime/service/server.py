@@ -279,8 +279,9 @@ async def run_service(config: ServiceConfig, bundle: Path, telemetry: TelemetryR
     if config.metrics_port is not None:
         metrics.serve_http(config.metrics_port)
     notifier.ready(service.status_line())
-    log.info("serving %s (bundle %s): %d slots, max context %d", bundle, engine.bundle.identity, engine.num_slots,
-             engine.max_context)
+    log.info("serving %s (bundle %s): %d slots, max context %d, native kernels %s", bundle, engine.bundle.identity,
+             engine.num_slots, engine.max_context,
+             engine.config.providers.kernel_library() or "none (the ops run as their ONNX function bodies)")
 
     background: list[asyncio.Task] = []
     period = watchdog_period_s()
