@@ -58,19 +58,21 @@ MODEL_MAX_LENGTH = 131072
 
 
 def corpus_text() -> str:
-    """The training corpus, control tokens removed.
+    """The training corpus, control tokens removed."""
+    return _without_control_tokens("\n".join(p.read_text(encoding="utf-8") for p in sorted(CORPUS_DIR.glob("*.txt"))))
 
-    The trainer does not split on added tokens, so left in, `<SPECIAL_12>` would spend merges on
-    pieces like `SPECIAL` that never occur in encoded text (the added token always wins there).
-    """
-    text = "\n".join(path.read_text(encoding="utf-8") for path in sorted(CORPUS_DIR.glob("*.txt")))
+
+def _without_control_tokens(text: str) -> str:
+    """The trainer does not split on added tokens, so left in, `<SPECIAL_12>` would spend merges on
+    pieces like `SPECIAL` that never occur in encoded text (the added token always wins there)."""
     for token in SPECIAL_TOKENS + CONTROL_TAGS:
         text = text.replace(token, "\n")
     return text
 
 
-def build_tokenizer(vocab_size: int) -> Tokenizer:
-    """Train a byte-level BPE of at most `vocab_size` tokens (control tokens included)."""
+def build_tokenizer(vocab_size: int, extra_text: str = "") -> Tokenizer:
+    """Train a byte-level BPE of at most `vocab_size` tokens (control tokens included), on the corpus and
+    `extra_text` (a model trained on its own data, like the demo model, tokenizes that data tighter)."""
     if vocab_size < 256 + len(SPECIAL_TOKENS) + len(CONTROL_TAGS):
         raise ValueError(f"vocab_size {vocab_size} cannot hold the 256 byte tokens and the control tokens")
     tokenizer = Tokenizer(models.BPE())
@@ -86,7 +88,8 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus_text().splitlines(keepends=True), trainer=trainer)
+    text = corpus_text() + ("\n" + _without_control_tokens(extra_text) if extra_text else "")
+    tokenizer.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
     tokenizer = _padded(tokenizer, vocab_size - len(CONTROL_TAGS))
     tokenizer.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in CONTROL_TAGS])
     return tokenizer

@@ -1,0 +1,109 @@
+"""The demo model's task generator: deterministic, held-out items apart from training ones, and right answers.
+
+The generator decides what the demo model learns and what its accuracy is measured on, so a change to it
+changes the shipped model's meaning: the first conversations of each split are pinned by a hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+
+import pytest
+from tokenizers import Tokenizer
+
+from nemotron_export.demo_model.examples import ExampleBuilder, Mode, prompt_text
+from nemotron_export.demo_model.tasks import (Family, Reach, Split, Stack, Travel, conversations, is_correct,
+                                              normalized, split_of)
+from nemotron_export.tokenizer_synth import build_tokenizer
+
+
+def _digest(split: Split) -> str:
+    convs = [(c.family.value, c.messages, c.reasoning, c.answer, c.tool_call and c.tool_call.text())
+             for c in conversations(split, 0, 40)]
+    return hashlib.sha256(json.dumps(convs).encode()).hexdigest()[:16]
+
+
+def test_the_same_seed_gives_the_same_conversations_on_every_machine():
+    assert list(conversations(Split.TRAIN, 3, 20)) == list(conversations(Split.TRAIN, 3, 20))
+    assert list(conversations(Split.TRAIN, 3, 20)) != list(conversations(Split.TRAIN, 4, 20))
+    # random.Random's algorithm is specified; these pin it and the generator together.
+    assert (_digest(Split.TRAIN), _digest(Split.HELD_OUT)) == ("d2e33b5f633fe08e", "a6565e08e8bc2c36")
+
+
+def test_held_out_items_differ_from_training_items_in_numbers_and_structure():
+    train = list(conversations(Split.TRAIN, 0, 4000))
+    held = list(conversations(Split.HELD_OUT, 0, 400))
+    assert not {c.key for c in train} & {c.key for c in held}
+    assert all(split_of(c.key) is Split.HELD_OUT for c in held)
+    assert len({c.key for c in held}) > 240  # not a handful of items repeated
+    # Read back from the text, names left out: the numbers of a held-out request never come with the same
+    # numbers in training (the stacks' structure is their key's facts order, checked above).
+    assert not {_numbers(c) for c in train} & {_numbers(c) for c in held if c.family is not Family.STACK}
+
+
+def _numbers(conv) -> tuple:
+    return conv.family, tuple(re.findall(r"\d+", conv.messages[1]["content"]))
+
+
+def test_every_family_appears_in_turn_and_tool_conversations_declare_the_tools():
+    convs = list(conversations(Split.HELD_OUT, 0, 200))
+    assert [c.family for c in convs[:4]] == list(Family)
+    assert {f: sum(c.family is f for c in convs) for f in Family} == {f: 50 for f in Family}
+    tool = [c for c in convs if c.family is Family.TOOL]
+    assert all(c.tools for c in tool) and not any(c.tools for c in convs if c.family is not Family.TOOL)
+    assert any(c.tool_call is None and c.messages[-1]["role"] == "tool" for c in tool)
+    assert {c.tool_call.name for c in tool if c.tool_call} == {"navigate_to", "move_arm"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_reasoning_derives_the_answer(seed):
+    rng = random.Random(seed)
+    r = Reach.draw(rng)
+    left, right = r.distance(r.left), r.distance(r.right)
+    assert left != right and r.arm() == ("left" if left < right else "right")
+    assert f"= {left}." in r.reasoning() and f"= {right}." in r.reasoning()
+    t = Travel.draw(rng)
+    assert t.total() == t.seconds() * t.speed and min(t.first, t.second) >= 2
+    s = Stack.draw(rng)
+    lift = s.to_lift()
+    assert lift[0] == s.chain[-1] and lift[-1] == s.chain[1] and s.chain[0] not in lift
+    assert all(f"on the {s.chain[i]} box" in s.question().lower() for i in range(len(s.chain) - 1))
+
+
+def test_a_reply_is_judged_on_its_answer_or_its_single_tool_call():
+    convs = list(conversations(Split.HELD_OUT, 0, 8))
+    text = next(c for c in convs if c.tool_call is None and c.family is not Family.TOOL)
+    assert is_correct(text, "  " + text.answer.upper().replace(" ", "\n "), [])
+    assert not is_correct(text, text.answer + " Or not.", [])
+    assert not is_correct(text, text.answer, [("move_arm", "{}")])
+    call = next(c for c in convs if c.tool_call)
+    args = json.dumps(call.tool_call.arguments)
+    assert is_correct(call, "", [(call.tool_call.name, args)])
+    assert is_correct(call, "", [(call.tool_call.name, json.dumps(dict(reversed(call.tool_call.arguments.items()))))])
+    assert not is_correct(call, "", [(call.tool_call.name, args[:-1])])
+    assert not is_correct(call, "", [("other", args)])
+    assert not is_correct(call, "", [(call.tool_call.name, args)] * 2)
+    assert normalized(" A\tB \n") == "a b"
+
+
+def test_examples_learn_the_reply_only_and_never_the_forced_close():
+    tokenizer = build_tokenizer(1024)
+    builder = ExampleBuilder(tokenizer)
+    conv = next(iter(conversations(Split.TRAIN, 0, 1)))
+    close = tokenizer.token_to_id("</think>")
+    think = builder.build(conv, Mode.THINK, random.Random(0))
+    prompt = tokenizer.encode(prompt_text(conv, reasoning=True), add_special_tokens=False).ids
+    assert think.ids[:len(prompt)] == prompt and think.weights[:len(prompt)] == [0.0] * len(prompt)
+    assert think.weights[think.ids.index(close)] == 1.0  # the model closes its own reasoning
+    assert tokenizer.decode(think.ids[len(prompt):]).startswith(conv.reasoning)
+    for seed in range(20):
+        cut = builder.build(conv, Mode.CUT, random.Random(seed))
+        assert cut.ids[:len(prompt)] == prompt and len(cut.ids) < len(think.ids)
+        assert cut.weights[cut.ids.index(close)] == 0.0  # forced by the budget, not learned
+        assert tokenizer.decode(cut.ids[cut.ids.index(close):]).endswith(conv.answer + "\n")
+    off = builder.build(conv, Mode.NO_THINK, random.Random(0))
+    assert prompt_text(conv, reasoning=False).endswith("<think></think>")
+    assert tokenizer.decode(off.ids[off.weights.index(1.0):]) == conv.answer + "\n"
