@@ -1,4 +1,5 @@
-"""Workstation subcommands: `nemotron-edge synth` (synthetic checkpoints) and `nemotron-edge export` (bundles)."""
+"""Workstation subcommands: `nemotron-edge synth` (synthetic checkpoints), `nemotron-edge export` (bundles) and
+`nemotron-edge train-demo` (the embedded demo model)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-tokenizer", action="store_true", help="write no tokenizer files")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("train-demo", help="train the small demo model from scratch on the CPU (robot-assistant tasks)")
+    p.add_argument("--out", required=True, help="checkpoint directory to create")
+    p.add_argument("--minutes", type=float, default=50.0, help="training time; the learning rate decays over it")
+    p.add_argument("--steps", type=int, help="train this many steps instead of for --minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial/")
+    p.set_defaults(func=_train_demo)
 
     p = sub.add_parser("export", help="export a Hugging Face checkpoint to a nemotron-edge bundle")
     p.add_argument("checkpoint", help="checkpoint directory (config.json + safetensors)")
@@ -71,6 +81,16 @@ def _synth(args: argparse.Namespace) -> int:
 
     out = synth(args.preset, args.out, seed=args.seed, with_tokenizer=not args.no_tokenizer, progress=True)
     print(f"wrote {args.preset} checkpoint to {out}")
+    return 0
+
+
+def _train_demo(args: argparse.Namespace) -> int:
+    if _missing_exporter("train-demo"):
+        return 2
+    from nemotron_export.demo_model.train import TrainOptions, train_demo
+
+    opts = TrainOptions(minutes=args.minutes, steps=args.steps, seed=args.seed, threads=args.threads)
+    print(f"wrote the demo checkpoint to {train_demo(args.out, opts, resume=args.resume)}")
     return 0
 
 

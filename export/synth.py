@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from edge_runtime.bundle.model_config import ModelConfig
@@ -81,14 +82,14 @@ def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float
 
 
 def write_checkpoint(out_dir: str | Path, cfg: ModelConfig, weights: dict[str, torch.Tensor],
-                     tokenizer_vocab: int | None) -> Path:
-    """A checkpoint of in-memory `weights`: config.json, model.safetensors and (unless tokenizer_vocab is
-    None) the tokenizer files, atomically."""
-    return _write_atomically(out_dir, cfg, tokenizer_vocab, lambda tmp: save_file(
+                     tokenizer: int | Tokenizer | None) -> Path:
+    """A checkpoint of in-memory `weights`: config.json, model.safetensors and (unless tokenizer is None)
+    the tokenizer files (`tokenizer`, or the project's BPE of that many tokens), atomically."""
+    return _write_atomically(out_dir, cfg, tokenizer, lambda tmp: save_file(
         weights, str(tmp / "model.safetensors"), metadata={"format": "pt"}))
 
 
-def _write_atomically(out_dir: str | Path, cfg: ModelConfig, tokenizer_vocab: int | None,
+def _write_atomically(out_dir: str | Path, cfg: ModelConfig, tokenizer: int | Tokenizer | None,
                       write_weights: Callable[[Path], object]) -> Path:
     """Into a temporary sibling directory that is renamed at the end: an interrupted run leaves no
     checkpoint that looks complete."""
@@ -98,10 +99,10 @@ def _write_atomically(out_dir: str | Path, cfg: ModelConfig, tokenizer_vocab: in
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     tmp.chmod(0o755)
     try:
-        if tokenizer_vocab is not None:
+        if tokenizer is not None:
             from nemotron_export.tokenizer_synth import build_tokenizer, load_chat_template, write_tokenizer_files
 
-            tok = build_tokenizer(tokenizer_vocab)
+            tok = build_tokenizer(tokenizer) if isinstance(tokenizer, int) else tokenizer
             if tok.get_vocab_size() > cfg.vocab_size:
                 raise ValueError(f"tokenizer has {tok.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
             write_tokenizer_files(tok, tmp, load_chat_template())

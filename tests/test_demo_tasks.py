@@ -12,7 +12,6 @@ import random
 import re
 
 import pytest
-from tokenizers import Tokenizer
 
 from nemotron_export.demo_model.examples import ExampleBuilder, Mode, prompt_text
 from nemotron_export.demo_model.tasks import (Family, Reach, Split, Stack, Travel, conversations, is_correct,

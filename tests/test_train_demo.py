@@ -1,0 +1,61 @@
+"""`nemotron-edge train-demo` as one command: a few steps write a checkpoint that the exporter turns into a
+bundle the runtime serves, and a run killed mid-way continues with `--resume`. (Never a real training run:
+the shipped model is trained once, by hand; tests/test_demo_model.py checks it.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.engine.engine import Engine
+from edge_runtime.engine.records import GenerationRequest, SamplingParams
+from nemotron_export.bundle import ExportOptions, export_bundle
+from nemotron_export.demo_model.train import DEMO_CONFIG, STATE_FILE, TrainOptions, train_demo
+
+
+def test_a_few_steps_make_a_checkpoint_the_exporter_and_runtime_take(tmp_path: Path) -> None:
+    ckpt = train_demo(tmp_path / "ckpt", TrainOptions(steps=2, threads=1, batch_tokens=1024), progress=False)
+    assert not (tmp_path / "ckpt.partial").exists()
+    record = json.loads((ckpt / "training.json").read_text())
+    assert record["steps"] == 2 and record["tokens"] > 0 and record["parameters"] > 4_000_000
+    with safe_open(ckpt / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["hybrid_override_pattern"] == DEMO_CONFIG.pattern
+    bundle = export_bundle(ckpt, tmp_path / "bundle", ExportOptions(max_batch=2, max_context=256), progress=False)
+    assert open_bundle(bundle).tokenizer_file("tokenizer.json") is not None
+    engine = Engine(bundle)
+    final = engine.generate(GenerationRequest(prompt_ids=[1, 2, 3], max_tokens=4, ignore_eos=True,
+                                              sampling=SamplingParams(greedy=True)))
+    assert len(final.token_ids) == 4
+
+
+def test_a_killed_run_resumes_where_its_state_was_saved(tmp_path: Path) -> None:
+    out = tmp_path / "ckpt"
+    code = ("import sys; from pathlib import Path; from nemotron_export.demo_model.train import TrainOptions, train_demo;"
+            f"train_demo(Path({str(out)!r}), TrainOptions(steps=1000, threads=1, batch_tokens=1024, "
+            "save_every_minutes=0.0), progress=False)")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    state = tmp_path / "ckpt.partial" / STATE_FILE
+    try:
+        while not (state.exists() and torch.load(state, weights_only=False)["step"] >= 2):
+            assert child.poll() is None, "the run ended before it was killed"
+            time.sleep(0.2)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    saved = torch.load(state, weights_only=False)
+    assert saved["step"] >= 2 and not out.exists()
+    steps = saved["step"] + 2  # the resumed run may set its own end
+    train_demo(out, TrainOptions(steps=steps, threads=1, batch_tokens=1024), resume=True, progress=False)
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == steps and record["tokens"] > saved["tokens"]
