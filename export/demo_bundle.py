@@ -1,27 +1,27 @@
-"""Regenerate the demo bundle embedded in edge_runtime: the `tiny` preset, seed 0, fp32.
+"""Regenerate the demo bundle embedded in edge_runtime: the trained demo model (models/demo), int8.
 
     python -m nemotron_export.demo_bundle [--out DIR]
+
+The checkpoint comes from `nemotron-edge train-demo` and is kept in the repository; re-exporting it gives
+the same bytes on any CPU (int8 rounding is exact arithmetic), which tests/test_demo_bundle.py holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from pathlib import Path
 
 from edge_runtime.bundle.demo import DEMO_BUNDLE
 from nemotron_export.bundle import ExportOptions, export_bundle
-from nemotron_export.synth import synth
+from nemotron_export.demo_model.train import DEMO_CHECKPOINT
+from nemotron_export.onnx_graph import WeightFormat
 
-DEMO_PRESET, DEMO_SEED = "tiny", 0
-DEMO_OPTIONS = ExportOptions(max_batch=8, max_context=2048)
+DEMO_OPTIONS = ExportOptions(weights=WeightFormat(kind="int8", group_size=128), max_batch=8, max_context=2048)
 
 
 def build_demo_bundle(out: Path, progress: bool = False) -> Path:
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = synth(DEMO_PRESET, Path(tmp) / "ckpt", seed=DEMO_SEED)
-        return export_bundle(ckpt, out, DEMO_OPTIONS, progress=progress)
+    return export_bundle(DEMO_CHECKPOINT, out, DEMO_OPTIONS, progress=progress)
 
 
 def main() -> None:

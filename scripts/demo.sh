@@ -21,5 +21,7 @@ sock="${TMPDIR:-/tmp}/nemotron-edge-demo/edge.sock"
 .venv/bin/nemotron-edge serve --listen "unix:$sock" ${kernels[@]+"${kernels[@]}"} &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-.venv/bin/nemotron-edge chat --server "unix:$sock" --wait 120 --max-thinking-tokens 32 --max-answer-tokens 48 \
-    "${1:-Hello! Which arm should the robot move first?}"
+# The demo model was trained with this system prompt (export/demo_model/tasks.py).
+.venv/bin/nemotron-edge chat --server "unix:$sock" --wait 120 --max-thinking-tokens 128 --max-answer-tokens 48 \
+    --system "You are the assistant of a two-armed mobile robot. Answer briefly." \
+    "${1:-The robot drives at 3 meters per second. The lab is 4 meters away and the kitchen is 14 meters past the lab. How long does it take to reach the kitchen?}"

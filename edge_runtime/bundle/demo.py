@@ -1,6 +1,7 @@
-"""The embedded demo bundle: a `tiny` model shipped inside the package, so `nemotron-edge serve` works on a
-fresh machine with no export step and no torch. Regenerate it with `python -m nemotron_export.demo_bundle`
-(a test fails when it is stale against the current exporter)."""
+"""The embedded demo bundle: a small model of the real architecture, trained on robot-assistant tasks
+(`nemotron-edge train-demo`, checkpoint in models/demo), shipped inside the package in int8 so that
+`nemotron-edge serve` works on a fresh machine with no export step and no torch. Regenerate it with
+`python -m nemotron_export.demo_bundle` (a test fails when it is stale against the current exporter)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,47 @@
+"""The shipped demo model thinks and answers: held-out requests through the runtime, greedy, on the embedded bundle.
+
+`python -m bench.demo_quality` measures this on 200 conversations per format and budget; here a few of them
+hold the shipped bundle to it, fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nemotron_export.demo_model.evaluation import Setting, correct, request
+from edge_runtime.bundle.demo import DEMO_BUNDLE
+from edge_runtime.engine.chat import Chat
+from edge_runtime.engine.engine import Engine, EngineConfig
+from edge_runtime.engine.records import ThinkingEnd
+from nemotron_export.demo_model.tasks import Family, Split, conversations
+
+HELD_OUT = list(conversations(Split.HELD_OUT, 0, 24))  # six of each family
+
+
+@pytest.fixture(scope="module")
+def chat() -> Chat:
+    return Chat(Engine(DEMO_BUNDLE, EngineConfig(max_context=1024)))
+
+
+def run(chat: Chat, setting: Setting) -> list:
+    handles = [chat.submit(request(c, setting)) for c in HELD_OUT]
+    chat.engine.run_until_done(handles)
+    return [h.final for h in handles]
+
+
+def test_the_demo_model_answers_held_out_requests_right_when_it_thinks(chat: Chat) -> None:
+    finals = run(chat, Setting("on", True))
+    # What BENCHMARKS.md measures on 200 (thinking on): reach 94%, travel 82%; stacks and tool calls, which
+    # need names copied from far back in the request, are not learned yet (issue 20 stays open for them).
+    learned = [(c, f) for c, f in zip(HELD_OUT, finals) if c.family in (Family.REACH, Family.TRAVEL)]
+    assert sum(correct(c, f) for c, f in learned) >= 8, [(c.family.value, f.reasoning_text, f.answer_text)
+                                                        for c, f in learned]
+    assert all(f.thinking_ended_by is ThinkingEnd.MODEL for f in finals)
+    reach = next(f for c, f in zip(HELD_OUT, finals) if c.family is Family.REACH)
+    assert "arm" in reach.reasoning_text and "<" not in reach.reasoning_text + reach.answer_text
+
+
+def test_a_zero_budget_closes_the_reasoning_and_the_model_still_answers(chat: Chat) -> None:
+    finals = run(chat, Setting("budget 0", True, 0))
+    assert all(f.thinking_ended_by is ThinkingEnd.TOKEN_BUDGET and f.reasoning_text.strip() == "" for f in finals)
+    assert all(f.answer_text.strip() or f.tool_calls for f in finals)
