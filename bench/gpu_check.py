@@ -288,9 +288,11 @@ def export_all(preset: str, opts: Options) -> tuple[Path, dict[str, Path], dict]
         t0 = time.perf_counter()
         reused = (path / "manifest.json").exists()  # from an earlier run with the same --work
         if not reused:
-            # int4 as `nemotron-edge export --weights int4 --no-gptq`: the runtime's parity is checked
-            # here, not the quantizer's accuracy, and GPTQ would cost minutes on the larger presets.
-            weights = WeightFormat(fmt, group_size=GROUP_SIZE_BY_FORMAT.get(fmt, 32))
+            # int4 as `nemotron-edge export --weights int4 --no-gptq --accuracy-level 0`: the runtime's parity
+            # is checked here, not the quantizer's accuracy (GPTQ would cost minutes on the larger presets),
+            # and level 0 computes in float32 on every provider (see TOLERANCES), where the default level 4
+            # would quantize activations on the CPU provider.
+            weights = WeightFormat(fmt, group_size=GROUP_SIZE_BY_FORMAT.get(fmt, 32), accuracy_level=0)
             export_bundle(ckpt, path, ExportOptions(weights, max_batch=MAX_BATCH, max_context=MAX_CONTEXT,
                                                     calibration="random", gptq=False), progress=False)
         bundles[fmt] = path

@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # bench/ is a folder of the repository, not an installed package
-    sys.path.insert(0, str(REPO))
 
 pytest.importorskip("transformers")
 pytest.importorskip("psutil")
