@@ -5,7 +5,8 @@ An export's progress is read from its journal (`<out>.partial/resume/journal.jso
 about once a second: the time at which each layer of int4's sensitivity pass and each unit of weights.bin
 (embedding table, layers, head) was finished. An export stopped by `--limit-minutes` keeps its partial
 directory; the next run of the stage continues it with `export --resume`, and the timelines of all runs
-add up. Until it completes, its total time is extrapolated from the finished units, in proportion to
+add up. So does a partial export left by a killed bench, whose earlier time is then unknown
+(`unrecorded_earlier_run`). Until it completes, its total time is extrapolated from the finished units, in proportion to
 their parameters (export.bundle.unit_params), and reported as an estimate.
 """
 
@@ -99,7 +100,10 @@ def export(work: Path, ckpt: Path, variant: Variant, limit_minutes: float | None
     """One run of `variant`'s export (continuing an earlier stopped run of it), merged into `previous`."""
     out = work / f"bundle-{variant.name}"
     partial = partial_path(out)
-    resuming = previous is not None and not previous.get("complete") and partial.exists()
+    # A partial export with a journal is continued even when no record of it exists (the bench itself was
+    # killed, not stopped by its limit): its earlier time is then unknown, and the result says so.
+    resuming = (partial / RESUME_DIR / JOURNAL_FILE).exists() and not (previous or {}).get("complete")
+    unrecorded = resuming and previous is None
     if not resuming:
         previous = None
         if partial.exists():
@@ -122,7 +126,8 @@ def export(work: Path, ckpt: Path, variant: Variant, limit_minutes: float | None
     result = {"variant": variant.name, "args": list(variant.args), "complete": complete, "runs": runs,
               "events": events, "seconds": sum(r["seconds"] for r in runs),
               "peak_rss": max(r["peak_rss"] for r in runs),
-              "stages": estimate(events, unit_params(c), c.cfg.num_layers, "int4" in variant.args)}
+              "stages": estimate(events, unit_params(c), c.cfg.num_layers, "int4" in variant.args),
+              "unrecorded_earlier_run": unrecorded or bool(previous and previous.get("unrecorded_earlier_run"))}
     if complete:
         result["bundle_bytes"] = directory_bytes(out)
         result["weights_bytes"] = (out / "weights.bin").stat().st_size
