@@ -7,6 +7,10 @@ from submission to its `Final`. `start()` runs steps on a background
 thread; tests may call `step()` directly. The memory plan sizes the state pool once at start-up, so
 admission by free slot keeps the engine inside its budget by construction; with or without a budget, a
 pool this machine's free memory cannot hold is refused, with a message, before it is allocated.
+
+With a prefix cache (`EngineConfig.prefix_cache_bytes`, carved out of the memory budget before the slots
+are planned), a sequence admitted to a slot starts from the longest cached prefix of its prompt, and the
+prompt positions it asks for (`GenerationRequest.capture_at`) are snapshotted as its prefill passes them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +33,7 @@ from edge_runtime.bundle.memory_plan import MemoryPlan, plan_for_bundle
 from edge_runtime.engine.providers import ProviderConfig
 from edge_runtime.engine.runner import OrtModelRunner
 from edge_runtime.engine.output import OutputProcessor
+from edge_runtime.engine.prefix_cache import CacheStats, PrefixCache
 from edge_runtime.engine.records import (Delta, EngineUnavailableError, Event, Final, FinishReason,
                                          GenerationRequest, RequestError, Usage)
 from edge_runtime.engine.sampler import Choice, SamplerChain, SamplerState, choose
@@ -39,6 +44,7 @@ from edge_runtime.engine.thinking import ThinkingController
 from edge_runtime.bundle.units import format_bytes
 
 END_OF_TURN = "<SPECIAL_12>"
+MAX_CAPTURES = 8  # prefix-cache snapshots one request may ask for
 
 
 @dataclass
@@ -52,6 +58,7 @@ class EngineConfig:
     verify_bundle: bool = True
     # Set: a bundle opened from a path must be signed by one of these, and its files are always verified.
     trusted_keys: tuple[TrustedKey, ...] = ()
+    prefix_cache_bytes: int = 0  # the prefix cache's share of the memory (of the budget, when one is set); 0: no cache
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class EngineStatus:
     slots_total: int
     slots_busy: int
     queue_depth: int
-    held_bytes: int  # weights, overhead, working memory and slots' state by the engine's own accounting
+    held_bytes: int  # weights, overhead, working memory, slots' state and prefix snapshots by the engine's own accounting
     working_bytes: int
     state_bytes_per_slot: int
     state_pool_bytes: int
@@ -70,6 +77,7 @@ class EngineStatus:
     steps: int
     tokens_generated: int
     decode_tokens_per_second: float
+    prefix_cache: CacheStats | None = None  # None: no prefix cache
 
 
 class Engine:
@@ -80,6 +88,9 @@ class Engine:
         self.model_config = self.bundle.config
         self.clock = clock
         self.tokenizer = _tokenizer(self.bundle)
+        cache_bytes = self.config.prefix_cache_bytes
+        if not is_int(cache_bytes) or cache_bytes < 0:
+            raise RequestError("prefix_cache_bytes", f"must be an integer >= 0, got {cache_bytes!r}")
         for name in ("memory_budget", "max_context", "max_batch", "max_sequences"):
             value = getattr(self.config, name)
             if value is not None and (not is_int(value) or value < 1):
@@ -90,7 +101,10 @@ class Engine:
         slots = self.config.max_sequences or self.max_rows
         self.plan: MemoryPlan | None = None
         if self.config.memory_budget is not None:
-            self.plan = plan_for_bundle(self.bundle, self.config.memory_budget, self.max_context, self.max_rows,
+            if cache_bytes >= self.config.memory_budget:
+                raise RequestError("prefix_cache_bytes", f"{format_bytes(cache_bytes)} leaves nothing of the memory "
+                                                         f"budget of {format_bytes(self.config.memory_budget)}")
+            self.plan = plan_for_bundle(self.bundle, self.config.memory_budget - cache_bytes, self.max_context, self.max_rows,
                                         prefill_chunk=self.config.scheduler.max_step_tokens,
                                         prepacked_copies=self.config.providers.prepacked_copies(self.bundle.weights["format"]))
             slots = min(self.plan.max_sequences, slots)
@@ -101,6 +115,12 @@ class Engine:
         self.pool = StatePool(self.bundle.state_layout, slots, self.max_context, self.config.providers.state_device())
         self.runner = OrtModelRunner(self.bundle, self.pool, self.config.providers, self.max_rows)
         self.scheduler = Scheduler(self.config.scheduler, self.max_rows)
+        self.cache: PrefixCache | None = None
+        if cache_bytes:
+            if not self.pool.device.is_host:
+                raise RequestError("prefix_cache_bytes", f"the prefix cache cannot hold state that lives on the "
+                                                         f"{self.pool.device.kind} device yet; set it to 0")
+            self.cache = PrefixCache(cache_bytes, self.bundle.identity.encode())
         self.eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.token_to_id(END_OF_TURN) is not None:
             self.eos_ids.add(self.tokenizer.token_to_id(END_OF_TURN))
@@ -169,6 +189,9 @@ class Engine:
         bad = next((t for t in r.prompt_ids if not 0 <= int(t) < vocab), None)
         if bad is not None:
             raise RequestError("token_ids", f"id {bad} is outside the vocabulary [0, {vocab})")
+        if len(r.capture_at) > MAX_CAPTURES or any(not is_int(n) or not 1 <= n <= len(r.prompt_ids) for n in r.capture_at):
+            raise RequestError("capture_at", f"at most {MAX_CAPTURES} positions within the prompt's "
+                                             f"{len(r.prompt_ids)} tokens, got {list(r.capture_at)[:MAX_CAPTURES + 1]}")
         if r.max_tokens is not None and (not is_int(r.max_tokens) or r.max_tokens < 1):
             raise RequestError("max_tokens", f"must be at least 1, got {r.max_tokens}")
         bad = next((t for t in r.stop_token_ids if not 0 <= int(t) < vocab), None)
@@ -211,6 +234,8 @@ class Engine:
             if logits is not None:
                 for k, (s, n) in enumerate(plan.prefill):
                     s.computed += n
+                    if s.captures and s.captures[0] == s.computed:
+                        self._capture(s)
                     if not s.prefilling:
                         fresh.append((s, logits[k]))
         self._choose_and_commit(fresh)
@@ -270,7 +295,23 @@ class Engine:
             s = self.scheduler.pop_waiting()
             s.slot = self.pool.allocate()
             s.timings.queue_wait_ms = (self.clock() - s.submitted) * 1000
+            if self.cache is not None and s.request.prefix_cache:
+                self._start_from_cache(s)
             self.scheduler.running.append(s)
+
+    def _start_from_cache(self, s: Sequence) -> None:
+        """Copy the longest cached prefix of the prompt into the slot (one token is always left to prefill: its
+        logits choose the first token), and plan the snapshots the request asked for beyond it."""
+        snap = self.cache.lookup(s.request.prompt_ids, s.prompt_len - 1)
+        if snap is not None:
+            self.pool.restore(s.slot, snap.state)
+            s.computed = s.cached = snap.length
+        s.captures = sorted({n for n in s.request.capture_at if n > s.computed})
+
+    def _capture(self, s: Sequence) -> None:
+        n = s.captures.pop(0)
+        self.cache.insert(s.tokens[:n], self.pool.snapshot_nbytes(n), lambda: self.pool.snapshot(s.slot, n),
+                          pinned=s.request.pin_captures)
 
     def _reap_cancelled_and_expired(self) -> None:
         now = self.clock()
@@ -293,7 +334,7 @@ class Engine:
             with self._lock:
                 self._release(s)
         thinking = s.chain.thinking
-        usage = Usage(prompt_tokens=s.prompt_len)
+        usage = Usage(prompt_tokens=s.prompt_len, cached_prompt_tokens=s.cached)
         if thinking is not None:
             usage.reasoning_tokens, usage.answer_tokens, usage.forced_tokens = \
                 thinking.reasoning_tokens, thinking.answer_tokens, thinking.forced_tokens
@@ -382,6 +423,7 @@ class Engine:
             weight_bytes=plan.resident_weight_bytes if plan else self.runner.weights.nbytes,
             steps=self.steps, tokens_generated=self.tokens_generated,
             decode_tokens_per_second=self.decode_tokens_per_second(),
+            prefix_cache=replace(self.cache.stats) if self.cache is not None else None,
         )
 
     @property
@@ -411,7 +453,8 @@ class Engine:
         that this is at most `plan.total_bytes(num_slots, context)`, hence within the budget."""
         plan = self.plan
         base = plan.resident_weight_bytes + plan.overhead_bytes if plan else self.runner.weights.nbytes
-        return base + self.working_bytes + self.pool.nbytes
+        cached = self.cache.stats.bytes if self.cache is not None else 0
+        return base + self.working_bytes + self.pool.nbytes + cached
 
 
 def _tokenizer(bundle: Bundle) -> Tokenizer | None:

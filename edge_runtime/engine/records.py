@@ -196,6 +196,11 @@ class GenerationRequest:
     thinking: ThinkingConfig | None = None
     tool_names: list[str] | None = None  # parse <TOOLCALL> blocks against these tools (chat requests)
     request_id: str = field(default_factory=new_request_id)
+    # Prefix cache (engine/prefix_cache.py): start from the longest cached prefix of the prompt, and take
+    # snapshots after the first n prompt tokens for each n in `capture_at` (pinned ones are never evicted).
+    prefix_cache: bool = True
+    capture_at: tuple[int, ...] = ()
+    pin_captures: bool = False
 
 
 @dataclass
@@ -222,6 +227,7 @@ class Usage:
     reasoning_tokens: int = 0
     answer_tokens: int = 0
     forced_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens whose state came from the prefix cache, not prefilled
 
     @property
     def completion_tokens(self) -> int:

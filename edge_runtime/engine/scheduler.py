@@ -4,7 +4,8 @@ Waiting requests are ordered by (priority, deadline, arrival). A request is admi
 free (the pool is sized by the memory plan, so a free slot means the budget holds one more sequence);
 the queue in front of admission is bounded. Every step decodes one token for each running sequence and
 spends what is left of a per-step token budget on prompt chunks, so a long prompt never stalls the
-decode latency of running streams by more than one chunk.
+decode latency of running streams by more than one chunk. A chunk also ends where its sequence is to be
+snapshotted for the prefix cache.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class Scheduler:
             if budget <= 0 or len(plan.prefill) == self.max_rows:
                 break
             n = min(seq.prompt_len - seq.computed, self.config.prefill_chunk, budget)
+            if seq.captures:  # a chunk ends where a snapshot is to be taken
+                n = min(n, seq.captures[0] - seq.computed)
             plan.prefill.append((seq, n))
             budget -= n
         return plan

@@ -29,6 +29,8 @@ class Sequence:
     slot: int | None = None  # the state slot, once admitted
     tokens: list[int] = field(default_factory=list)  # prompt + generated; `computed` of them are in the state
     computed: int = 0
+    cached: int = 0  # prompt tokens restored from the prefix cache
+    captures: list[int] = field(default_factory=list)  # prompt positions still to snapshot, ascending
     next_token: int | None = None  # committed, not yet fed to the model
     generated: list[int] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)

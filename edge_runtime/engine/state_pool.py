@@ -11,7 +11,9 @@ row with past length 0 ignores its past state (export/onnx_graph.py), on any dev
 
 from __future__ import annotations
 
+import ctypes
 import heapq
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +56,7 @@ class StatePool:
             [num_slots, *slot_shape(s, max_context)], NP_DTYPE[s.dtype], device.kind, device.id) for s in specs}
         self._row_bytes = {s.name: s.bytes_per_sequence(max_context) for s in specs}
         self.slot_nbytes = sum(self._row_bytes.values())  # one sequence's state
+        self._views: list[np.ndarray] | None = None  # host views of the buffers, made on first use
         self._free = list(range(num_slots))  # a min-heap: the lowest free slot goes first, keeping busy slots dense
 
     @staticmethod
@@ -89,6 +92,41 @@ class StatePool:
             out[s.name] = StateRows(value.data_ptr() + first * self._row_bytes[s.name],
                                     [count, *value.shape()[1:]], NP_DTYPE[s.dtype])
         return out
+
+    def snapshot_nbytes(self, length: int) -> int:
+        """The bytes of a snapshot after `length` tokens: conv and SSM whole, K/V of `length` tokens."""
+        return sum(s.bytes_per_sequence(length) for s in self.specs)
+
+    def snapshot(self, slot: int, length: int) -> dict[str, np.ndarray]:
+        """Copies of `slot`'s state after its first `length` tokens: conv and SSM whole, K/V up to `length`."""
+        if not 1 <= length <= self.max_context:
+            raise ValueError(f"snapshot: {length} tokens is not within the pool's context of {self.max_context}")
+        return {s.name: (view[slot][:, :length] if s.per_token else view[slot]).copy()
+                for s, view in zip(self.specs, self._host_views())}
+
+    def restore(self, slot: int, state: dict[str, np.ndarray]) -> None:
+        """Write a snapshot into `slot`: the slot then holds the state after the snapshot's tokens."""
+        for s, view in zip(self.specs, self._host_views()):
+            rows = state[s.name]
+            if s.per_token:
+                view[slot][:, :rows.shape[1]] = rows
+            else:
+                view[slot][...] = rows
+
+    def _host_views(self) -> list[np.ndarray]:
+        """Every state's buffer as a numpy array over the same memory (host memory only)."""
+        if not self.device.is_host:
+            raise NotImplementedError(f"state snapshots need a copy on the {self.device.kind} device; "
+                                      "only state in host memory (the CPU provider) has one yet")
+        if self._views is None:
+            self._views = []
+            for s in self.specs:
+                value = self.buffers[s.name]
+                dtype = np.dtype(NP_DTYPE[s.dtype])
+                shape = value.shape()
+                memory = (ctypes.c_byte * (dtype.itemsize * math.prod(shape))).from_address(value.data_ptr())
+                self._views.append(np.frombuffer(memory, dtype=dtype).reshape(shape))
+        return self._views
 
     def read(self, slot: int) -> dict[str, np.ndarray]:
         """A host copy of one slot's state (for tests and checks: it copies every slot of each state)."""
