@@ -14,6 +14,7 @@ from edge_runtime.engine.records import GenerationRequest, RequestError, Samplin
 from edge_runtime.engine.runner import OrtModelRunner
 from edge_runtime.engine.scheduler import SchedulerConfig
 from edge_runtime.engine.state_pool import StatePool
+from edge_runtime.engine.token_ids import encode
 
 GREEDY = SamplingParams(greedy=True, logprobs=3)
 
@@ -174,3 +175,50 @@ def test_snapshots_count_in_what_the_engine_holds_and_a_full_cache_skips_capture
     _run(engine, ids(12, 70), capture_at=(60,))
     stats = engine.status().prefix_cache
     assert (stats.entries, stats.skipped, stats.bytes) == (1, 1, one)
+
+
+# ---- chat: where a conversation is snapshotted -------------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "You are the assistant of a two-armed mobile robot. Answer briefly."}
+
+
+def _chat(chat, messages, **kw):
+    from edge_runtime.engine.chat import ChatRequest
+
+    seq = chat.submit(ChatRequest(messages=messages, sampling={"temperature": 0.0}, max_tokens=48, **kw))
+    chat.engine.run_until_done([seq])
+    return seq.wait()
+
+
+def _prefix_len(chat, messages, **kw) -> int:
+    text = chat.template.render(messages, add_generation_prompt=False, **kw)
+    return len(encode(chat.engine.tokenizer, text))
+
+
+def test_the_next_turn_of_a_conversation_prefills_only_what_is_new():
+    from edge_runtime.bundle.demo import DEMO_BUNDLE
+    from edge_runtime.engine.chat import Chat
+
+    chat = Chat(_engine(DEMO_BUNDLE))
+    turn = [SYSTEM, {"role": "user", "content": "The robot drives at 2 meters per second. How far is 8 meters?"}]
+    first = _chat(chat, turn)
+    assert first.usage.cached_prompt_tokens == 0
+    turn = turn + [{"role": "assistant", "content": first.answer_text},
+                   {"role": "user", "content": "And 12 meters?"}]
+    second = _chat(chat, turn)
+    # Everything up to the first turn's generation prompt came from the cache: its reasoning is not in the
+    # history, so the prefix the first turn rendered is a token prefix of the second's prompt.
+    assert second.usage.cached_prompt_tokens == _prefix_len(chat, turn[:2]) > 0
+    # Asked with a new question and the same system prompt: the system part and the user header are cached.
+    other = [SYSTEM, {"role": "user", "content": "Which arm is closer?"}]
+    text = chat.template.render(other, add_generation_prompt=True)
+    head = len(encode(chat.engine.tokenizer, text[:text.index("Which arm")]))
+    assert _chat(chat, other).usage.cached_prompt_tokens == head
+    # The template takes /no_think out of the message and changes only the generation prompt, after the
+    # snapshot: the text before it is token-identical, so it matches, and the answer is the uncached one.
+    off = [SYSTEM, {"role": "user", "content": "Which arm is closer? /no_think"}]
+    hit = _chat(chat, off)
+    assert hit.usage.cached_prompt_tokens == _prefix_len(chat, other) and hit.reasoning_text == ""
+    assert hit.token_ids == _chat(chat, off, prefix_cache=False).token_ids
+    # And a request may keep out of the cache altogether.
+    assert _chat(chat, turn, prefix_cache=False).usage.cached_prompt_tokens == 0

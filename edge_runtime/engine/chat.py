@@ -6,16 +6,22 @@ card's defaults for the reasoning mode (on: temperature 0.6, top-p 0.95; off: gr
 own settings on top, and the thinking budgets that the sampler chain's thinking stage enforces inside the
 decode loop. Its two steps, `render()` and `request()` (which tokenizes), can also be run apart, so that a
 caller can stop between them. Rendering is bounded by `RequestLimits.render` (bundle/chat_template.py).
+
+With the engine's prefix cache on, a request also says where its prompt is worth a snapshot
+(`capture_points`): after the system prompt and tools, after every message, and after messages the caller
+names, so that the next turn of the same conversation prefills only what is new.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from edge_runtime.bundle.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
-from edge_runtime.engine.engine import Engine
+from edge_runtime.bundle.checks import is_int
+from edge_runtime.engine.engine import MAX_CAPTURES, Engine
 from edge_runtime.engine.limits import RequestLimits
 from edge_runtime.engine.records import (DEFAULT_CLOSE_TEXT, Event, GenerationRequest, Priority, RequestError,
                                          SamplingParams, ThinkingConfig, new_request_id)
@@ -54,6 +60,8 @@ class ChatRequest:
     priority: Priority = Priority.NORMAL
     deadline: float | None = None  # engine-clock seconds
     request_id: str | None = None
+    prefix_cache: bool = True  # False: neither start from nor add to the engine's prefix cache
+    capture_after: list[int] = field(default_factory=list)  # also snapshot after these many messages
 
 
 def tool_name(tool: dict[str, Any]) -> str:
@@ -113,8 +121,9 @@ class Chat:
             )
         except ValueError as e:
             raise RequestError(str(e).split(" ")[0], str(e)) from None
+        prompt_ids = encode(self.engine.tokenizer, prompt)
         return GenerationRequest(
-            prompt_ids=encode(self.engine.tokenizer, prompt),
+            prompt_ids=prompt_ids,
             sampling=SamplingParams.model_card_default(reasoning).override(chat.sampling),
             max_tokens=chat.max_tokens,
             stop_strings=list(chat.stop_strings),
@@ -125,7 +134,40 @@ class Chat:
             thinking=thinking,
             tool_names=names if chat.tools and chat.tool_choice != "none" else None,
             request_id=chat.request_id or new_request_id(),
+            prefix_cache=chat.prefix_cache,
+            capture_at=self.capture_points(chat, prompt_ids),
         )
+
+    def capture_points(self, chat: ChatRequest, prompt_ids: list[int]) -> tuple[int, ...]:
+        """Prompt positions worth a prefix-cache snapshot: where the first user message's text begins (after
+        the system prompt, the tools and the user header: what every conversation with them shares), after
+        the messages `capture_after` names, and after all the messages, where the next turn (this one's
+        answer and a new message appended) goes on. A position counts only where the text rendered up to it
+        is a token prefix of the prompt: the template rewrites the system header for /think and /no_think
+        and drops earlier turns' reasoning, so a shorter render need not be one."""
+        n = len(chat.messages)
+        bad = [k for k in chat.capture_after if not is_int(k) or not 1 <= k <= n]
+        if bad or len(chat.capture_after) > MAX_CAPTURES:
+            raise RequestError("capture_after", f"at most {MAX_CAPTURES} message counts in 1..{n}, got {chat.capture_after[:MAX_CAPTURES + 1]}")
+        if self.engine.cache is None or not chat.prefix_cache:
+            return ()
+        tools = chat.tools if chat.tool_choice != "none" else None
+        render = lambda messages: self.template.render(messages, tools=tools, add_generation_prompt=False,
+                                                       reasoning=chat.reasoning, limits=self.limits)
+        head = [m for m in chat.messages[:1] if m.get("role") == "system"]
+        texts = []
+        if head or tools:  # the text two different first questions share
+            texts.append(lambda: os.path.commonprefix([render(head + [{"role": "user", "content": c}]) for c in "ab"]))
+        texts += [lambda k=k: render(chat.messages[:k]) for k in sorted(set(chat.capture_after) | {n})]
+        points = set()
+        for text in texts:
+            try:
+                ids = encode(self.engine.tokenizer, text())
+            except Exception:  # a part of a conversation whose whole renders: no snapshot there
+                continue
+            if 0 < len(ids) < len(prompt_ids) and prompt_ids[:len(ids)] == ids:
+                points.add(len(ids))
+        return tuple(sorted(points))[-MAX_CAPTURES:]
 
     def submit(self, chat: ChatRequest, on_event: Callable[[Event], None] | None = None) -> Sequence:
         return self.engine.submit(self.prepare(chat), on_event)
