@@ -345,3 +345,24 @@ def test_native_kernels_given_to_serve_are_registered_and_named(kernel_lib: str,
     broken.touch()
     with ServerProcess(tmp_path / "broken", DEMO_BUNDLE, "--custom-op-library", str(broken)) as server:
         assert server.wait(60) == 1 and f"Failed to load library {broken}" in server.log(), server.log()
+
+
+def test_a_pinned_prompt_and_the_next_turn_come_from_the_prefix_cache(tiny_bundle: Path, tmp_path: Path) -> None:
+    system = "You are the robot's assistant."
+    with ServerProcess(tmp_path, tiny_bundle, "--pinned-prompt", system, "--prefix-cache-budget", "64MiB") as proc:
+        proc.wait_serving()
+        with proc.client() as client:
+            status = client.status().prefix_cache
+            assert (status.entries, status.budget_bytes) == (1, 64 << 20) and status.bytes > 0
+            first = list(client.chat("where is the dock?", system=system, max_tokens=8))[-1]
+            head = first.usage.cached_prompt_tokens
+            assert 0 < head < first.usage.prompt_tokens  # the pinned system part
+            history = [{"role": "system", "content": system}, {"role": "user", "content": "where is the dock?"},
+                       {"role": "assistant", "content": first.answer_text}, {"role": "user", "content": "and then?"}]
+            second = list(client.chat(history, max_tokens=8))[-1]
+            assert second.usage.cached_prompt_tokens > first.usage.prompt_tokens - 8  # up to the first turn's end
+            assert list(client.chat(history, max_tokens=8, prefix_cache=False))[-1].usage.cached_prompt_tokens == 0
+            status = client.status().prefix_cache
+            assert status.hits == 2 and status.tokens_saved == head + second.usage.cached_prompt_tokens
+            with pytest.raises(EdgeError, match="capture_after"):
+                list(client.chat("hi", capture_after=[5], max_tokens=4))

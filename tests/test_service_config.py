@@ -194,7 +194,8 @@ def test_every_setting_is_overridable_on_the_command_line(tmp_path: Path) -> Non
         "--custom-op-library", "/lib.so", "--max-sequences", "32", "--spinning", "always", "--stream-interval-ms", "5",
         "--trusted-key", "/a.pub", "--trusted-key", "/b.pub",
         "--max-request-bytes", "1MiB", "--max-text-chars", "9", "--max-messages", "9", "--max-tools", "9",
-        "--template-max-steps", "9",
+        "--template-max-steps", "9", "--no-prefix-cache", "--prefix-cache-budget", "100MiB",
+        "--pinned-prompt", "You are a robot.",
     ])
     config = config_from_args(args)
     defaults = ServiceConfig()
@@ -235,3 +236,16 @@ def test_unknown_override_is_a_programming_error() -> None:
 def test_none_means_not_given() -> None:
     config = ServiceConfig(max_queue=5)
     assert apply_overrides(config, max_queue=None, memory_budget=None) == config
+
+
+def test_the_prefix_cache_takes_its_share_of_the_budget_on_the_cpu_provider_only(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[model]\nmemory_budget = "8GiB"\n[cache]\npinned_prompts = ["Hi."]\n'))
+    assert config.engine_config().prefix_cache_bytes == 1 << 30 and config.pinned_prompts == ("Hi.",)
+    sized = load_config(_write(tmp_path, '[model]\nmemory_budget = "8GiB"\n[cache]\nbudget = "100MiB"\n'))
+    assert sized.engine_config().prefix_cache_bytes == 100 << 20
+    assert apply_overrides(sized, prefix_cache=False).engine_config().prefix_cache_bytes == 0
+    assert apply_overrides(sized, providers=["cuda", "cpu"]).engine_config().prefix_cache_bytes == 0
+    with pytest.raises(ConfigFileError, match=r"\[cache\] budget must be less"):
+        load_config(_write(tmp_path, '[model]\nmemory_budget = "1GiB"\n[cache]\nbudget = "1GiB"\n'))
+    with pytest.raises(ConfigFileError, match="pinned_prompts: expected a list of non-empty strings"):
+        load_config(_write(tmp_path, '[cache]\npinned_prompts = [""]\n'))

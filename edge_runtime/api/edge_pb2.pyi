@@ -122,7 +122,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[int] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "tools", "tool_choice", "reasoning", "max_thinking_tokens", "thinking_grace_tokens", "thinking_deadline_ms", "max_answer_tokens", "thinking_close_text", "sampling", "priority")
+    __slots__ = ("request_id", "messages", "tools", "tool_choice", "reasoning", "max_thinking_tokens", "thinking_grace_tokens", "thinking_deadline_ms", "max_answer_tokens", "thinking_close_text", "sampling", "priority", "no_prefix_cache", "capture_after")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,8 @@ class ChatRequest(_message.Message):
     THINKING_CLOSE_TEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    NO_PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_AFTER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
@@ -147,7 +149,9 @@ class ChatRequest(_message.Message):
     thinking_close_text: str
     sampling: SamplingParams
     priority: Priority
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., reasoning: _Optional[bool] = ..., max_thinking_tokens: _Optional[int] = ..., thinking_grace_tokens: _Optional[int] = ..., thinking_deadline_ms: _Optional[int] = ..., max_answer_tokens: _Optional[int] = ..., thinking_close_text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    no_prefix_cache: bool
+    capture_after: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., reasoning: _Optional[bool] = ..., max_thinking_tokens: _Optional[int] = ..., thinking_grace_tokens: _Optional[int] = ..., thinking_deadline_ms: _Optional[int] = ..., max_answer_tokens: _Optional[int] = ..., thinking_close_text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., no_prefix_cache: _Optional[bool] = ..., capture_after: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TokenIds(_message.Message):
     __slots__ = ("ids",)
@@ -224,18 +228,20 @@ class ToolCallEvent(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., error: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "reasoning_tokens", "answer_tokens", "forced_tokens", "completion_tokens")
+    __slots__ = ("prompt_tokens", "reasoning_tokens", "answer_tokens", "forced_tokens", "completion_tokens", "cached_prompt_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ANSWER_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FORCED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     reasoning_tokens: int
     answer_tokens: int
     forced_tokens: int
     completion_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., answer_tokens: _Optional[int] = ..., forced_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    cached_prompt_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., answer_tokens: _Optional[int] = ..., forced_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_wait_ms", "time_to_first_token_ms", "mean_token_latency_ms", "p50_token_latency_ms", "p95_token_latency_ms", "total_ms")
@@ -370,7 +376,7 @@ class MemoryStatus(_message.Message):
     def __init__(self, budget_bytes: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., fixed_state_bytes_per_sequence: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., working_bytes: _Optional[int] = ..., overhead_bytes: _Optional[int] = ..., planned_context: _Optional[int] = ..., planned_max_sequences: _Optional[int] = ..., state_bytes_in_use: _Optional[int] = ..., used_bytes: _Optional[int] = ..., process_rss_bytes: _Optional[int] = ...) -> None: ...
 
 class ServiceStatus(_message.Message):
-    __slots__ = ("memory", "slots_busy", "slots_free", "queue_depth", "decode_tokens_per_second", "uptime_s", "telemetry")
+    __slots__ = ("memory", "slots_busy", "slots_free", "queue_depth", "decode_tokens_per_second", "uptime_s", "telemetry", "prefix_cache")
     class TelemetryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +391,7 @@ class ServiceStatus(_message.Message):
     DECODE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     memory: MemoryStatus
     slots_busy: int
     slots_free: int
@@ -392,4 +399,25 @@ class ServiceStatus(_message.Message):
     decode_tokens_per_second: float
     uptime_s: float
     telemetry: _containers.ScalarMap[str, float]
-    def __init__(self, memory: _Optional[_Union[MemoryStatus, _Mapping]] = ..., slots_busy: _Optional[int] = ..., slots_free: _Optional[int] = ..., queue_depth: _Optional[int] = ..., decode_tokens_per_second: _Optional[float] = ..., uptime_s: _Optional[float] = ..., telemetry: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    prefix_cache: PrefixCacheStatus
+    def __init__(self, memory: _Optional[_Union[MemoryStatus, _Mapping]] = ..., slots_busy: _Optional[int] = ..., slots_free: _Optional[int] = ..., queue_depth: _Optional[int] = ..., decode_tokens_per_second: _Optional[float] = ..., uptime_s: _Optional[float] = ..., telemetry: _Optional[_Mapping[str, float]] = ..., prefix_cache: _Optional[_Union[PrefixCacheStatus, _Mapping]] = ...) -> None: ...
+
+class PrefixCacheStatus(_message.Message):
+    __slots__ = ("budget_bytes", "bytes", "entries", "hits", "misses", "tokens_saved", "evictions", "skipped")
+    BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SAVED_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    budget_bytes: int
+    bytes: int
+    entries: int
+    hits: int
+    misses: int
+    tokens_saved: int
+    evictions: int
+    skipped: int
+    def __init__(self, budget_bytes: _Optional[int] = ..., bytes: _Optional[int] = ..., entries: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., tokens_saved: _Optional[int] = ..., evictions: _Optional[int] = ..., skipped: _Optional[int] = ...) -> None: ...

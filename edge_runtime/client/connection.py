@@ -117,10 +117,13 @@ class EdgeClient:
                      max_answer_tokens: int | None = None, thinking_close_text: str | None = None,
                      sampling: dict[str, Any] | None = None, max_tokens: int | None = None,
                      stop: Sequence[str] | None = None, stop_token_ids: Sequence[int] | None = None,
-                     ignore_eos: bool = False, priority: str | None = None, request_id: str = "") -> pb.ChatRequest:
+                     ignore_eos: bool = False, priority: str | None = None, request_id: str = "",
+                     prefix_cache: bool = True, capture_after: Sequence[int] = ()) -> pb.ChatRequest:
         """The ChatRequest proto. `system` prepends a system message; `sampling` holds SamplingParams fields
         (temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty, frequency_penalty, seed,
-        logprobs); `priority` is "realtime", "normal" or "background". None leaves a field to the server."""
+        logprobs); `priority` is "realtime", "normal" or "background". None leaves a field to the server.
+        `prefix_cache` False keeps the request out of the server's prefix cache; `capture_after` asks for
+        snapshots after so many messages."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         messages = list(messages)
@@ -131,7 +134,7 @@ class EdgeClient:
             tools=[tool_to_proto(t) for t in tools or []], tool_choice=tool_choice or "",
             sampling=sampling_to_proto(sampling, max_tokens=max_tokens, stop=list(stop or []),
                                        stop_token_ids=list(stop_token_ids or []), ignore_eos=ignore_eos),
-            priority=priority_to_proto(priority),
+            priority=priority_to_proto(priority), no_prefix_cache=not prefix_cache, capture_after=list(capture_after),
         )
         if reasoning is not None:
             r.reasoning = reasoning

@@ -112,7 +112,7 @@ class EventAssembler:
             u, t = f.usage, f.timings
             return Final(
                 finish_reason=FINISH_FROM_PROTO.get(f.finish_reason, FinishReason.ERROR),
-                usage=Usage(u.prompt_tokens, u.reasoning_tokens, u.answer_tokens, u.forced_tokens),
+                usage=Usage(u.prompt_tokens, u.reasoning_tokens, u.answer_tokens, u.forced_tokens, u.cached_prompt_tokens),
                 timings=RemoteTimings(t.queue_wait_ms, t.time_to_first_token_ms, [], t.total_ms,
                                       t.mean_token_latency_ms, t.p50_token_latency_ms, t.p95_token_latency_ms),
                 thinking_ended_by=THINKING_END_FROM_PROTO.get(f.thinking_ended_by),

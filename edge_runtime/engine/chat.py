@@ -23,8 +23,8 @@ from edge_runtime.bundle.chat_template import ChatTemplate, RenderLimits, Render
 from edge_runtime.bundle.checks import is_int
 from edge_runtime.engine.engine import MAX_CAPTURES, Engine
 from edge_runtime.engine.limits import RequestLimits
-from edge_runtime.engine.records import (DEFAULT_CLOSE_TEXT, Event, GenerationRequest, Priority, RequestError,
-                                         SamplingParams, ThinkingConfig, new_request_id)
+from edge_runtime.engine.records import (DEFAULT_CLOSE_TEXT, Event, Final, GenerationRequest, Priority,
+                                         RequestError, SamplingParams, ThinkingConfig, new_request_id)
 from edge_runtime.engine.sequence import Sequence
 from edge_runtime.engine.token_ids import encode
 
@@ -154,10 +154,8 @@ class Chat:
         tools = chat.tools if chat.tool_choice != "none" else None
         render = lambda messages: self.template.render(messages, tools=tools, add_generation_prompt=False,
                                                        reasoning=chat.reasoning, limits=self.limits)
-        head = [m for m in chat.messages[:1] if m.get("role") == "system"]
-        texts = []
-        if head or tools:  # the text two different first questions share
-            texts.append(lambda: os.path.commonprefix([render(head + [{"role": "user", "content": c}]) for c in "ab"]))
+        system = [m for m in chat.messages[:1] if m.get("role") == "system"]
+        texts = [lambda: self._head(system, tools, chat.reasoning)] if system or tools else []
         texts += [lambda k=k: render(chat.messages[:k]) for k in sorted(set(chat.capture_after) | {n})]
         points = set()
         for text in texts:
@@ -168,6 +166,20 @@ class Chat:
             if 0 < len(ids) < len(prompt_ids) and prompt_ids[:len(ids)] == ids:
                 points.add(len(ids))
         return tuple(sorted(points))[-MAX_CAPTURES:]
+
+    def _head(self, system: list[dict[str, Any]], tools: list[dict[str, Any]] | None, reasoning: bool | None) -> str:
+        """The text every conversation with this system message and tools begins with, up to where the
+        first user message's own text starts: what two renders with different first questions share."""
+        return os.path.commonprefix([self.template.render(system + [{"role": "user", "content": c}], tools=tools,
+                                                          add_generation_prompt=False, reasoning=reasoning,
+                                                          limits=self.limits) for c in "ab"])
+
+    def pin(self, system_prompt: str) -> Final:
+        """Prefill the head of every conversation with this system prompt (reasoning as the template decides)
+        and keep its snapshot for good: `[cache] pinned_prompts` at start-up."""
+        ids = encode(self.engine.tokenizer, self._head([{"role": "system", "content": system_prompt}], None, None))
+        return self.engine.generate(GenerationRequest(ids, SamplingParams(greedy=True), max_tokens=1, ignore_eos=True,
+                                                      capture_at=(len(ids),), pin_captures=True, request_id="pin"))
 
     def submit(self, chat: ChatRequest, on_event: Callable[[Event], None] | None = None) -> Sequence:
         return self.engine.submit(self.prepare(chat), on_event)

@@ -11,7 +11,7 @@ from pathlib import Path
 from edge_runtime.engine.chat import Chat, ThinkingDefaults
 from edge_runtime.engine.engine import Engine, EngineConfig
 from edge_runtime.engine.limits import RequestLimits
-from edge_runtime.engine.records import FinishReason, GenerationRequest, SamplingParams
+from edge_runtime.engine.records import FinishReason, GenerationRequest, RequestError, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,12 @@ class LoadedEngine:
 
 
 def load_engine(bundle: Path, config: EngineConfig, thinking: ThinkingDefaults | None = None,
-                limits: Callable[[int], RequestLimits] = RequestLimits.for_context) -> LoadedEngine:
+                limits: Callable[[int], RequestLimits] = RequestLimits.for_context,
+                pinned_prompts: tuple[str, ...] = ()) -> LoadedEngine:
     """Open the bundle, warm up with one tiny generation (prefill and decode both run once, so the first real
     request pays no session initialisation), then start the engine thread. `limits`: the request limits for
-    the engine's context."""
+    the engine's context. `pinned_prompts`: system prompts whose conversations' shared head is prefilled now
+    and kept in the prefix cache for good."""
     engine = Engine(bundle, config)
     bos = engine.model_config.bos_token_id
     warm = engine.generate(GenerationRequest(prompt_ids=[bos if bos is not None else 0], max_tokens=2, ignore_eos=True,
@@ -36,4 +38,10 @@ def load_engine(bundle: Path, config: EngineConfig, thinking: ThinkingDefaults |
     request_limits = limits(engine.max_context)
     chat = Chat(engine, thinking, request_limits.render) \
         if engine.tokenizer is not None and engine.bundle.chat_template else None
+    if pinned_prompts and (chat is None or engine.cache is None):
+        raise RequestError("pinned_prompts", "need the prefix cache on and a bundle with a chat template")
+    for prompt in pinned_prompts:
+        pinned = chat.pin(prompt)
+        if pinned.finish_reason is not FinishReason.LENGTH:
+            raise RuntimeError(f"pinning a prompt failed: {pinned.finish_reason} {pinned.error or ''}".strip())
     return LoadedEngine(engine, chat, request_limits)

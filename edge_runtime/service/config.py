@@ -1,8 +1,8 @@
 """Settings of `nemotron-edge serve`: read from a TOML file, each one overridable by a command-line flag.
 
 The file (default /etc/nemotron-edge/config.toml, see systemd/config.toml for an annotated example) has the
-sections [model], [server], [server.tls], [providers], [providers.cuda], [providers.tensorrt], [thinking] and
-[limits].
+sections [model], [server], [server.tls], [providers], [providers.cuda], [providers.tensorrt], [thinking],
+[limits] and [cache].
 Every key maps to one field of `ServiceConfig` and one `serve` flag; `FIELDS` is that map, so the file
 reader, the flags and the overrides cannot drift apart. Unknown keys and bad values are errors that name
 the file, section and key: a typo in a service's config should stop it, not be silently ignored.
@@ -79,6 +79,10 @@ class ServiceConfig:
     max_messages: int | None = None
     max_tools: int | None = None
     template_max_steps: int | None = None
+    # [cache]: the prefix state cache (edge_runtime/engine/prefix_cache.py)
+    prefix_cache: bool = True
+    prefix_cache_budget: int | None = None  # None: an eighth of the memory budget
+    pinned_prompts: tuple[str, ...] = ()
 
     def ort_providers(self) -> list[tuple[str, dict[str, str]]]:
         """`providers` as ONNX Runtime names with their options, ready for `InferenceSession(providers=...)`."""
@@ -108,17 +112,26 @@ class ServiceConfig:
         the state pool to the memory this device actually has free."""
         budget = self.memory_budget if self.memory_budget is not None else psutil.virtual_memory().available
         options = dict(self.ort_providers())
+        providers = ProviderConfig(providers=list(self.providers),
+                                   custom_op_library=str(self.custom_op_library) if self.custom_op_library else None,
+                                   spinning=self.spinning,
+                                   cuda=options.get("CUDAExecutionProvider", {}),
+                                   tensorrt=options.get("TensorrtExecutionProvider", {}))
         return EngineConfig(
+            prefix_cache_bytes=self.prefix_cache_bytes(budget, providers),
             memory_budget=budget,
             max_sequences=self.max_sequences,
             trusted_keys=load_trusted_keys(self.trusted_keys),
             scheduler=SchedulerConfig(max_queue=self.max_queue),
-            providers=ProviderConfig(providers=list(self.providers),
-                                     custom_op_library=str(self.custom_op_library) if self.custom_op_library else None,
-                                     spinning=self.spinning,
-                                     cuda=options.get("CUDAExecutionProvider", {}),
-                                     tensorrt=options.get("TensorrtExecutionProvider", {})),
+            providers=providers,
         )
+
+    def prefix_cache_bytes(self, budget: int, providers: ProviderConfig) -> int:
+        """The prefix cache's share of `budget`: 0 when it is off, or when the state lives on a GPU (the
+        cache copies state in host memory only, so far; the service logs it)."""
+        if not self.prefix_cache or not providers.state_device().is_host:
+            return 0
+        return self.prefix_cache_budget if self.prefix_cache_budget is not None else budget // 8
 
     def thinking_defaults(self) -> ThinkingDefaults:
         return ThinkingDefaults(max_thinking_tokens=self.max_thinking_tokens,
@@ -188,6 +201,12 @@ def _request_bytes(value: Any) -> int:
         raise ValueError(f"expected a size between 1KiB and {MAX_MESSAGE_BYTES // 2**20}MiB (gRPC's message limit), "
                          f"got {size} bytes")
     return size
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of non-empty strings")
+    return tuple(value)
 
 
 def _one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
@@ -326,6 +345,15 @@ FIELDS: tuple[Field, ...] = (
     Field("limits", "template_max_steps", "template_max_steps", _int(1), "--template-max-steps",
           "steps (loop iterations, calls, filters, outputs) one chat template render may take (default: 16 per "
           "message and tool allowed, plus one per 4 characters of text)", {"type": int}),
+    Field("cache", "enabled", "prefix_cache", _bool, "--prefix-cache",
+          "keep snapshots of prompt prefixes' state and start requests with the same tokens from them "
+          "(default: on; CPU provider only so far)", {"action": argparse.BooleanOptionalAction}),
+    Field("cache", "budget", "prefix_cache_budget", _size, "--prefix-cache-budget",
+          "the prefix cache's share of the memory budget, e.g. 2GiB; one snapshot of the 9B holds its 142 MB of "
+          "SSM state plus K/V (default: an eighth of the budget)"),
+    Field("cache", "pinned_prompts", "pinned_prompts", _strings, "--pinned-prompt",
+          "system prompt whose conversations' shared start is prefilled at start-up and never evicted, "
+          "repeatable", {"action": "append"}),
 )
 _BY_ATTR = {f.attr: f for f in FIELDS}
 _SECTIONS = {f.section for f in FIELDS}
@@ -388,6 +416,8 @@ def _check_consistency(config: ServiceConfig) -> None:
         raise ConfigError("[server.tls] cert_file and key_file must be given together")
     if config.tls_client_ca_file is not None and config.tls_cert_file is None:
         raise ConfigError("[server.tls] client_ca_file needs cert_file and key_file")
+    if None not in (config.prefix_cache_budget, config.memory_budget) and config.prefix_cache_budget >= config.memory_budget:
+        raise ConfigError("[cache] budget must be less than [model] memory_budget, which it is a share of")
 
 
 def apply_overrides(config: ServiceConfig, **cli_values: Any) -> ServiceConfig:

@@ -210,7 +210,7 @@ def final_to_proto(f: Final, chat: bool) -> pb.Final:
     return pb.Final(
         usage=pb.Usage(prompt_tokens=u.prompt_tokens, reasoning_tokens=u.reasoning_tokens,
                        answer_tokens=u.answer_tokens, forced_tokens=u.forced_tokens,
-                       completion_tokens=u.completion_tokens),
+                       completion_tokens=u.completion_tokens, cached_prompt_tokens=u.cached_prompt_tokens),
         thinking_ended_by=ended,
         finish_reason=FINISH_TO_PROTO[f.finish_reason],
         error_message=f.error or "",

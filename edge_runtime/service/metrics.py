@@ -60,10 +60,12 @@ class _EngineGauges:
                 GaugeMetricFamily("nemotron_edge_slots_busy", "Sequence slots decoding now"),
                 GaugeMetricFamily("nemotron_edge_slots_total", "Sequence slots in the state pool"),
                 GaugeMetricFamily("nemotron_edge_memory_bytes", "Memory by kind (plan figures and process RSS)",
-                                  labels=["kind"]))
+                                  labels=["kind"]),
+                GaugeMetricFamily("nemotron_edge_prefix_cache", "Prefix cache: snapshots held (entries, bytes) and "
+                                  "what they did (hits, misses, tokens_saved, evictions, skipped)", labels=["figure"]))
 
     def collect(self) -> tuple[GaugeMetricFamily, ...]:
-        queue_depth, slots_busy, slots_total, memory = families = self.describe()
+        queue_depth, slots_busy, slots_total, memory, cache = families = self.describe()
         memory.add_metric(["process_rss"], self._process.memory_info().rss)
         if self.status is None:
             for family in (queue_depth, slots_busy, slots_total):
@@ -76,6 +78,10 @@ class _EngineGauges:
         memory.add_metric(["budget"], self.budget_bytes)
         memory.add_metric(["planned"], status.held_bytes)
         memory.add_metric(["state_pool"], status.state_pool_bytes)
+        if status.prefix_cache is not None:
+            memory.add_metric(["prefix_cache"], status.prefix_cache.bytes)
+            for figure in ("entries", "bytes", "hits", "misses", "tokens_saved", "evictions", "skipped"):
+                cache.add_metric([figure], getattr(status.prefix_cache, figure))
         return families
 
 

@@ -223,8 +223,12 @@ def _load_in_background(config: ServiceConfig, bundle: Path) -> asyncio.Future:
 
     def work() -> None:
         try:
-            result = load_engine(bundle, config.engine_config(), config.thinking_defaults(),
-                                 config.request_limits)
+            engine_config = config.engine_config()
+            if config.prefix_cache and not engine_config.prefix_cache_bytes:
+                log.warning("prefix cache off: the state lives on the GPU, and the cache copies state in host "
+                            "memory only so far")
+            result = load_engine(bundle, engine_config, config.thinking_defaults(), config.request_limits,
+                                 config.pinned_prompts)
         except BaseException as e:  # noqa: BLE001 - reported to the event loop, which decides
             loop.call_soon_threadsafe(deliver, future.set_exception, e)
         else:

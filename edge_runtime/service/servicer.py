@@ -319,6 +319,8 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             priority=priority_from_proto(r.priority),
             deadline=self.engine.clock() + remaining if remaining is not None else None,
             request_id=request_id_from_proto(r.request_id),
+            prefix_cache=not r.no_prefix_cache,
+            capture_after=list(r.capture_after),
         )
 
     async def _prepare_generate(self, r: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> GenerationRequest:
@@ -405,10 +407,15 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         telemetry = {"engine_steps": float(status.steps), "tokens_generated": float(status.tokens_generated),
                      "active_streams": float(self.active_streams)}
         telemetry.update(_telemetry(self.telemetry))
+        cache = status.prefix_cache
         return pb.ServiceStatus(
             memory=memory, slots_busy=status.slots_busy, slots_free=status.slots_total - status.slots_busy,
             queue_depth=status.queue_depth, decode_tokens_per_second=status.decode_tokens_per_second,
             uptime_s=time.monotonic() - self.started, telemetry=telemetry,
+            prefix_cache=None if cache is None else pb.PrefixCacheStatus(
+                budget_bytes=self.engine.config.prefix_cache_bytes, bytes=cache.bytes, entries=cache.entries,
+                hits=cache.hits, misses=cache.misses, tokens_saved=cache.tokens_saved, evictions=cache.evictions,
+                skipped=cache.skipped),
         )
 
     def _require_serving(self) -> None:
