@@ -8,6 +8,9 @@
    API): a system prompt with tools, then each turn the history (answers without reasoning) and a new user
    message. Per turn, the prompt tokens, those that came from the cache and those prefilled, and the time
    to first token, with the cache on and with every request bypassing it; the total time of each.
+3. Memory: a service with a memory budget and a smaller `[cache] budget` answers 100 requests with distinct
+   prefixes (each leaves two snapshots); the server's resident memory (VmRSS after every request, VmHWM at
+   the end, from /proc) against the budget, and the cache's bytes and evictions from GetStatus.
 
 Writes `<out>.json` and `<out>.md` (the tables for BENCHMARKS.md).
 """
@@ -15,15 +18,18 @@ Writes `<out>.json` and `<out>.md` (the tables for BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from bench import artifacts
 from edge_runtime.engine.engine import Engine, EngineConfig
@@ -67,12 +73,13 @@ def ttft(bundle: Path, reps: int, kernels: str | None) -> dict:
             "speedup": u / c}
 
 
-def conversation(bundle: Path, kernels: str | None, workdir: Path) -> dict:
+@contextlib.contextmanager
+def serving(bundle: Path, kernels: str | None, workdir: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, object]]:
+    """`nemotron-edge serve` on a Unix socket under `workdir` with `flags`, and a client once it serves."""
     from edge_runtime.client import EdgeClient
 
     address = f"unix:{workdir / 'edge.sock'}"
-    args = [sys.executable, "-m", "edge_runtime.cli", "serve", "--bundle", str(bundle), "--listen", address,
-            "--prefix-cache-budget", "1GiB", "--max-sequences", "1"]
+    args = [sys.executable, "-m", "edge_runtime.cli", "serve", "--bundle", str(bundle), "--listen", address, *flags]
     if kernels:
         args += ["--custom-op-library", kernels]
     log = (workdir / "server.log").open("wb")
@@ -88,11 +95,40 @@ def conversation(bundle: Path, kernels: str | None, workdir: Path) -> dict:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise RuntimeError(f"the server did not start; see {workdir / 'server.log'}") from None
                 time.sleep(0.2)
-            return {"on": _turns(client, True), "off": _turns(client, False)}
+            yield server, client
     finally:
         server.terminate()
         server.wait(60)
         log.close()
+
+
+def conversation(bundle: Path, kernels: str | None, workdir: Path) -> dict:
+    with serving(bundle, kernels, workdir, "--prefix-cache-budget", "1GiB", "--max-sequences", "1") as (_, client):
+        return {"on": _turns(client, True), "off": _turns(client, False)}
+
+
+def memory(bundle: Path, kernels: str | None, workdir: Path, budget: str, cache_budget: str, requests: int) -> dict:
+    with serving(bundle, kernels, workdir, "--budget", budget, "--prefix-cache-budget", cache_budget) as (server, client):
+        process = psutil.Process(server.pid)
+        rss = [process.memory_info().rss]
+        for k in range(requests):
+            system = f"Robot {k}: " + " ".join(f"rule {k}.{j} keep the {j}th shelf clear." for j in range(40))
+            list(client.chat("Which shelf is clear?", system=system, reasoning=False, max_tokens=4))
+            rss.append(process.memory_info().rss)
+        status = client.status()
+        hwm = _vm_hwm(server.pid)
+    cache = status.prefix_cache
+    return {"budget_bytes": status.memory.budget_bytes, "cache_budget_bytes": cache.budget_bytes,
+            "requests": requests, "rss_max": max(rss), "rss_after_load": rss[0], "vm_hwm": hwm,
+            "cache_bytes": cache.bytes, "entries": cache.entries, "evictions": cache.evictions,
+            "skipped": cache.skipped, "used_bytes": status.memory.used_bytes}
+
+
+def _vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc")
 
 
 def _turns(client, cache: bool) -> list[dict]:
@@ -127,9 +163,18 @@ def tables(results: dict) -> str:
         lines.append(f"| {on['turn']} | {on['prompt_tokens']} | {on['cached']} | {on['prefilled']} | "
                      f"{on['ttft_ms']:.0f} ms | {off['prefilled']} | {off['ttft_ms']:.0f} ms |")
     total = lambda rows: sum(r["seconds"] for r in rows)
+    m = results.get("memory")
     lines += ["", f"Total: {total(conv['on']):.1f} s with the cache, {total(conv['off']):.1f} s without "
               f"({sum(r['prefilled'] for r in conv['on'])} against {sum(r['prefilled'] for r in conv['off'])} "
               "prompt tokens prefilled)."]
+    if m:
+        gib = lambda n: f"{n / 2**30:.2f} GiB"
+        lines += ["", f"Memory: {m['requests']} requests with distinct prefixes to a service with a budget of "
+                  f"{gib(m['budget_bytes'])} and a cache share of {gib(m['cache_budget_bytes'])}: VmRSS at most "
+                  f"{gib(m['rss_max'])} (after load {gib(m['rss_after_load'])}), VmHWM {gib(m['vm_hwm'])}, "
+                  f"{m['rss_max'] / m['budget_bytes']:.2f} of the budget; the cache holds {m['entries']} snapshots "
+                  f"in {gib(m['cache_bytes'])} after {m['evictions']} evictions ({m['skipped']} captures skipped); "
+                  f"GetStatus used_bytes {gib(m['used_bytes'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -137,6 +182,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--formats", nargs="+", default=["fp32", "int4"])
+    parser.add_argument("--budget", default="1GiB", help="the memory stage's service budget")
+    parser.add_argument("--cache-budget", default="96MiB", help="the memory stage's [cache] budget")
+    parser.add_argument("--requests", type=int, default=100, help="distinct prefixes in the memory stage")
     parser.add_argument("--cache", type=Path, default=artifacts.DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=artifacts.REPO / "bench" / "prefix_cache")
     args = parser.parse_args()
@@ -147,8 +195,11 @@ def main() -> None:
         results["ttft"][fmt] = ttft(artifacts.bundle(args.cache, "small", fmt), args.reps, kernels)
         print(fmt, json.dumps({k: v for k, v in results["ttft"][fmt].items() if not k.endswith("_ms")}), flush=True)
     results["conversation_format"] = args.formats[-1]
+    served = artifacts.bundle(args.cache, "small", args.formats[-1])
     with tempfile.TemporaryDirectory() as tmp:
-        results["conversation"] = conversation(artifacts.bundle(args.cache, "small", args.formats[-1]), kernels, Path(tmp))
+        results["conversation"] = conversation(served, kernels, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        results["memory"] = memory(served, kernels, Path(tmp), args.budget, args.cache_budget, args.requests)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(tables(results))
     print(tables(results))

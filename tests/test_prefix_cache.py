@@ -222,3 +222,17 @@ def test_the_next_turn_of_a_conversation_prefills_only_what_is_new():
     assert hit.token_ids == _chat(chat, off, prefix_cache=False).token_ids
     # And a request may keep out of the cache altogether.
     assert _chat(chat, turn, prefix_cache=False).usage.cached_prompt_tokens == 0
+
+
+def test_the_memory_plan_sets_the_cache_share_aside_before_the_sequences(tiny_bundle):
+    from edge_runtime.bundle.memory_plan import plan_for_bundle
+
+    bundle = open_bundle(tiny_bundle)
+    plain = plan_for_bundle(bundle, 1 << 30, 512)
+    shared = plan_for_bundle(bundle, 1 << 30, 512, prefix_cache_bytes=256 << 20)
+    assert shared.available_bytes == plain.available_bytes - (256 << 20)
+    assert shared.max_sequences < plain.max_sequences
+    engine = Engine(tiny_bundle, EngineConfig(memory_budget=1 << 30, max_context=512, prefix_cache_bytes=256 << 20))
+    expected = plan_for_bundle(bundle, 1 << 30, 512, engine.max_rows, prefix_cache_bytes=256 << 20,
+                               prefill_chunk=engine.config.scheduler.max_step_tokens)
+    assert engine.plan == expected and engine.cache.budget == 256 << 20

@@ -141,6 +141,7 @@ class MemoryPlan:
     decode_working_bytes_per_sequence: int
     overhead_bytes: int
     max_position_embeddings: int
+    prefix_cache_bytes: int = 0  # the prefix cache's share (edge_runtime/engine/prefix_cache.py)
 
     @property
     def resident_weight_bytes(self) -> int:
@@ -149,8 +150,10 @@ class MemoryPlan:
 
     @property
     def base_bytes(self) -> int:
-        """What the budget holds before any sequence: weights, overhead, prefill working memory."""
-        return self.resident_weight_bytes + self.overhead_bytes + self.prefill_working_bytes + self.dequantized_bytes
+        """What the budget holds before any sequence: weights, overhead, prefill working memory, the prefix
+        cache's share."""
+        return (self.resident_weight_bytes + self.overhead_bytes + self.prefill_working_bytes + self.dequantized_bytes
+                + self.prefix_cache_bytes)
 
     @property
     def available_bytes(self) -> int:
@@ -310,6 +313,7 @@ def estimate_memory(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     overhead_bytes: int = RUNTIME_OVERHEAD_BYTES,
     prepacked_copies: int = 0,
+    prefix_cache_bytes: int = 0,
 ) -> MemoryPlan:
     """The plan of `budget_bytes` for `config` with `weights` in one of WEIGHT_FORMATS, whether or not it fits.
     `state_specs` (from a bundle manifest) overrides the state layout computed from the config.
@@ -336,6 +340,8 @@ def estimate_memory(
         raise MemoryPlanError(f"overhead_bytes: must be >= 0, got {overhead_bytes}")
     if prepacked_copies < 0:
         raise MemoryPlanError(f"prepacked_copies: must be >= 0, got {prepacked_copies}")
+    if prefix_cache_bytes < 0:
+        raise MemoryPlanError(f"prefix_cache_bytes: must be >= 0, got {prefix_cache_bytes}")
 
     storage = WeightStorage(weights, act, group_size, quantize_lm_head, quantize_embeddings, zero_points)
     specs = state_specs if state_specs is not None else state_layout(config, act)
@@ -358,6 +364,7 @@ def estimate_memory(
         decode_working_bytes_per_sequence=config.vocab_size * 4 + widest * act_bytes,
         overhead_bytes=overhead_bytes,
         max_position_embeddings=config.max_position_embeddings,
+        prefix_cache_bytes=prefix_cache_bytes,
     )
     return plan
 
@@ -371,7 +378,8 @@ def require_fit(plan: MemoryPlan) -> MemoryPlan:
             f"budget_bytes: {_gib(plan.budget_bytes)} is {_gib(-plan.available_bytes)} short of the "
             f"{_gib(plan.base_bytes)} needed before any sequence (weights {_gib(plan.weight_bytes)} at "
             f"{plan.weights_format}, their pre-packed copies {_gib(plan.prepacked_bytes)}{dequantized}, runtime "
-            f"overhead {_gib(plan.overhead_bytes)}, prefill working memory {_gib(plan.prefill_working_bytes)})")
+            f"overhead {_gib(plan.overhead_bytes)}, prefill working memory {_gib(plan.prefill_working_bytes)}"
+            + (f", prefix cache {_gib(plan.prefix_cache_bytes)}" if plan.prefix_cache_bytes else "") + ")")
     return plan
 
 
@@ -401,7 +409,7 @@ def _dequantized_per_call(bundle: "Bundle") -> tuple[int, int]:
 
 def plan_for_bundle(bundle: "Bundle", budget_bytes: int, context: int, max_batch: int | None = None,
                     prefill_chunk: int = DEFAULT_PREFILL_CHUNK, overhead_bytes: int = RUNTIME_OVERHEAD_BYTES,
-                    prepacked_copies: int = 0) -> MemoryPlan:
+                    prepacked_copies: int = 0, prefix_cache_bytes: int = 0) -> MemoryPlan:
     """Plan for an exported bundle: its own state layout, and the exact bytes of its weights file and of its
     matmul weights (times `prepacked_copies`, which also means the CPU provider: there a bundle at accuracy
     level 0 pre-packs no 8-bit blocks and dequantizes them per call, `_dequantized_per_call`)."""
@@ -416,6 +424,7 @@ def plan_for_bundle(bundle: "Bundle", budget_bytes: int, context: int, max_batch
         quantize_lm_head=bool(weights.get("quantize_lm_head", True)),
         quantize_embeddings=bool(weights.get("quantize_embeddings", False)),
         prefill_chunk=prefill_chunk, overhead_bytes=overhead_bytes, prepacked_copies=prepacked_copies,
+        prefix_cache_bytes=prefix_cache_bytes,
     )
     unpacked, dequantized = _dequantized_per_call(bundle) if prepacked_copies else (0, 0)
     exact = replace(plan, weight_bytes=int(bundle.manifest["files"][weights["file"]]["bytes"]),

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="execution providers as the service runs them, comma-separated (default cpu): on the CPU "
                         "provider alone, quantized weights are pre-packed, a copy per graph")
     p.add_argument("--overhead", default=str(RUNTIME_OVERHEAD_BYTES), help="runtime overhead (default 150MiB)")
+    p.add_argument("--prefix-cache-budget", default="0", help="the prefix cache's share of the budget (default 0)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
 
@@ -79,6 +80,7 @@ def _plan(args: argparse.Namespace) -> MemoryPlan:
     common = dict(
         budget_bytes=budget, context=args.context, max_batch=args.max_batch,
         prefill_chunk=args.prefill_chunk, overhead_bytes=overhead,
+        prefix_cache_bytes=_size("--prefix-cache-budget", args.prefix_cache_budget),
     )
     if args.config is not None:
         weights = args.weights or DEFAULT_WEIGHTS
@@ -117,6 +119,7 @@ def render(plan: MemoryPlan, source: str) -> str:
         ("working memory: prefill chunk (once)", *_b(plan.prefill_working_bytes)),
         ("batch row: decode working memory (per sequence)", *_b(plan.decode_working_bytes_per_sequence)),
         ("runtime overhead", *_b(plan.overhead_bytes)),
+        ("prefix cache share", *_b(plan.prefix_cache_bytes)),
         ("left for sequences", *_b(plan.available_bytes)),
         (f"sequences that fit at {plan.context} tokens", f"{plan.max_sequences:,}", ""),
         ("longest context for one sequence", f"{plan.max_context(1):,}", "tokens"),

@@ -8,8 +8,8 @@ thread; tests may call `step()` directly. The memory plan sizes the state pool o
 admission by free slot keeps the engine inside its budget by construction; with or without a budget, a
 pool this machine's free memory cannot hold is refused, with a message, before it is allocated.
 
-With a prefix cache (`EngineConfig.prefix_cache_bytes`, carved out of the memory budget before the slots
-are planned), a sequence admitted to a slot starts from the longest cached prefix of its prompt, and the
+With a prefix cache (`EngineConfig.prefix_cache_bytes`, a share of the memory budget that the plan sets
+aside before the slots), a sequence admitted to a slot starts from the longest cached prefix of its prompt, and the
 prompt positions it asks for (`GenerationRequest.capture_at`) are snapshotted as its prefill passes them.
 """
 
@@ -101,12 +101,10 @@ class Engine:
         slots = self.config.max_sequences or self.max_rows
         self.plan: MemoryPlan | None = None
         if self.config.memory_budget is not None:
-            if cache_bytes >= self.config.memory_budget:
-                raise RequestError("prefix_cache_bytes", f"{format_bytes(cache_bytes)} leaves nothing of the memory "
-                                                         f"budget of {format_bytes(self.config.memory_budget)}")
-            self.plan = plan_for_bundle(self.bundle, self.config.memory_budget - cache_bytes, self.max_context, self.max_rows,
+            self.plan = plan_for_bundle(self.bundle, self.config.memory_budget, self.max_context, self.max_rows,
                                         prefill_chunk=self.config.scheduler.max_step_tokens,
-                                        prepacked_copies=self.config.providers.prepacked_copies(self.bundle.weights["format"]))
+                                        prepacked_copies=self.config.providers.prepacked_copies(self.bundle.weights["format"]),
+                                        prefix_cache_bytes=cache_bytes)
             slots = min(self.plan.max_sequences, slots)
             if slots < 1:
                 raise RequestError("memory_budget", f"no sequence of {self.max_context} tokens fits the budget")
