@@ -45,3 +45,13 @@ def test_a_zero_budget_closes_the_reasoning_and_the_model_still_answers(chat: Ch
     finals = run(chat, Setting("budget 0", True, 0))
     assert all(f.thinking_ended_by is ThinkingEnd.TOKEN_BUDGET and f.reasoning_text.strip() == "" for f in finals)
     assert all(f.answer_text.strip() or f.tool_calls for f in finals)
+
+
+def test_the_demo_tools_file_is_the_tools_the_model_was_trained_with() -> None:
+    import json
+    from pathlib import Path
+
+    from nemotron_export.demo_model.tasks import TOOLS
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "demo-tools.json"
+    assert json.loads(path.read_text()) == TOOLS

@@ -1,14 +1,18 @@
 """`nemotron-edge chat`: one chat turn, in process or against a running server, reasoning shown apart.
 
 On a terminal the reasoning is dimmed and the answer plain; tool calls are printed as JSON lines.
-`--json` prints the final record (usage, how thinking ended, finish reason, texts, tool calls).
+`--tools FILE` offers the model the tools in a JSON file; with `--tool-result TEXT` a tool call the model
+makes is answered with that text (as the tool's response) and the model's reply to it follows: one tool
+round trip. `--json` prints the final record (usage, how thinking ended, finish reason, texts, tool calls).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
@@ -34,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="with --server: wait up to this long for the server to be loaded and serving")
     p.add_argument("--system", help="system prompt")
+    p.add_argument("--tools", type=Path, metavar="FILE", help="JSON file with a list of tools the model may call")
+    p.add_argument("--tool-result", metavar="TEXT",
+                   help="answer the model's tool call with this text and show its reply (one round trip)")
     p.add_argument("--no-think", action="store_true", help="reasoning off (the model card's /no_think)")
     p.add_argument("--max-thinking-tokens", type=int)
     p.add_argument("--thinking-grace-tokens", type=int)
@@ -48,6 +55,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 def messages_of(args: argparse.Namespace) -> list[dict]:
     messages = [{"role": "system", "content": args.system}] if args.system else []
     return messages + [{"role": "user", "content": args.message}]
+
+
+MAX_TOOLS_FILE_BYTES = 1 << 20
+
+
+def tools_of(args: argparse.Namespace) -> list[dict] | None:
+    if args.tools is None:
+        return None
+    try:
+        if args.tools.stat().st_size > MAX_TOOLS_FILE_BYTES:
+            raise RequestError("tools", f"{args.tools}: larger than {MAX_TOOLS_FILE_BYTES} bytes")
+        tools = json.loads(args.tools.read_text())
+    except OSError as e:
+        raise RequestError("tools", f"{args.tools}: cannot read: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError("tools", f"{args.tools}: not JSON: {e}") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise RequestError("tools", f"{args.tools}: expected a JSON list of tool objects")
+    return tools
+
+
+def round_trip(messages: list[dict], final: Final, result: str) -> list[dict] | None:
+    """The conversation with the model's tool calls and `result` as the tool's response appended; None
+    when the model called no tool."""
+    if not final.tool_calls:
+        return None
+    calls = [{"name": c.name, "arguments": json.loads(c.arguments_json)} for c in final.tool_calls if c.error is None]
+    return messages + [{"role": "assistant", "content": final.answer_text, "tool_calls": calls},
+                       {"role": "tool", "content": result}]
 
 
 class Display:
@@ -87,7 +123,14 @@ def run(args: argparse.Namespace) -> int:
 
     display = None if args.json else Display(sys.stdout, sys.stdout.isatty())
     try:
-        final = _run_server(args, display) if args.server else _run_local(args, display)
+        messages, tools = messages_of(args), tools_of(args)
+        turn = functools.partial(_run_server, args) if args.server else _local_turns(args)
+        final = turn(messages, tools, display)
+        then = round_trip(messages, final, args.tool_result) if args.tool_result is not None else None
+        if then is not None:
+            if display is not None:
+                print(json.dumps({"tool_response": args.tool_result}), flush=True)
+            final = turn(then, tools, display)
     except (BundleError, RequestError, TokenFileError, KeyFileError) as e:
         print(f"nemotron-edge chat: {e}", file=sys.stderr)
         return 2
@@ -102,15 +145,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_local(args: argparse.Namespace, display: Display | None) -> Final:
-    from edge_runtime.engine.chat import Chat, ChatRequest
+def _local_turns(args: argparse.Namespace) -> Callable[[list[dict], list[dict] | None, Display | None], Final]:
+    """Chat turns on one in-process engine."""
+    from edge_runtime.engine.chat import Chat
     from edge_runtime.bundle.demo import resolve_bundle
     from edge_runtime.engine.engine import Engine, EngineConfig
 
     engine = Engine(resolve_bundle(args.bundle), EngineConfig(trusted_keys=load_trusted_keys(args.trusted_key)))
-    chat = Chat(engine)
+    return functools.partial(_run_local, args, Chat(engine))
+
+
+def _run_local(args: argparse.Namespace, chat, messages: list[dict], tools: list[dict] | None,
+               display: Display | None) -> Final:
+    from edge_runtime.engine.chat import ChatRequest
+
+    engine = chat.engine
     request = ChatRequest(
-        messages_of(args), reasoning=False if args.no_think else None,
+        messages, tools=tools, reasoning=False if args.no_think else None,
         max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
         thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
         max_tokens=args.max_tokens, sampling={} if args.seed is None else {"seed": args.seed},
@@ -120,7 +171,7 @@ def _run_local(args: argparse.Namespace, display: Display | None) -> Final:
     return handle.final
 
 
-def _run_server(args: argparse.Namespace, display: Display | None) -> Final:
+def _run_server(args: argparse.Namespace, messages: list[dict], tools: list[dict] | None, display: Display | None) -> Final:
     from edge_runtime.client import EdgeClient
     from edge_runtime.service.auth import read_token
 
@@ -132,7 +183,7 @@ def _run_server(args: argparse.Namespace, display: Display | None) -> Final:
         if args.wait > 0:
             client.wait_until_serving(timeout=args.wait)
         stream = client.chat(
-            messages_of(args), reasoning=False if args.no_think else None,
+            messages, tools=tools, reasoning=False if args.no_think else None,
             max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
             thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
             max_tokens=args.max_tokens, sampling=None if args.seed is None else {"seed": args.seed})
