@@ -40,7 +40,7 @@ def test_status_never_reports_more_than_the_budget(tiny_bundle: Path, tmp_path: 
     probe = plan_for_bundle(bundle, 10**12, context, bundle.limits["max_batch"],
                             prefill_chunk=SchedulerConfig().max_step_tokens)
     budget = probe.total_bytes(2, context) + 4096
-    with ServerProcess(tmp_path, tiny_bundle, "--budget", str(budget)) as server:
+    with ServerProcess(tmp_path, tiny_bundle, "--budget", str(budget), "--no-prefix-cache") as server:
         server.wait_serving()
         with server.client() as c:
             status = c.status()

@@ -240,11 +240,12 @@ def test_none_means_not_given() -> None:
 
 def test_the_prefix_cache_takes_its_share_of_the_budget_on_the_cpu_provider_only(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, '[model]\nmemory_budget = "8GiB"\n[cache]\npinned_prompts = ["Hi."]\n'))
-    assert config.engine_config().prefix_cache_bytes == 1 << 30 and config.pinned_prompts == ("Hi.",)
+    engine = config.engine_config()
+    assert (engine.prefix_cache_bytes, engine.prefix_cache_share) == (0, 0.125) and config.pinned_prompts == ("Hi.",)
     sized = load_config(_write(tmp_path, '[model]\nmemory_budget = "8GiB"\n[cache]\nbudget = "100MiB"\n'))
-    assert sized.engine_config().prefix_cache_bytes == 100 << 20
-    assert apply_overrides(sized, prefix_cache=False).engine_config().prefix_cache_bytes == 0
-    assert apply_overrides(sized, providers=["cuda", "cpu"]).engine_config().prefix_cache_bytes == 0
+    assert (sized.engine_config().prefix_cache_bytes, sized.engine_config().prefix_cache_share) == (100 << 20, 0.0)
+    for off in (apply_overrides(sized, prefix_cache=False), apply_overrides(config, providers=["cuda", "cpu"])):
+        assert (off.engine_config().prefix_cache_bytes, off.engine_config().prefix_cache_share) == (0, 0.0)
     with pytest.raises(ConfigFileError, match=r"\[cache\] budget must be less"):
         load_config(_write(tmp_path, '[model]\nmemory_budget = "1GiB"\n[cache]\nbudget = "1GiB"\n'))
     with pytest.raises(ConfigFileError, match="pinned_prompts: expected a list of non-empty strings"):

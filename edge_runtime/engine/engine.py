@@ -59,6 +59,9 @@ class EngineConfig:
     # Set: a bundle opened from a path must be signed by one of these, and its files are always verified.
     trusted_keys: tuple[TrustedKey, ...] = ()
     prefix_cache_bytes: int = 0  # the prefix cache's share of the memory (of the budget, when one is set); 0: no cache
+    # With a budget and no prefix_cache_bytes: this fraction of what the budget leaves after the weights,
+    # overhead and working memory goes to the cache (so a tight budget never fails for a default cache).
+    prefix_cache_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,16 @@ class Engine:
         self.max_rows = min(self.config.max_batch or limits["max_batch"], limits["max_batch"])
         slots = self.config.max_sequences or self.max_rows
         self.plan: MemoryPlan | None = None
+        if not 0.0 <= self.config.prefix_cache_share < 1.0:
+            raise RequestError("prefix_cache_share", f"must be in [0, 1), got {self.config.prefix_cache_share!r}")
         if self.config.memory_budget is not None:
-            self.plan = plan_for_bundle(self.bundle, self.config.memory_budget, self.max_context, self.max_rows,
-                                        prefill_chunk=self.config.scheduler.max_step_tokens,
-                                        prepacked_copies=self.config.providers.prepacked_copies(self.bundle.weights["format"]),
-                                        prefix_cache_bytes=cache_bytes)
+            plan = lambda cache: plan_for_bundle(
+                self.bundle, self.config.memory_budget, self.max_context, self.max_rows,
+                prefill_chunk=self.config.scheduler.max_step_tokens, prefix_cache_bytes=cache,
+                prepacked_copies=self.config.providers.prepacked_copies(self.bundle.weights["format"]))
+            if not cache_bytes and self.config.prefix_cache_share:
+                cache_bytes = int(plan(0).available_bytes * self.config.prefix_cache_share)
+            self.plan = plan(cache_bytes)
             slots = min(self.plan.max_sequences, slots)
             if slots < 1:
                 raise RequestError("memory_budget", f"no sequence of {self.max_context} tokens fits the budget")
@@ -119,6 +127,7 @@ class Engine:
                 raise RequestError("prefix_cache_bytes", f"the prefix cache cannot hold state that lives on the "
                                                          f"{self.pool.device.kind} device yet; set it to 0")
             self.cache = PrefixCache(cache_bytes, self.bundle.identity.encode())
+        self.prefix_cache_bytes = cache_bytes
         self.eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.token_to_id(END_OF_TURN) is not None:
             self.eos_ids.add(self.tokenizer.token_to_id(END_OF_TURN))

@@ -33,6 +33,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/nemotron-edge/config.toml")
 DEFAULT_SOCKET = "unix:/run/nemotron-edge/edge.sock"
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Of what the memory budget leaves after weights, overhead and working memory, when [cache] budget is unset.
+# The cache is off when the state lives on a GPU (it copies state in host memory only, so far).
+DEFAULT_PREFIX_CACHE_SHARE = 0.125
 
 
 class ConfigError(ValueError):
@@ -81,7 +84,7 @@ class ServiceConfig:
     template_max_steps: int | None = None
     # [cache]: the prefix state cache (edge_runtime/engine/prefix_cache.py)
     prefix_cache: bool = True
-    prefix_cache_budget: int | None = None  # None: an eighth of the memory budget
+    prefix_cache_budget: int | None = None  # None: an eighth of what the budget leaves after weights and working memory
     pinned_prompts: tuple[str, ...] = ()
 
     def ort_providers(self) -> list[tuple[str, dict[str, str]]]:
@@ -117,21 +120,16 @@ class ServiceConfig:
                                    spinning=self.spinning,
                                    cuda=options.get("CUDAExecutionProvider", {}),
                                    tensorrt=options.get("TensorrtExecutionProvider", {}))
+        cache_on = self.prefix_cache and providers.state_device().is_host
         return EngineConfig(
-            prefix_cache_bytes=self.prefix_cache_bytes(budget, providers),
+            prefix_cache_bytes=(self.prefix_cache_budget or 0) if cache_on else 0,
+            prefix_cache_share=DEFAULT_PREFIX_CACHE_SHARE if cache_on and self.prefix_cache_budget is None else 0.0,
             memory_budget=budget,
             max_sequences=self.max_sequences,
             trusted_keys=load_trusted_keys(self.trusted_keys),
             scheduler=SchedulerConfig(max_queue=self.max_queue),
             providers=providers,
         )
-
-    def prefix_cache_bytes(self, budget: int, providers: ProviderConfig) -> int:
-        """The prefix cache's share of `budget`: 0 when it is off, or when the state lives on a GPU (the
-        cache copies state in host memory only, so far; the service logs it)."""
-        if not self.prefix_cache or not providers.state_device().is_host:
-            return 0
-        return self.prefix_cache_budget if self.prefix_cache_budget is not None else budget // 8
 
     def thinking_defaults(self) -> ThinkingDefaults:
         return ThinkingDefaults(max_thinking_tokens=self.max_thinking_tokens,
@@ -350,7 +348,7 @@ FIELDS: tuple[Field, ...] = (
           "(default: on; CPU provider only so far)", {"action": argparse.BooleanOptionalAction}),
     Field("cache", "budget", "prefix_cache_budget", _size, "--prefix-cache-budget",
           "the prefix cache's share of the memory budget, e.g. 2GiB; one snapshot of the 9B holds its 142 MB of "
-          "SSM state plus K/V (default: an eighth of the budget)"),
+          "SSM state plus K/V (default: an eighth of what the budget leaves after weights and working memory)"),
     Field("cache", "pinned_prompts", "pinned_prompts", _strings, "--pinned-prompt",
           "system prompt whose conversations' shared start is prefilled at start-up and never evicted, "
           "repeatable", {"action": "append"}),

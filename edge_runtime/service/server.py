@@ -224,7 +224,7 @@ def _load_in_background(config: ServiceConfig, bundle: Path) -> asyncio.Future:
     def work() -> None:
         try:
             engine_config = config.engine_config()
-            if config.prefix_cache and not engine_config.prefix_cache_bytes:
+            if config.prefix_cache and not (engine_config.prefix_cache_bytes or engine_config.prefix_cache_share):
                 log.warning("prefix cache off: the state lives on the GPU, and the cache copies state in host "
                             "memory only so far")
             result = load_engine(bundle, engine_config, config.thinking_defaults(), config.request_limits,
