@@ -127,7 +127,6 @@ class Engine:
                 raise RequestError("prefix_cache_bytes", f"the prefix cache cannot hold state that lives on the "
                                                          f"{self.pool.device.kind} device yet; set it to 0")
             self.cache = PrefixCache(cache_bytes, self.bundle.identity.encode())
-        self.prefix_cache_bytes = cache_bytes
         self.eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.token_to_id(END_OF_TURN) is not None:
             self.eos_ids.add(self.tokenizer.token_to_id(END_OF_TURN))

@@ -36,6 +36,7 @@ class Snapshot:
     tokens: np.ndarray  # int32 [n]: the prefix it holds the state after
     state: dict[str, np.ndarray]  # by state name, as StatePool.snapshot gives it
     nbytes: int
+    key: bytes  # the chain's hash at its last whole block, which it is filed under
     pinned: bool = False
     last_used: int = 0
 
@@ -95,10 +96,6 @@ class PrefixCache:
         self.stats.tokens_saved += best.length
         return best
 
-    def _find(self, ids: np.ndarray) -> Snapshot | None:
-        h = self._chain(ids)[-1]
-        return next((s for s in self._filed.get(h, ()) if np.array_equal(s.tokens, ids)), None)
-
     def insert(self, tokens: Sequence[int], nbytes: int, take: Callable[[], dict[str, np.ndarray]],
                pinned: bool = False) -> Snapshot | None:
         """File the state after `tokens`, copied by `take()` only once `nbytes` of room is made; None when it
@@ -108,7 +105,8 @@ class PrefixCache:
         if ids.size == 0:
             raise ValueError("a snapshot needs at least one token")
         self._tick += 1
-        held = self._find(ids)
+        key = self._chain(ids)[-1]
+        held = next((s for s in self._filed.get(key, ()) if np.array_equal(s.tokens, ids)), None)
         if held is not None:
             held.pinned = held.pinned or pinned
             held.last_used = self._tick
@@ -116,8 +114,8 @@ class PrefixCache:
         if not self._make_room(nbytes):
             self.stats.skipped += 1
             return None
-        snap = Snapshot(ids, take(), nbytes, pinned, self._tick)
-        self._filed.setdefault(self._chain(ids)[-1], []).append(snap)
+        snap = Snapshot(ids, take(), nbytes, key, pinned, self._tick)
+        self._filed.setdefault(key, []).append(snap)
         self.stats.captures += 1
         self.stats.entries += 1
         self.stats.bytes += nbytes
@@ -135,10 +133,9 @@ class PrefixCache:
         return True
 
     def _remove(self, snap: Snapshot) -> None:
-        h = self._chain(snap.tokens)[-1]
-        group = self._filed[h]
+        group = self._filed[snap.key]
         group.remove(snap)
         if not group:
-            del self._filed[h]
+            del self._filed[snap.key]
         self.stats.entries -= 1
         self.stats.bytes -= snap.nbytes

@@ -413,7 +413,7 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             queue_depth=status.queue_depth, decode_tokens_per_second=status.decode_tokens_per_second,
             uptime_s=time.monotonic() - self.started, telemetry=telemetry,
             prefix_cache=None if cache is None else pb.PrefixCacheStatus(
-                budget_bytes=self.engine.prefix_cache_bytes, bytes=cache.bytes, entries=cache.entries,
+                budget_bytes=self.engine.cache.budget, bytes=cache.bytes, entries=cache.entries,
                 hits=cache.hits, misses=cache.misses, tokens_saved=cache.tokens_saved, evictions=cache.evictions,
                 skipped=cache.skipped),
         )
