@@ -18,20 +18,18 @@ Writes `<out>.json` and `<out>.md` (the tables for BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from bench import artifacts
+from bench.service import Server
+from edge_runtime.client import EdgeClient
 from edge_runtime.engine.engine import Engine, EngineConfig
 from edge_runtime.engine.providers import ProviderConfig
 from edge_runtime.engine.records import GenerationRequest, SamplingParams
@@ -73,50 +71,29 @@ def ttft(bundle: Path, reps: int, kernels: str | None) -> dict:
             "speedup": u / c}
 
 
-@contextlib.contextmanager
-def serving(bundle: Path, kernels: str | None, workdir: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, object]]:
-    """`nemotron-edge serve` on a Unix socket under `workdir` with `flags`, and a client once it serves."""
-    from edge_runtime.client import EdgeClient
-
-    address = f"unix:{workdir / 'edge.sock'}"
-    args = [sys.executable, "-m", "edge_runtime.cli", "serve", "--bundle", str(bundle), "--listen", address, *flags]
-    if kernels:
-        args += ["--custom-op-library", kernels]
-    log = (workdir / "server.log").open("wb")
-    server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with EdgeClient(address) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if client.health(timeout=1.0) == "SERVING":
-                        break
-                except Exception:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise RuntimeError(f"the server did not start; see {workdir / 'server.log'}") from None
-                time.sleep(0.2)
-            yield server, client
-    finally:
-        server.terminate()
-        server.wait(60)
-        log.close()
-
-
 def conversation(bundle: Path, kernels: str | None, workdir: Path) -> dict:
-    with serving(bundle, kernels, workdir, "--prefix-cache-budget", "1GiB", "--max-sequences", "1") as (_, client):
-        return {"on": _turns(client, True), "off": _turns(client, False)}
+    server = Server(workdir, bundle, kernels, "--prefix-cache-budget", "1GiB", "--max-sequences", "1")
+    try:
+        with EdgeClient(server.address) as client:
+            return {"on": _turns(client, True), "off": _turns(client, False)}
+    finally:
+        server.stop()
 
 
 def memory(bundle: Path, kernels: str | None, workdir: Path, budget: str, cache_budget: str, requests: int) -> dict:
-    with serving(bundle, kernels, workdir, "--budget", budget, "--prefix-cache-budget", cache_budget) as (server, client):
-        process = psutil.Process(server.pid)
-        rss = [process.memory_info().rss]
-        for k in range(requests):
-            system = f"Robot {k}: " + " ".join(f"rule {k}.{j} keep the {j}th shelf clear." for j in range(40))
-            list(client.chat("Which shelf is clear?", system=system, reasoning=False, max_tokens=4))
-            rss.append(process.memory_info().rss)
-        status = client.status()
-        hwm = _vm_hwm(server.pid)
+    server = Server(workdir, bundle, kernels, "--prefix-cache-budget", cache_budget, budget=budget)
+    try:
+        with EdgeClient(server.address) as client:
+            process = psutil.Process(server.proc.pid)
+            rss = [process.memory_info().rss]
+            for k in range(requests):
+                system = f"Robot {k}: " + " ".join(f"rule {k}.{j} keep the {j}th shelf clear." for j in range(40))
+                list(client.chat("Which shelf is clear?", system=system, reasoning=False, max_tokens=4))
+                rss.append(process.memory_info().rss)
+            status = client.status()
+            hwm = _vm_hwm(server.proc.pid)
+    finally:
+        server.stop()
     cache = status.prefix_cache
     return {"budget_bytes": status.memory.budget_bytes, "cache_budget_bytes": cache.budget_bytes,
             "requests": requests, "rss_max": max(rss), "rss_after_load": rss[0], "vm_hwm": hwm,
