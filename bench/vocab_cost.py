@@ -8,7 +8,8 @@
   [rows, 131072] for greedy, temperature + top-p 0.95 (standard-normal logits are flat: most of the
   vocabulary is in the nucleus, the worst case), top-k 50, and on top of greedy the repetition, presence
   and frequency penalties (8000-token prompt, 8000 output tokens so far), logprobs 5 and the thinking
-  stage's mask, and the thinking stage forcing its close;
+  stage's mask, the thinking stage forcing its close, and the grammar stage (llguidance's mask for the
+  answer) inside a long JSON string and inside an array of small objects (bench/grammar.py's schemas);
 - the output processor (detokenizer, think-tag split, stop strings, tool-call parser) over a 2000-token
   output that is one long tool call, per token over tokens 0-200 and 1800-2000 (flat means no work
   that grows with the output), with the synthesized tokenizer padded to 131072 entries.
@@ -31,6 +32,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bench.grammar import SCHEMAS
+from edge_runtime.engine.answer_format import AnswerFormat, FormatKind, ResponseFormat
+from edge_runtime.engine.grammar import GrammarCompiler, GrammarStage
 from edge_runtime.engine.output import OutputProcessor
 from edge_runtime.engine.records import THINK_CLOSE, Channel, SamplingParams, ThinkingConfig
 from edge_runtime.engine.sampler import SamplerChain, SamplerState, choose
@@ -60,13 +64,18 @@ def lm_head_s(rows: int, rng: np.random.Generator) -> float:
 
 def sampler_cases(tokenizer) -> dict[str, Callable[[], SamplerChain]]:
     prompt = np.random.default_rng(1).integers(0, VOCAB, PENALTY_HISTORY).tolist()
+    compiler = GrammarCompiler(tokenizer, VOCAB, {2})
+    grammars = {name: compiler.compile(AnswerFormat(response_format=ResponseFormat(FormatKind.JSON_SCHEMA, schema)))
+                for name, schema in SCHEMAS.items()}
 
-    def chain(thinking: ThinkingConfig | None = None, prompt_ids=(), history: int = 0, **params) -> Callable[[], SamplerChain]:
+    def chain(thinking: ThinkingConfig | None = None, prompt_ids=(), history: int = 0, grammar: str | None = None,
+              **params) -> Callable[[], SamplerChain]:
         def make() -> SamplerChain:
             state = SamplerState.create(SamplingParams(seed=0, **params).validate(), prompt_ids)
             state.record(np.random.default_rng(2).integers(0, VOCAB, history).tolist())
             controller = ThinkingController(tokenizer, thinking, {2}) if thinking is not None else None
-            return SamplerChain(state, controller, frozenset({2}))
+            stage = GrammarStage(grammars[grammar], {2}) if grammar is not None else None
+            return SamplerChain(state, controller, frozenset({2}), stage)
         return make
 
     return {
@@ -80,6 +89,8 @@ def sampler_cases(tokenizer) -> dict[str, Callable[[], SamplerChain]]:
         "greedy + thinking masking": chain(ThinkingConfig(enabled=True), temperature=0.0),
         "thinking forcing": chain(ThinkingConfig(enabled=True, max_thinking_tokens=0, close_text="</think>" * 64),
                                   temperature=0.0),
+        "temperature 1.0 + grammar (JSON string)": chain(temperature=1.0, grammar="string"),
+        "temperature 1.0 + grammar (JSON objects)": chain(temperature=1.0, grammar="objects"),
     }
 
 

@@ -7,10 +7,10 @@ that a move inside the packages breaks nobody. They load on first use: a client 
 
   in process   Engine, EngineConfig, EngineStatus, Sequence (a submitted request: cancel, wait, events),
                load_engine, LoadedEngine, ProviderConfig, SchedulerConfig
-  chat         Chat, ChatRequest, ThinkingDefaults, RequestLimits
+  chat         Chat, ChatRequest, ThinkingDefaults, RequestLimits, ResponseFormat, FormatKind
   records      GenerationRequest, SamplingParams, ThinkingConfig, Priority, Delta, ToolCallRecord, Final,
-               Usage, Timings, Event, Channel, FinishReason, ThinkingEnd, RequestError, QueueFullError,
-               EngineUnavailableError
+               Usage, Timings, Event, Channel, FinishReason, ThinkingEnd, GrammarOutcome, RequestError,
+               QueueFullError, EngineUnavailableError
   bundles      open_bundle, Bundle, BundleError, DEMO_BUNDLE
   the service  EdgeClient, EdgeError (the client; `nemotron-edge serve` runs the server)
 
@@ -32,10 +32,11 @@ _HOMES = {
     "edge_runtime.engine.scheduler": ("SchedulerConfig",),
     "edge_runtime.engine.chat": ("Chat", "ChatRequest", "ThinkingDefaults"),
     "edge_runtime.engine.limits": ("RequestLimits",),
+    "edge_runtime.engine.answer_format": ("ResponseFormat", "FormatKind"),
     "edge_runtime.engine.records": (
         "GenerationRequest", "SamplingParams", "ThinkingConfig", "Priority", "Delta", "ToolCallRecord", "Final",
-        "Usage", "Timings", "Event", "Channel", "FinishReason", "ThinkingEnd", "RequestError", "QueueFullError",
-        "EngineUnavailableError",
+        "Usage", "Timings", "Event", "Channel", "FinishReason", "ThinkingEnd", "GrammarOutcome", "RequestError",
+        "QueueFullError", "EngineUnavailableError",
     ),
     "edge_runtime.bundle.reader": ("open_bundle", "Bundle"),
     "edge_runtime.bundle.checks": ("BundleError",),

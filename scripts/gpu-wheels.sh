@@ -19,13 +19,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PART_MIB=50
-WHEELS=(onnxruntime-gpu==1.31.1 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12)
+WHEELS=(onnxruntime-gpu==1.31.1 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12 llguidance==1.9.1)
 PY=${PYTHON:-python3}
 
 rm -rf .whl
 mkdir -p .whl/download
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     --platform any -d .whl/download "${WHEELS[@]}"
 

@@ -85,6 +85,12 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
+def tiny_long_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny` with room for prompts that carry tool schemas (and for their answers)."""
+    return _bundle(tmp_path_factory, tiny_checkpoint, max_context=2048)
+
+
+@pytest.fixture(scope="session")
 def tiny_int4_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _bundle(tmp_path_factory, tiny_checkpoint, max_context=512, weights="int4")
 

@@ -5,6 +5,7 @@ without auth) or needs other settings (bearer token)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import stat
 import subprocess
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import jsonschema
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -185,6 +187,13 @@ def _bad_requests(client: EdgeClient, address: str):
         ("unknown role", lambda: chat([{"role": "robot", "content": "beep"}]), INVALID, "messages[0].role"),
         ("tool parameters not JSON", lambda: chat("hi", tools=[{"name": "t", "parameters": "{oops"}]), INVALID,
          "tools[0].parameters_json"),
+        ("schema keyword the grammar cannot enforce", lambda: chat("hi", tools=[{"name": "t", "parameters": {
+            "type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}}}]), INVALID, "uniqueItems"),
+        ("response format schema not JSON", lambda: client.stub.Chat(pb.ChatRequest(
+            messages=[pb.Message(role="user", content="hi")],
+            response_format=pb.ResponseFormat(json_schema="{oops"))).next(), INVALID, "response_format.json_schema"),
+        ("bad response format regex", lambda: chat("hi", response_format={"type": "regex", "regex": "(open"}), INVALID,
+         "response_format.regex"),
         ("empty stop string", lambda: chat("hi", stop=[""]), INVALID, "sampling.stop[0]"),
         ("no generate input", lambda: client.stub.Generate(pb.GenerateRequest()).next(), INVALID, "input"),
         ("no count input", lambda: client.stub.CountTokens(pb.CountTokensRequest()), INVALID, "input"),
@@ -257,6 +266,29 @@ def test_metrics_count_requests_tokens_and_latencies(client: EdgeClient, metrics
     assert samples[("nemotron_edge_time_to_first_token_seconds_count", ())] >= 2
     assert samples[("nemotron_edge_token_latency_seconds_count", ())] >= 2 * 7
     assert sum(v for (name, _), v in samples.items() if name == "nemotron_edge_generated_tokens_total") >= 16
+
+
+def test_constrained_tool_calls_through_the_service_and_their_metrics(client: EdgeClient, metrics_port: int) -> None:
+    schema = {"type": "object", "properties": {"arm": {"enum": ["left", "right"]},
+                                               "cm": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["arm", "cm"], "additionalProperties": False}
+    for seed in range(3):
+        final = client.chat("Move.", tools=[{"name": "move_arm", "parameters": schema}], tool_choice="required",
+                            parallel_tool_calls=False, reasoning=False, max_tokens=64,
+                            sampling={"temperature": 1.0, "seed": seed}).result()
+        assert final.finish_reason == "stop" and final.grammar == "complete", final
+        [call] = final.tool_calls
+        assert call.error is None and call.name == "move_arm"
+        jsonschema.validate(json.loads(call.arguments_json), schema)
+    # No string of 2000 characters fits in 8 tokens: the call is cut off, and says so.
+    long = {"type": "object", "properties": {"text": {"type": "string", "minLength": 2000}}, "required": ["text"]}
+    cut = client.chat("Note.", tools=[{"name": "note", "parameters": long}], tool_choice="required", reasoning=False,
+                      max_tokens=8).result()
+    assert cut.finish_reason == "length" and cut.grammar == "cut_off" and "max_tokens" in cut.error, cut
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    counted = {s.labels["outcome"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "nemotron_edge_constrained_answers_total"}
+    assert counted["complete"] >= 3 and counted["cut_off"] >= 1, counted
 
 
 def test_sigterm_drains_running_streams_then_exits_zero(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -37,6 +37,14 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_STOP_SEQUENCE: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
     FINISH_REASON_ERROR: _ClassVar[FinishReason]
+
+class GrammarOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRAMMAR_OUTCOME_UNSPECIFIED: _ClassVar[GrammarOutcome]
+    GRAMMAR_OUTCOME_COMPLETE: _ClassVar[GrammarOutcome]
+    GRAMMAR_OUTCOME_CUT_OFF: _ClassVar[GrammarOutcome]
+    GRAMMAR_OUTCOME_FAILED: _ClassVar[GrammarOutcome]
+    GRAMMAR_OUTCOME_UNFINISHED: _ClassVar[GrammarOutcome]
 PRIORITY_UNSPECIFIED: Priority
 PRIORITY_REALTIME: Priority
 PRIORITY_NORMAL: Priority
@@ -56,6 +64,11 @@ FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP_SEQUENCE: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
 FINISH_REASON_ERROR: FinishReason
+GRAMMAR_OUTCOME_UNSPECIFIED: GrammarOutcome
+GRAMMAR_OUTCOME_COMPLETE: GrammarOutcome
+GRAMMAR_OUTCOME_CUT_OFF: GrammarOutcome
+GRAMMAR_OUTCOME_FAILED: GrammarOutcome
+GRAMMAR_OUTCOME_UNFINISHED: GrammarOutcome
 
 class Message(_message.Message):
     __slots__ = ("role", "content", "tool_calls", "tool_call_id", "name")
@@ -122,7 +135,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., logprobs: _Optional[int] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "tools", "tool_choice", "reasoning", "max_thinking_tokens", "thinking_grace_tokens", "thinking_deadline_ms", "max_answer_tokens", "thinking_close_text", "sampling", "priority", "no_prefix_cache", "capture_after")
+    __slots__ = ("request_id", "messages", "tools", "tool_choice", "reasoning", "max_thinking_tokens", "thinking_grace_tokens", "thinking_deadline_ms", "max_answer_tokens", "thinking_close_text", "sampling", "priority", "no_prefix_cache", "capture_after", "parallel_tool_calls", "response_format")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +150,8 @@ class ChatRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     NO_PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
@@ -151,7 +166,21 @@ class ChatRequest(_message.Message):
     priority: Priority
     no_prefix_cache: bool
     capture_after: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., reasoning: _Optional[bool] = ..., max_thinking_tokens: _Optional[int] = ..., thinking_grace_tokens: _Optional[int] = ..., thinking_deadline_ms: _Optional[int] = ..., max_answer_tokens: _Optional[int] = ..., thinking_close_text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., no_prefix_cache: _Optional[bool] = ..., capture_after: _Optional[_Iterable[int]] = ...) -> None: ...
+    parallel_tool_calls: bool
+    response_format: ResponseFormat
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., reasoning: _Optional[bool] = ..., max_thinking_tokens: _Optional[int] = ..., thinking_grace_tokens: _Optional[int] = ..., thinking_deadline_ms: _Optional[int] = ..., max_answer_tokens: _Optional[int] = ..., thinking_close_text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., no_prefix_cache: _Optional[bool] = ..., capture_after: _Optional[_Iterable[int]] = ..., parallel_tool_calls: _Optional[bool] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
+
+class ResponseFormat(_message.Message):
+    __slots__ = ("json_object", "json_schema", "regex", "lark")
+    JSON_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    LARK_FIELD_NUMBER: _ClassVar[int]
+    json_object: bool
+    json_schema: str
+    regex: str
+    lark: str
+    def __init__(self, json_object: _Optional[bool] = ..., json_schema: _Optional[str] = ..., regex: _Optional[str] = ..., lark: _Optional[str] = ...) -> None: ...
 
 class TokenIds(_message.Message):
     __slots__ = ("ids",)
@@ -260,18 +289,20 @@ class Timings(_message.Message):
     def __init__(self, queue_wait_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., mean_token_latency_ms: _Optional[float] = ..., p50_token_latency_ms: _Optional[float] = ..., p95_token_latency_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("usage", "thinking_ended_by", "finish_reason", "error_message", "timings")
+    __slots__ = ("usage", "thinking_ended_by", "finish_reason", "error_message", "timings", "grammar")
     USAGE_FIELD_NUMBER: _ClassVar[int]
     THINKING_ENDED_BY_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     usage: Usage
     thinking_ended_by: ThinkingEndedBy
     finish_reason: FinishReason
     error_message: str
     timings: Timings
-    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., thinking_ended_by: _Optional[_Union[ThinkingEndedBy, str]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., error_message: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    grammar: GrammarOutcome
+    def __init__(self, usage: _Optional[_Union[Usage, _Mapping]] = ..., thinking_ended_by: _Optional[_Union[ThinkingEndedBy, str]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., error_message: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., grammar: _Optional[_Union[GrammarOutcome, str]] = ...) -> None: ...
 
 class ChatInput(_message.Message):
     __slots__ = ("messages", "tools", "reasoning")

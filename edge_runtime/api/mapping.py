@@ -4,7 +4,7 @@ protos) and the client (protos to records) share."""
 from __future__ import annotations
 
 from edge_runtime.api import edge_pb2 as pb
-from edge_runtime.engine.records import Channel, FinishReason, Priority, ThinkingEnd
+from edge_runtime.engine.records import Channel, FinishReason, GrammarOutcome, Priority, ThinkingEnd
 
 PRIORITY_FROM_PROTO = {
     pb.PRIORITY_UNSPECIFIED: Priority.NORMAL,
@@ -27,6 +27,9 @@ FINISH_FROM_PROTO = {pb.FINISH_REASON_STOP: FinishReason.STOP, pb.FINISH_REASON_
 THINKING_END_TO_PROTO = {ThinkingEnd.MODEL: pb.THINKING_ENDED_BY_MODEL, ThinkingEnd.TOKEN_BUDGET: pb.THINKING_ENDED_BY_TOKEN_BUDGET,
                          ThinkingEnd.DEADLINE: pb.THINKING_ENDED_BY_DEADLINE, ThinkingEnd.DISABLED: pb.THINKING_ENDED_BY_DISABLED}
 THINKING_END_FROM_PROTO = {v: k for k, v in THINKING_END_TO_PROTO.items()}
+GRAMMAR_TO_PROTO = {GrammarOutcome.COMPLETE: pb.GRAMMAR_OUTCOME_COMPLETE, GrammarOutcome.CUT_OFF: pb.GRAMMAR_OUTCOME_CUT_OFF,
+                    GrammarOutcome.FAILED: pb.GRAMMAR_OUTCOME_FAILED, GrammarOutcome.UNFINISHED: pb.GRAMMAR_OUTCOME_UNFINISHED}
+GRAMMAR_FROM_PROTO = {v: k for k, v in GRAMMAR_TO_PROTO.items()}
 
 # The proto SamplingParams' optional scalars, named as the engine's SamplingParams fields.
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",

@@ -30,8 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
 from edge_runtime.service.options import CLIENT_OPTIONS
-from edge_runtime.client.convert import (EventAssembler, message_to_proto, priority_to_proto, sampling_to_proto,
-                                       tool_to_proto)
+from edge_runtime.client.convert import (EventAssembler, message_to_proto, priority_to_proto,
+                                       response_format_to_proto, sampling_to_proto, tool_to_proto)
 from edge_runtime.engine.records import Event, Final
 
 DEFAULT_ADDRESS = "unix:/run/nemotron-edge/edge.sock"
@@ -118,12 +118,16 @@ class EdgeClient:
                      sampling: dict[str, Any] | None = None, max_tokens: int | None = None,
                      stop: Sequence[str] | None = None, stop_token_ids: Sequence[int] | None = None,
                      ignore_eos: bool = False, priority: str | None = None, request_id: str = "",
-                     prefix_cache: bool = True, capture_after: Sequence[int] = ()) -> pb.ChatRequest:
+                     prefix_cache: bool = True, capture_after: Sequence[int] = (),
+                     parallel_tool_calls: bool | None = None,
+                     response_format: dict[str, Any] | None = None) -> pb.ChatRequest:
         """The ChatRequest proto. `system` prepends a system message; `sampling` holds SamplingParams fields
         (temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty, frequency_penalty, seed,
         logprobs); `priority` is "realtime", "normal" or "background". None leaves a field to the server.
         `prefix_cache` False keeps the request out of the server's prefix cache; `capture_after` asks for
-        snapshots after so many messages."""
+        snapshots after so many messages. `tool_choice` ("auto", "required", "none" or a tool's name),
+        `parallel_tool_calls` and `response_format` (OpenAI's shapes, plus {"type": "regex", "regex": ...} and
+        {"type": "lark", "lark": ...}) constrain the answer while it is decoded."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         messages = list(messages)
@@ -135,7 +139,10 @@ class EdgeClient:
             sampling=sampling_to_proto(sampling, max_tokens=max_tokens, stop=list(stop or []),
                                        stop_token_ids=list(stop_token_ids or []), ignore_eos=ignore_eos),
             priority=priority_to_proto(priority), no_prefix_cache=not prefix_cache, capture_after=list(capture_after),
+            response_format=response_format_to_proto(response_format),
         )
+        if parallel_tool_calls is not None:
+            r.parallel_tool_calls = parallel_tool_calls
         if reasoning is not None:
             r.reasoning = reasoning
         if thinking_close_text is not None:

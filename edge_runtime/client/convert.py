@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_runtime.api import edge_pb2 as pb
-from edge_runtime.api.mapping import (CHANNEL_FROM_PROTO, FINISH_FROM_PROTO, PRIORITY_TO_PROTO, SAMPLING_FIELDS,
-                                      THINKING_END_FROM_PROTO)
+from edge_runtime.api.mapping import (CHANNEL_FROM_PROTO, FINISH_FROM_PROTO, GRAMMAR_FROM_PROTO, PRIORITY_TO_PROTO,
+                                      SAMPLING_FIELDS, THINKING_END_FROM_PROTO)
+from edge_runtime.engine.answer_format import FormatKind, ResponseFormat
 from edge_runtime.engine.records import (Channel, Delta, Event, Final, FinishReason, Priority, Timings, TokenLogprobs,
                                          ToolCallRecord, Usage)
 
@@ -39,6 +40,16 @@ def tool_to_proto(t: dict[str, Any]) -> pb.Tool:
     params = fn.get("parameters", {})
     return pb.Tool(name=fn["name"], description=fn.get("description", ""),
                    parameters_json=params if isinstance(params, str) else json.dumps(params))
+
+
+def response_format_to_proto(fmt: dict[str, Any] | None) -> pb.ResponseFormat:
+    """OpenAI's `response_format` dict, or our regex and lark ones (ResponseFormat.from_openai)."""
+    f = ResponseFormat.from_openai(fmt)
+    if f.kind is FormatKind.TEXT:
+        return pb.ResponseFormat()
+    if f.kind is FormatKind.JSON_OBJECT:
+        return pb.ResponseFormat(json_object=True)
+    return pb.ResponseFormat(**{f.kind.value: json.dumps(f.spec) if f.kind is FormatKind.JSON_SCHEMA else f.spec})
 
 
 def sampling_to_proto(values: dict[str, Any] | None = None, *, max_tokens: int | None = None,
@@ -118,5 +129,6 @@ class EventAssembler:
                 thinking_ended_by=THINKING_END_FROM_PROTO.get(f.thinking_ended_by),
                 token_ids=list(self.token_ids), reasoning_text=self.reasoning_text, answer_text=self.answer_text,
                 tool_calls=list(self.tool_calls), error=f.error_message or None,
+                grammar=GRAMMAR_FROM_PROTO.get(f.grammar),
             )
         raise ValueError("ChatEvent: no event set (a server newer than this client?)")

@@ -3,7 +3,8 @@
 On a terminal the reasoning is dimmed and the answer plain; tool calls are printed as JSON lines.
 `--tools FILE` offers the model the tools in a JSON file; with `--tool-result TEXT` a tool call the model
 makes is answered with that text (as the tool's response) and the model's reply to it follows: one tool
-round trip. `--json` prints the final record (usage, how thinking ended, finish reason, texts, tool calls).
+round trip. `--tool-choice` (auto, required, none or a tool's name), `--one-call`, `--json-schema FILE`
+and `--regex PATTERN` constrain the answer while it is decoded. `--json` prints the final record (usage, how thinking ended, finish reason, texts, tool calls).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tools", type=Path, metavar="FILE", help="JSON file with a list of tools the model may call")
     p.add_argument("--tool-result", metavar="TEXT",
                    help="answer the model's tool call with this text and show its reply (one round trip)")
+    p.add_argument("--tool-choice", default=None, metavar="CHOICE",
+                   help="with --tools: auto (default), required, none, or the name of the tool to call")
+    p.add_argument("--one-call", action="store_true", help="with --tools: at most one tool call in the reply")
+    answer = p.add_mutually_exclusive_group()
+    answer.add_argument("--json-schema", type=Path, metavar="FILE", help="the answer satisfies this JSON Schema")
+    answer.add_argument("--regex", metavar="PATTERN", help="the answer matches this regular expression")
     p.add_argument("--no-think", action="store_true", help="reasoning off (the model card's /no_think)")
     p.add_argument("--max-thinking-tokens", type=int)
     p.add_argument("--thinking-grace-tokens", type=int)
@@ -57,23 +64,36 @@ def messages_of(args: argparse.Namespace) -> list[dict]:
     return messages + [{"role": "user", "content": args.message}]
 
 
-MAX_TOOLS_FILE_BYTES = 1 << 20
+MAX_JSON_FILE_BYTES = 1 << 20
 
 
 def tools_of(args: argparse.Namespace) -> list[dict] | None:
     if args.tools is None:
         return None
-    try:
-        if args.tools.stat().st_size > MAX_TOOLS_FILE_BYTES:
-            raise RequestError("tools", f"{args.tools}: larger than {MAX_TOOLS_FILE_BYTES} bytes")
-        tools = json.loads(args.tools.read_text())
-    except OSError as e:
-        raise RequestError("tools", f"{args.tools}: cannot read: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError("tools", f"{args.tools}: not JSON: {e}") from None
+    tools = _json_file(args.tools, "tools")
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise RequestError("tools", f"{args.tools}: expected a JSON list of tool objects")
     return tools
+
+
+def response_format_of(args: argparse.Namespace) -> dict | None:
+    """The OpenAI-style response_format the flags ask for, or None for free text."""
+    if args.regex is not None:
+        return {"type": "regex", "regex": args.regex}
+    if args.json_schema is None:
+        return None
+    return {"type": "json_schema", "json_schema": {"schema": _json_file(args.json_schema, "json_schema")}}
+
+
+def _json_file(path: Path, what: str):
+    try:
+        if path.stat().st_size > MAX_JSON_FILE_BYTES:
+            raise RequestError(what, f"{path}: larger than {MAX_JSON_FILE_BYTES} bytes")
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise RequestError(what, f"{path}: cannot read: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(what, f"{path}: not JSON: {e}") from None
 
 
 def round_trip(messages: list[dict], final: Final, result: str) -> list[dict] | None:
@@ -159,9 +179,13 @@ def _run_local(args: argparse.Namespace, chat, messages: list[dict], tools: list
                display: Display | None) -> Final:
     from edge_runtime.engine.chat import ChatRequest
 
+    from edge_runtime.engine.answer_format import ResponseFormat
+
     engine = chat.engine
     request = ChatRequest(
         messages, tools=tools, reasoning=False if args.no_think else None,
+        tool_choice=args.tool_choice or "auto", parallel_tool_calls=not args.one_call,
+        response_format=ResponseFormat.from_openai(response_format_of(args)),
         max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
         thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
         max_tokens=args.max_tokens, sampling={} if args.seed is None else {"seed": args.seed},
@@ -184,6 +208,8 @@ def _run_server(args: argparse.Namespace, messages: list[dict], tools: list[dict
             client.wait_until_serving(timeout=args.wait)
         stream = client.chat(
             messages, tools=tools, reasoning=False if args.no_think else None,
+            tool_choice=args.tool_choice, parallel_tool_calls=False if args.one_call else None,
+            response_format=response_format_of(args),
             max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
             thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
             max_tokens=args.max_tokens, sampling=None if args.seed is None else {"seed": args.seed})

@@ -3,8 +3,9 @@
 A `ChatRequest` is what the CLI and the gRPC service accept. `Chat.prepare()` turns it into the engine's
 `GenerationRequest`, once: the prompt rendered exactly as transformers would, sampling from the model
 card's defaults for the reasoning mode (on: temperature 0.6, top-p 0.95; off: greedy) with the request's
-own settings on top, and the thinking budgets that the sampler chain's thinking stage enforces inside the
-decode loop. Its two steps, `render()` and `request()` (which tokenizes), can also be run apart, so that a
+own settings on top, the thinking budgets that the sampler chain's thinking stage enforces inside the
+decode loop, and the answer's grammar (tool choice and response format, engine/answer_format.py) that its
+grammar stage enforces. Its two steps, `render()` and `request()` (which tokenizes), can also be run apart, so that a
 caller can stop between them. Rendering is bounded by `RequestLimits.render` (bundle/chat_template.py).
 
 With the engine's prefix cache on, a request also says where its prompt is worth a snapshot
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 from edge_runtime.bundle.chat_template import ChatTemplate, RenderLimits, RenderStopped, TemplateLimitError, thinking_enabled
 from edge_runtime.bundle.checks import is_int
+from edge_runtime.engine.answer_format import AnswerFormat, ResponseFormat
 from edge_runtime.engine.engine import MAX_CAPTURES, Engine
 from edge_runtime.engine.limits import RequestLimits
 from edge_runtime.engine.records import (DEFAULT_CLOSE_TEXT, Event, Final, GenerationRequest, Priority,
@@ -43,7 +45,9 @@ class ThinkingDefaults:
 class ChatRequest:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str = "auto"  # auto | none | a tool's name
+    tool_choice: str = "auto"  # auto | none | required | a tool's name
+    parallel_tool_calls: bool = True  # False: a reply calls at most one tool
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
     reasoning: bool | None = None  # None: the template decides (/think, /no_think; on by default)
     max_thinking_tokens: int | None = None
     thinking_grace_tokens: int | None = None
@@ -83,8 +87,8 @@ class Chat:
         if not chat.messages:
             raise RequestError("messages", "is empty")
         names = [tool_name(t) for t in chat.tools or []]
-        if chat.tool_choice not in ("auto", "none") and chat.tool_choice not in names:
-            raise RequestError("tool_choice", f"names unknown tool {chat.tool_choice!r}; tools: {names}")
+        if chat.tool_choice not in ("auto", "none", "required") and chat.tool_choice not in names:
+            raise RequestError("tool_choice", f"names unknown tool {chat.tool_choice[:64]!r}; tools: {names}")
         tools = chat.tools if chat.tool_choice != "none" else None
         try:
             return self.template.render(chat.messages, tools=tools, add_generation_prompt=True, reasoning=chat.reasoning,
@@ -105,7 +109,7 @@ class Chat:
         return self.request(chat, self.render(chat))
 
     def request(self, chat: ChatRequest, prompt: str) -> GenerationRequest:
-        """The engine request for `chat` rendered as `prompt` (tokenized here)."""
+        """The engine request for `chat` rendered as `prompt` (tokenized here, and its grammar compiled)."""
         names = [tool_name(t) for t in chat.tools or []]
         reasoning = thinking_enabled(prompt)
         d = self.defaults
@@ -122,6 +126,8 @@ class Chat:
         except ValueError as e:
             raise RequestError(str(e).split(" ")[0], str(e)) from None
         prompt_ids = encode(self.engine.tokenizer, prompt)
+        grammar = self.engine.grammars.compile(AnswerFormat(chat.tools or [], chat.tool_choice, chat.parallel_tool_calls,
+                                                            chat.response_format))
         return GenerationRequest(
             prompt_ids=prompt_ids,
             sampling=SamplingParams.model_card_default(reasoning).override(chat.sampling),
@@ -133,6 +139,7 @@ class Chat:
             deadline=chat.deadline,
             thinking=thinking,
             tool_names=names if chat.tools and chat.tool_choice != "none" else None,
+            grammar=grammar,
             request_id=chat.request_id or new_request_id(),
             prefix_cache=chat.prefix_cache,
             capture_at=self.capture_points(chat, prompt_ids),

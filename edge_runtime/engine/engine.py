@@ -11,6 +11,10 @@ pool this machine's free memory cannot hold is refused, with a message, before i
 With a prefix cache (`EngineConfig.prefix_cache_bytes`, a share of the memory budget that the plan sets
 aside before the slots), a sequence admitted to a slot starts from the longest cached prefix of its prompt, and the
 prompt positions it asks for (`GenerationRequest.capture_at`) are snapshotted as its prefill passes them.
+
+A request with a grammar (`GenerationRequest.grammar`, compiled by `Engine.grammars`) gets a grammar stage in
+its sampler chain; its Final says how the constrained answer ended (`Final.grammar`), and an answer a token
+limit cut off before its grammar was complete ends with an error that says so.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from edge_runtime.bundle.reader import Bundle, BundleError, open_bundle
 from edge_runtime.bundle.signature import TrustedKey, open_trusted_bundle
 from edge_runtime.bundle.checks import is_int
 from edge_runtime.bundle.memory_plan import MemoryPlan, plan_for_bundle
+from edge_runtime.engine.grammar import GrammarCompiler, GrammarStage
 from edge_runtime.engine.providers import ProviderConfig
 from edge_runtime.engine.runner import OrtModelRunner
 from edge_runtime.engine.output import OutputProcessor
 from edge_runtime.engine.prefix_cache import CacheStats, PrefixCache
 from edge_runtime.engine.records import (Delta, EngineUnavailableError, Event, Final, FinishReason,
-                                         GenerationRequest, RequestError, Usage)
+                                         GenerationRequest, GrammarOutcome, RequestError, Usage)
 from edge_runtime.engine.sampler import Choice, SamplerChain, SamplerState, choose
 from edge_runtime.engine.scheduler import Scheduler, SchedulerConfig
 from edge_runtime.engine.sequence import Sequence
@@ -130,6 +135,8 @@ class Engine:
         self.eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.token_to_id(END_OF_TURN) is not None:
             self.eos_ids.add(self.tokenizer.token_to_id(END_OF_TURN))
+        self.grammars = (GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.eos_ids)
+                         if self.tokenizer is not None else None)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._sequences: list[Sequence] = []
@@ -169,9 +176,15 @@ class Engine:
                 raise RequestError("thinking", "this bundle has no tokenizer; thinking budgets need one")
             thinking = ThinkingController(self.tokenizer, request.thinking, stop_ids,
                                           clock=lambda: self.clock() * 1000.0)
+        grammar = None
+        if request.grammar is not None:
+            grammar = GrammarStage(request.grammar, stop_ids, self.eos_ids)
+            if thinking is not None and thinking.config.enabled and not grammar.fits(thinking.forced_answer_ids):
+                raise RequestError("thinking_close_text", f"its text after </think> "
+                                   f"({request.thinking.close_text!r}) does not fit the answer's grammar")
         seq = Sequence(
             request=request,
-            chain=SamplerChain(SamplerState.create(request.sampling, request.prompt_ids), thinking, stop_ids),
+            chain=SamplerChain(SamplerState.create(request.sampling, request.prompt_ids), thinking, stop_ids, grammar),
             output=OutputProcessor(self.tokenizer, request.prompt_ids, request.stop_strings, request.tool_names),
             max_tokens=request.max_tokens if request.max_tokens is not None
             else self.max_context - len(request.prompt_ids),
@@ -203,6 +216,8 @@ class Engine:
         bad = next((t for t in r.stop_token_ids if not 0 <= int(t) < vocab), None)
         if bad is not None:
             raise RequestError("stop_token_ids", f"id {bad} is outside the vocabulary [0, {vocab})")
+        if r.grammar is not None and r.grammar.vocab_size != vocab:
+            raise RequestError("grammar", f"was compiled for a vocabulary of {r.grammar.vocab_size}, not {vocab}")
         try:
             r.sampling.validate()
         except ValueError as e:
@@ -273,6 +288,8 @@ class Engine:
                 self._finish(s, FinishReason.ERROR, error=f"{type(e).__name__}: {e}")
 
     def _commit(self, s: Sequence, choice: Choice, now: float) -> None:
+        if choice.error is not None:
+            return self._finish(s, FinishReason.ERROR, error=choice.error)
         if s.last_token is None:
             s.timings.time_to_first_token_ms = (now - s.submitted) * 1000
         else:
@@ -290,9 +307,18 @@ class Engine:
         s.tokens.append(token)
         if s.output.stopped_by is not None:
             return self._finish(s, FinishReason.STOP_SEQUENCE)
-        if s.chain.exhausted or len(s.generated) >= s.max_tokens or len(s.tokens) >= self.max_context:
-            return self._finish(s, FinishReason.LENGTH)
+        limit = self._length_limit(s)
+        if limit is not None:
+            return self._finish(s, FinishReason.LENGTH, limit=limit)
         s.next_token = token
+
+    def _length_limit(self, s: Sequence) -> str | None:
+        """The token limit that ends `s` now, if one does."""
+        if s.chain.exhausted:
+            return "max_answer_tokens"
+        if len(s.generated) >= s.max_tokens:
+            return "max_tokens"
+        return "the context limit" if len(s.tokens) >= self.max_context else None
 
     # ---- admission, cancellation, completion ----------------------------------------------------------------
 
@@ -328,11 +354,21 @@ class Engine:
             elif deadline is not None and now >= deadline:
                 self._finish(s, FinishReason.DEADLINE, error="deadline exceeded", locked=True)
 
-    def _finish(self, s: Sequence, reason: FinishReason, error: str | None = None, locked: bool = False) -> None:
+    def _finish(self, s: Sequence, reason: FinishReason, error: str | None = None, locked: bool = False,
+                limit: str | None = None) -> None:
+        """End `s` with `reason`; `limit`: the token limit that ended it (LENGTH)."""
         if s.done:
             return
+        grammar = s.chain.grammar
+        outcome = None
+        if grammar is not None:
+            outcome = (GrammarOutcome.FAILED if grammar.error else GrammarOutcome.COMPLETE if grammar.complete
+                       else GrammarOutcome.CUT_OFF if reason is FinishReason.LENGTH else GrammarOutcome.UNFINISHED)
+            if outcome is GrammarOutcome.CUT_OFF:
+                error = (f"{limit} ended the answer before it was complete: its tool call or response format is "
+                         f"unfinished ({grammar.tokens} answer token(s) written)")
         if reason not in (FinishReason.CANCELLED, FinishReason.DEADLINE, FinishReason.ERROR):
-            for event in s.output.finish():
+            for event in s.output.finish(cut_off=error if outcome is GrammarOutcome.CUT_OFF else None):
                 s.emit(event)
         if locked:
             self._release(s)
@@ -351,7 +387,7 @@ class Engine:
             finish_reason=reason, usage=usage, timings=s.timings,
             thinking_ended_by=thinking.ended_by if thinking is not None else None, token_ids=list(s.generated),
             reasoning_text=s.output.reasoning_text, answer_text=s.output.answer_text,
-            tool_calls=list(s.output.tool_calls), error=error,
+            tool_calls=list(s.output.tool_calls), error=error, grammar=outcome,
         ))
 
     def _release(self, s: Sequence) -> None:

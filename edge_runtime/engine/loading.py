@@ -25,7 +25,8 @@ def load_engine(bundle: Path, config: EngineConfig, thinking: ThinkingDefaults |
                 limits: Callable[[int], RequestLimits] = RequestLimits.for_context,
                 pinned_prompts: tuple[str, ...] = ()) -> LoadedEngine:
     """Open the bundle, warm up with one tiny generation (prefill and decode both run once, so the first real
-    request pays no session initialisation), then start the engine thread. `limits`: the request limits for
+    request pays no session initialisation) and the grammar compiler's tokenizer (so the first constrained
+    request pays no walk over the vocabulary), then start the engine thread. `limits`: the request limits for
     the engine's context. `pinned_prompts`: system prompts whose conversations' shared head is prefilled now
     and kept in the prefix cache for good."""
     engine = Engine(bundle, config)
@@ -34,6 +35,8 @@ def load_engine(bundle: Path, config: EngineConfig, thinking: ThinkingDefaults |
                                              sampling=SamplingParams(greedy=True), request_id="warm-up"))
     if warm.finish_reason is not FinishReason.LENGTH:
         raise RuntimeError(f"warm-up generation failed: {warm.finish_reason} {warm.error or ''}".strip())
+    if engine.grammars is not None:
+        engine.grammars.tokenizer
     engine.start()
     request_limits = limits(engine.max_context)
     chat = Chat(engine, thinking, request_limits.render) \

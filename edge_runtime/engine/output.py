@@ -67,14 +67,15 @@ class OutputProcessor:
         self._attach(events, token_id, channel, logprobs)
         return events
 
-    def finish(self) -> list[Event]:
-        """Release everything held back (end of stream)."""
+    def finish(self, cut_off: str | None = None) -> list[Event]:
+        """Release everything held back (end of stream). `cut_off`: why the answer ended unfinished, the error
+        of a tool call left open."""
         if self.stopped_by is not None:
             return []
         text = self._tags.feed(self._decoder.flush()) if self.tokenizer is not None else ""
         events = self._text_events(text + self._tags.flush())
         if self.stopped_by is None:  # flushing the text may itself complete a stop string
-            events += self._answer_events(self._stops.flush(), final=True)
+            events += self._answer_events(self._stops.flush(), final=True, cut_off=cut_off)
         return events
 
     def _text_events(self, text: str) -> list[Event]:
@@ -92,13 +93,13 @@ class OutputProcessor:
             events += self._answer_events("", final=True)
         return events
 
-    def _answer_events(self, text: str, final: bool) -> list[Event]:
+    def _answer_events(self, text: str, final: bool, cut_off: str | None = None) -> list[Event]:
         if self._tools is None:
             items = [TextDelta(text)] if text else []
         else:
             items = self._tools.feed(text) if text else []
             if final:
-                items += self._tools.flush()
+                items += self._tools.flush(cut_off)
         events: list[Event] = []
         for item in items:
             if isinstance(item, ToolCall):

@@ -11,8 +11,12 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge_runtime.engine.grammar import Grammar
 
 _ids = itertools.count()
 
@@ -161,6 +165,15 @@ class ThinkingEnd(enum.StrEnum):
     DISABLED = "disabled"  # the prompt left no thinking section open
 
 
+class GrammarOutcome(enum.StrEnum):
+    """How a constrained answer ended (Final.grammar)."""
+
+    COMPLETE = "complete"  # it satisfies its grammar
+    CUT_OFF = "cut_off"  # a token limit ended it first
+    FAILED = "failed"  # a grammar error or a dead end ended the request
+    UNFINISHED = "unfinished"  # a stop string, a cancel, a deadline or a failed model call ended it first
+
+
 class RequestError(ValueError):
     """A request the engine refuses; `field` names what is wrong."""
 
@@ -195,6 +208,9 @@ class GenerationRequest:
     # Reasoning control; None: plain generation, no thinking section and no budget.
     thinking: ThinkingConfig | None = None
     tool_names: list[str] | None = None  # parse <TOOLCALL> blocks against these tools (chat requests)
+    # The answer's grammar (engine/grammar.py: tool calls, response format), compiled for this engine's
+    # vocabulary; None: the answer is free.
+    grammar: Grammar | None = None
     request_id: str = field(default_factory=new_request_id)
     # Prefix cache (engine/prefix_cache.py): start from the longest cached prefix of the prompt, and take
     # snapshots after the first n prompt tokens for each n in `capture_at` (pinned ones are never evicted).
@@ -252,7 +268,9 @@ class Final:
     reasoning_text: str = ""
     answer_text: str = ""
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    # What went wrong: why the request failed (ERROR), or why a constrained answer is incomplete (LENGTH).
     error: str | None = None
+    grammar: GrammarOutcome | None = None  # None: the answer had no grammar
 
 
 Event = Delta | ToolCallRecord | Final

@@ -3,8 +3,9 @@ parameters (numpy only).
 
 A sequence's `SamplerChain` runs its stages in order: first the stages that force or mask (the thinking
 budget, engine/thinking.py: `apply` before the draw, `accept` after the commit, as llama.cpp's reasoning
-budget does), then the draw below over what is left; `accept` advances every stage on the committed token,
-whether it was drawn or forced. Each sequence owns a `SamplerState`: its `SamplingParams`, its own random generator and the token counts the
+budget does; then, on the answer channel only, the answer's grammar, engine/grammar.py), then the draw
+below over what is left; `accept` advances every stage on the committed token, whether it was drawn or
+forced. The thinking stage's forced close comes first: a row it forces is never masked. Each sequence owns a `SamplerState`: its `SamplingParams`, its own random generator and the token counts the
 penalties need. A row's draw depends only on its own logits and its own generator, so a seeded request
 yields the same tokens alone or batched with anything else.
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_runtime.engine.grammar import GrammarError, GrammarStage
 from edge_runtime.engine.records import Channel, SamplingParams, TokenLogprobs
 from edge_runtime.engine.thinking import ThinkingController
 
@@ -118,11 +120,13 @@ def sample(logits: np.ndarray, states: Sequence[SamplerState]) -> SampleResult:
 
 @dataclass(frozen=True)
 class Choice:
-    """A row's next token: drawn (with its logprobs if asked) or forced by a stage."""
+    """A row's next token: drawn (with its logprobs if asked) or forced by a stage; or, with `error` set, none,
+    because a stage found no way to go on (the request ends with that error)."""
 
     token_id: int
     logprobs: TokenLogprobs | None = None
     forced: bool = False
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,18 +145,25 @@ class SamplerChain:
     state: SamplerState
     thinking: ThinkingController | None = None
     stop_ids: frozenset[int] = frozenset()
+    grammar: GrammarStage | None = None
     _forced: bool = False
 
     def apply(self, logits: np.ndarray) -> int | None:
-        """The stages before the draw, on one row [V] (masks are written into it): a forced id, or None to draw."""
+        """The stages before the draw, on one row [V] (masks are written into it): a forced id, or None to draw.
+        GrammarError when the grammar leaves nothing to draw."""
         forced = self.thinking.apply(logits) if self.thinking is not None else None
         self._forced = forced is not None
+        if forced is None and self.grammar is not None and (self.thinking is None or self.thinking.answering):
+            self.grammar.apply(logits)
         return forced
 
     def accept(self, token_id: int) -> Accepted:
         self.state.record(token_id)
         channel = self.thinking.accept(token_id) if self.thinking is not None else Channel.ANSWER
-        return Accepted(channel, stops=not self._forced and token_id in self.stop_ids)
+        stops = not self._forced and token_id in self.stop_ids
+        if self.grammar is not None and channel is Channel.ANSWER and not stops:
+            self.grammar.accept(token_id)
+        return Accepted(channel, stops)
 
     @property
     def exhausted(self) -> bool:
@@ -162,10 +173,19 @@ class SamplerChain:
 
 def choose(rows: Sequence[np.ndarray], chains: Sequence[SamplerChain]) -> list[Choice]:
     """Each row's next token: its chain's stages force it or mask the row, then the rows left are sampled as
-    one batch. Accepting the choices is the caller's (`SamplerChain.accept`, once the token is committed)."""
-    forced = [chain.apply(row) for row, chain in zip(rows, chains)]
-    choices: list[Choice] = [Choice(f, forced=True) if f is not None else Choice(-1) for f in forced]
-    drawn = [k for k, f in enumerate(forced) if f is None]
+    one batch. A row whose grammar leaves nothing to draw gets a Choice with its error; the others go on.
+    Accepting the choices is the caller's (`SamplerChain.accept`, once the token is committed)."""
+    choices: list[Choice] = []
+    drawn: list[int] = []
+    for k, (row, chain) in enumerate(zip(rows, chains)):
+        try:
+            forced = chain.apply(row)
+        except GrammarError as e:
+            choices.append(Choice(-1, error=str(e)))
+            continue
+        choices.append(Choice(forced, forced=True) if forced is not None else Choice(-1))
+        if forced is None:
+            drawn.append(k)
     if drawn:
         result = sample(np.stack([rows[k] for k in drawn]), [chains[k].state for k in drawn])
         for j, k in enumerate(drawn):

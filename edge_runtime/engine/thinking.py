@@ -131,6 +131,17 @@ class ThinkingController:
         """The answer budget is spent: the request ends with FinishReason.LENGTH."""
         return self.state is State.DONE
 
+    @property
+    def answering(self) -> bool:
+        """The next token drawn is the answer's (the grammar stage masks only these)."""
+        return self.state is State.ANSWER
+
+    @property
+    def forced_answer_ids(self) -> list[int]:
+        """The tokens the close sequence forces after `</think>`: the first of the answer when a budget ends
+        the reasoning."""
+        return self._close_ids[self._close_at + 1:]
+
     def _transition(self, token_id: int, now: float) -> Channel:
         if self.state is State.CLOSING:
             self.forced_tokens += 1

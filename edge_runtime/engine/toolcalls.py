@@ -104,13 +104,14 @@ class ToolCallParser:
                 self._body, self._tail = [], ""
                 self._state = _State.TEXT
 
-    def flush(self) -> list[ToolCallEvent]:
-        """End of stream: release held-back text, or report an unclosed block as an error record."""
+    def flush(self, unterminated: str | None = None) -> list[ToolCallEvent]:
+        """End of stream: release held-back text, or report an unclosed block as an error record (with
+        `unterminated` as its error when the caller knows why it was left open)."""
         events: list[ToolCallEvent] = []
         if self._state is _State.TEXT:
             _emit_text(events, self._held)
         else:
-            events.append(ToolCall("", "".join(self._body), None, f"unterminated {OPEN_TAG} block"))
+            events.append(ToolCall("", "".join(self._body), None, unterminated or f"unterminated {OPEN_TAG} block"))
         self._held, self._body, self._tail = "", [], ""
         self._state = _State.TEXT
         return events

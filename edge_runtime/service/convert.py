@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime.api import edge_pb2 as pb
-from edge_runtime.api.mapping import (CHANNEL_TO_PROTO, FINISH_TO_PROTO, PRIORITY_FROM_PROTO, SAMPLING_FIELDS,
-                                      THINKING_END_TO_PROTO)
+from edge_runtime.api.mapping import (CHANNEL_TO_PROTO, FINISH_TO_PROTO, GRAMMAR_TO_PROTO, PRIORITY_FROM_PROTO,
+                                      SAMPLING_FIELDS, THINKING_END_TO_PROTO)
+from edge_runtime.engine.answer_format import FormatKind, ResponseFormat
 from edge_runtime.engine.limits import RequestLimits
 from edge_runtime.engine.records import Delta, Event, Final, Priority, RequestError, Timings, ToolCallRecord
 
@@ -74,6 +75,9 @@ def check_bounds(r: pb.ChatRequest | pb.GenerateRequest | pb.CountTokensRequest,
         if len(r.thinking_close_text) > MAX_STOP_CHARS:
             raise RequestError("thinking_close_text", f"at most {MAX_STOP_CHARS} characters, got {len(r.thinking_close_text)}")
         tally.add("tool_choice", r.tool_choice)
+        kind = r.response_format.WhichOneof("format")
+        if kind in ("json_schema", "regex", "lark"):
+            tally.add(f"response_format.{kind}", getattr(r.response_format, kind))
     elif isinstance(r, pb.GenerateRequest):
         tally.add("prompt", r.prompt)
     elif r.WhichOneof("input") == "text":
@@ -164,6 +168,15 @@ class OutputLimits:
     ignore_eos: bool = False
 
 
+def response_format_from_proto(f: pb.ResponseFormat) -> ResponseFormat:
+    kind = f.WhichOneof("format")
+    if kind is None or (kind == "json_object" and not f.json_object):
+        return ResponseFormat()
+    if kind == "json_schema":
+        return ResponseFormat(FormatKind.JSON_SCHEMA, _json_object(f.json_schema, "response_format.json_schema"))
+    return ResponseFormat(FormatKind(kind), getattr(f, kind) if kind != "json_object" else None)
+
+
 def sampling_overrides(s: pb.SamplingParams) -> dict[str, Any]:
     """The sampling fields the request set, as engine SamplingParams keyword arguments (the engine checks
     their ranges, SamplingParams.validate)."""
@@ -215,6 +228,7 @@ def final_to_proto(f: Final, chat: bool) -> pb.Final:
         finish_reason=FINISH_TO_PROTO[f.finish_reason],
         error_message=f.error or "",
         timings=timings_to_proto(f.timings),
+        grammar=GRAMMAR_TO_PROTO.get(f.grammar, pb.GRAMMAR_OUTCOME_UNSPECIFIED),
     )
 
 

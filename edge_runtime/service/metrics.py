@@ -93,6 +93,10 @@ class ServiceMetrics:
                                 ["rpc", "outcome"], registry=r)
         self.tokens = Counter("nemotron_edge_generated_tokens", "Output tokens generated, by channel",
                               ["channel"], registry=r)
+        self.constrained = Counter("nemotron_edge_constrained_answers",
+                                   "Answers constrained by a grammar (tool calls, response_format), by how they "
+                                   "ended: complete, cut_off (a token limit came first), failed, unfinished",
+                                   ["outcome"], registry=r)
         self._engine_gauges = _EngineGauges()
         r.register(self._engine_gauges)
         self.ttft = Histogram("nemotron_edge_time_to_first_token_seconds", "Arrival to first output token",
@@ -116,6 +120,8 @@ class ServiceMetrics:
     def finished(self, rpc: str, final: Final) -> None:
         """A stream ended with a Final record."""
         self.requests.labels(rpc=rpc, outcome=final.finish_reason).inc()
+        if final.grammar is not None:
+            self.constrained.labels(outcome=final.grammar).inc()
         u = final.usage
         for channel, n in (("reasoning", u.reasoning_tokens), ("answer", u.answer_tokens), ("forced", u.forced_tokens)):
             if n:

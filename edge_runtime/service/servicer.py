@@ -64,8 +64,8 @@ from edge_runtime.engine.records import (EngineUnavailableError, Final, FinishRe
                                          QueueFullError, RequestError, SamplingParams, new_request_id)
 from edge_runtime.engine.token_ids import encode
 from edge_runtime.service.convert import (check_bounds, event_to_proto, messages_from_proto, output_limits,
-                                          priority_from_proto, request_id_from_proto, sampling_overrides,
-                                          tools_from_proto)
+                                          priority_from_proto, request_id_from_proto, response_format_from_proto,
+                                          sampling_overrides, tools_from_proto)
 from edge_runtime.service.event_stream import EventInbox, paced_events
 from edge_runtime.service.metrics import ServiceMetrics
 
@@ -305,6 +305,8 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             messages=messages_from_proto(r.messages),
             tools=tools_from_proto(r.tools),
             tool_choice=r.tool_choice or "auto",
+            parallel_tool_calls=r.parallel_tool_calls if r.HasField("parallel_tool_calls") else True,
+            response_format=response_format_from_proto(r.response_format),
             reasoning=opt("reasoning"),
             max_thinking_tokens=opt("max_thinking_tokens"),
             thinking_grace_tokens=opt("thinking_grace_tokens"),
