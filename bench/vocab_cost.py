@@ -89,6 +89,7 @@ def sampler_cases(tokenizer) -> dict[str, Callable[[], SamplerChain]]:
         "greedy + thinking masking": chain(ThinkingConfig(enabled=True), temperature=0.0),
         "thinking forcing": chain(ThinkingConfig(enabled=True, max_thinking_tokens=0, close_text="</think>" * 64),
                                   temperature=0.0),
+        "temperature 1.0": chain(temperature=1.0),
         "temperature 1.0 + grammar (JSON string)": chain(temperature=1.0, grammar="string"),
         "temperature 1.0 + grammar (JSON objects)": chain(temperature=1.0, grammar="objects"),
     }
@@ -139,7 +140,7 @@ def main() -> None:
         print(f"rows={rows}: lm_head {head * 1e3:.2f} ms per step")
         for name, make in sampler_cases(tokenizer).items():
             t = sampler_s(make, rows, rng)
-            print(f"  {name:32s} {t * 1e6 / rows:9.1f} us/token/row  {t / head:.4f} x lm_head")
+            print(f"  {name:42s} {t * 1e6 / rows:9.1f} us/token/row  {t / head:.4f} x lm_head")
     ids = output_ids(tokenizer)
     runs = [output_window_s(tokenizer, ids) for _ in range(5)]
     first, last = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
