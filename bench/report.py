@@ -76,6 +76,9 @@ def service(c: dict, s: dict) -> str:
         paced = f" (stream interval {interval} ms)" if interval is not None else ""
         rows.append([f"gRPC, {n} concurrent stream{'s' if n > 1 else ''}{paced}", _med(c, key),
                      _x(ratio) + (" of 1 stream" if ratio else "")])
+    if "HTTP 1 stream" in c["measurements"]:
+        rows.append([f"OpenAI-compatible HTTP, 1 stream (server-sent events{', ' + str(interval) + ' ms interval' if interval is not None else ''}; the `openai` client)",
+                     _med(c, "HTTP 1 stream"), ""])
     r = c["ratios"].get("in-process b1 / gRPC 1 stream")
     text = _table(["path", "aggregate tok/s", ""], rows)
     if r:
@@ -84,6 +87,10 @@ def service(c: dict, s: dict) -> str:
     r0 = c["ratios"].get("in-process b1 / gRPC 1 stream, interval 0")
     if r0:
         text += f"; with a message per token (interval 0) {_x(r0)}"
+    rh = c["ratios"].get("in-process b1 / HTTP 1 stream")
+    if rh:
+        text += (f"\n\nHTTP cost at batch 1: in-process / HTTP streaming = {_x(rh)} ({(rh['value'] - 1) * 100:+.1f}% time), "
+                 f"{_mark(rh)}")
     cpu = c["details"].get("cpu_ms_per_token")
     if cpu:
         text += "\n\nCPU time per token at batch 1 (all threads): " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items())

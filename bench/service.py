@@ -8,8 +8,9 @@ are the real `EdgeClient`, one per stream, each stream on its own thread: a gree
 `new_tokens` token ids after its own `prompt_tokens` prompt, EOS ignored. Aggregate tokens/s = streams x
 new tokens / wall time from the first call to the last Final.
 
-The overhead at batch 1 compares the same request through the service with the same request run in this
-process by an engine built from the same settings (`ServiceConfig.engine_config`), stepped on the caller's
+The overhead at batch 1 compares the same request through the service (over gRPC, and streamed over the
+OpenAI-compatible HTTP API on a second Unix socket of the same server with the official `openai` client)
+with the same request run in this process by an engine built from the same settings (`ServiceConfig.engine_config`), stepped on the caller's
 thread; the two are measured interleaved (`overhead_reps` rounds: the bar is 10% and single runs of this VM
 vary more than that), and the servers are idle while the in-process engine runs. A second server with
 `--stream-interval-ms 0` (a message per token) runs in the same rounds, to show what pacing saves. CPU time
@@ -31,6 +32,9 @@ from pathlib import Path
 from bench.settings import Settings
 from bench.timing import Case, timed
 from bench.variants import Env, prompt_ids
+import httpx2
+import openai
+
 from edge_runtime.client import EdgeClient
 from edge_runtime.engine.engine import Engine
 from edge_runtime.engine.records import GenerationRequest
@@ -99,6 +103,18 @@ def _streams(clients: list[EdgeClient], prompts: list[list[int]], new_tokens: in
     return len(clients) * new_tokens / seconds
 
 
+def _http_stream(client: openai.OpenAI, prompt: list[int], new_tokens: int) -> float:
+    """Tokens/s of one streamed /v1/completions of `new_tokens` tokens."""
+    def run() -> None:
+        stream = client.completions.create(model="any", prompt=prompt, max_tokens=new_tokens, stream=True,
+                                           stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        usage = [c.usage for c in stream if c.usage is not None]
+        if not usage or usage[0].completion_tokens != new_tokens:
+            raise RuntimeError(f"HTTP stream ended early: {usage}")
+
+    return new_tokens / timed(run)
+
+
 def service(env: Env, s: Settings) -> dict:
     case = Case("service", warmups=s.warmups)
     v = env.preferred(s.service_format)
@@ -110,8 +126,11 @@ def service(env: Env, s: Settings) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         servers: list[Server] = []
         try:
-            server = Server(Path(tmp) / "default", bundle, lib)
+            http_socket = Path(tmp) / "openai.sock"
+            server = Server(Path(tmp) / "default", bundle, lib, "--http-listen", f"unix:{http_socket}")
             servers.append(server)
+            http = openai.OpenAI(base_url="http://localhost/v1", api_key="none", max_retries=0,
+                                 http_client=httpx2.Client(transport=httpx2.HTTPTransport(uds=str(http_socket))))
             unpaced = Server(Path(tmp) / "unpaced", bundle, lib, "--stream-interval-ms", "0")
             servers.append(unpaced)
             clients = [EdgeClient(server.address) for _ in range(max(s.streams))]
@@ -120,7 +139,8 @@ def service(env: Env, s: Settings) -> dict:
             engine = Engine(bundle, config.engine_config())
             request = lambda: GenerationRequest(prompts[0], SamplingParams.model_card_default(False),
                                                 max_tokens=s.new_tokens, ignore_eos=True)
-            cpu = {"in-process engine": 0.0, "gRPC server": 0.0, "gRPC client": 0.0, "gRPC server, interval 0": 0.0}
+            cpu = {"in-process engine": 0.0, "gRPC server": 0.0, "gRPC client": 0.0, "gRPC server, interval 0": 0.0,
+                   "HTTP server": 0.0, "HTTP client": 0.0}
 
             def in_process() -> float:
                 c0 = time.process_time()
@@ -136,11 +156,19 @@ def service(env: Env, s: Settings) -> dict:
                 cpu[server_key] += srv.cpu_seconds() - s0
                 return rate
 
+            def through_http() -> float:
+                c0, s0 = time.process_time(), server.cpu_seconds()
+                rate = _http_stream(http, prompts[0], s.new_tokens)
+                cpu["HTTP client"] += time.process_time() - c0
+                cpu["HTTP server"] += server.cpu_seconds() - s0
+                return rate
+
             case.measure_interleaved({
                 "in-process b1": ("tok/s", in_process),
                 "gRPC 1 stream": ("tok/s", lambda: through_grpc(server, clients[0], "gRPC server", "gRPC client")),
                 "gRPC 1 stream, interval 0": ("tok/s", lambda: through_grpc(unpaced, unpaced_client,
                                                                              "gRPC server, interval 0", None)),
+                "HTTP 1 stream": ("tok/s", through_http),
             }, s.overhead_reps)
             tokens = (s.warmups + s.overhead_reps) * s.new_tokens
             case.details["cpu_ms_per_token"] = {k: round(v * 1000 / tokens, 3) for k, v in cpu.items()}
@@ -157,6 +185,7 @@ def service(env: Env, s: Settings) -> dict:
                 srv.stop()
     case.ratio("in-process b1 / gRPC 1 stream", "in-process b1", "gRPC 1 stream", OVERHEAD_TARGET)
     case.ratio("in-process b1 / gRPC 1 stream, interval 0", "in-process b1", "gRPC 1 stream, interval 0")
+    case.ratio("in-process b1 / HTTP 1 stream", "in-process b1", "HTTP 1 stream", OVERHEAD_TARGET)
     for n in s.streams:
         if n > 1:
             case.ratio(f"gRPC {n} streams / 1 stream", f"gRPC {n} streams", "gRPC 1 stream")

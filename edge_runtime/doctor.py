@@ -31,7 +31,8 @@ from nemotron_jetson.detect import JetsonInfo, detect
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
 SERVICE_USER = "nemotron-edge"
-REQUIRED_PACKAGES = ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf", "cryptography")
+REQUIRED_PACKAGES = ("onnxruntime", "numpy", "tokenizers", "grpcio", "protobuf", "cryptography", "llguidance",
+                     "starlette", "uvicorn", "pydantic")
 # GPU builds of ONNX Runtime install under another distribution name (JetPack's and PyPI's alike; importlib
 # normalizes "onnxruntime_gpu" to it).
 ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
@@ -254,13 +255,24 @@ def check_memory(ctx: DoctorContext) -> CheckResult:
 
 
 def check_socket_dirs(ctx: DoctorContext) -> list[CheckResult]:
-    results = []
-    for address in ctx.config.listen:
-        if not address.startswith("unix:"):
-            continue
-        directory = Path(address.removeprefix("unix:")).parent
-        results.append(_check_socket_dir(directory))
-    return results
+    """The folders of the gRPC and HTTP Unix sockets, each once."""
+    directories = [Path(a.removeprefix("unix:")).parent for a in (*ctx.config.listen, *ctx.config.http_listen)
+                   if a.startswith("unix:")]
+    return [_check_socket_dir(directory) for directory in dict.fromkeys(directories)]
+
+
+def check_http_api(ctx: DoctorContext) -> CheckResult:
+    """The OpenAI-compatible HTTP API: off, on Unix sockets (their group decides who calls), or on loopback TCP,
+    which every local user reaches: that wants the bearer token."""
+    addresses = ctx.config.http_listen
+    if not addresses:
+        return CheckResult("http api", INFO, "off ([http] listen is empty)")
+    tcp = [a for a in addresses if not a.startswith("unix:")]
+    if tcp and ctx.config.auth_token_file is None:
+        return CheckResult("http api", WARN, f"on {', '.join(tcp)} without a bearer token: every local user can call it",
+                           "set [server] auth_token_file, or serve the HTTP API on a unix: socket only")
+    return CheckResult("http api", PASS, f"on {', '.join(addresses)}"
+                       + (" with the bearer token" if ctx.config.auth_token_file is not None else ""))
 
 
 def _check_socket_dir(directory: Path) -> CheckResult:
@@ -312,7 +324,7 @@ def check_jetson(ctx: DoctorContext) -> CheckResult:
 
 CHECKS: tuple[Callable[[DoctorContext], CheckResult | list[CheckResult]], ...] = (
     check_python, check_config, check_packages, check_providers, check_kernels, check_torch, check_gpu, check_jetson,
-    check_bundle, check_memory, check_socket_dirs,
+    check_bundle, check_memory, check_socket_dirs, check_http_api,
 )
 
 

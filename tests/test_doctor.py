@@ -50,6 +50,17 @@ def test_lists_every_check_and_passes_on_a_cpu_only_machine() -> None:
     assert re.search(r"\d+ failure\(s\), \d+ warning\(s\)", out)
 
 
+def test_http_api_check_warns_about_loopback_tcp_without_a_token(tmp_path: Path) -> None:
+    _, checks, out = _doctor()
+    assert checks["http api"][0] == "INFO" and "off" in checks["http api"][1], out
+    _, checks, out = _doctor("--http-listen", f"unix:{tmp_path}/openai.sock")
+    assert checks["http api"] == ("PASS", f"on unix:{tmp_path}/openai.sock"), out
+    assert checks[f"socket dir {tmp_path}"][0] == "PASS", out
+    _, checks, out = _doctor("--http-listen", "127.0.0.1:8000")
+    status, detail = checks["http api"]
+    assert status == "WARN" and "every local user" in detail and "fix:" in detail, out
+
+
 def test_missing_gpu_stack_is_a_warning_with_a_fix() -> None:
     _, checks, out = _doctor()
     status, detail = checks["onnxruntime providers"]

@@ -195,7 +195,7 @@ def test_every_setting_is_overridable_on_the_command_line(tmp_path: Path) -> Non
         "--trusted-key", "/a.pub", "--trusted-key", "/b.pub",
         "--max-request-bytes", "1MiB", "--max-text-chars", "9", "--max-messages", "9", "--max-tools", "9",
         "--template-max-steps", "9", "--no-prefix-cache", "--prefix-cache-budget", "100MiB",
-        "--pinned-prompt", "You are a robot.",
+        "--pinned-prompt", "You are a robot.", "--http-listen", "unix:/h.sock",
     ])
     config = config_from_args(args)
     defaults = ServiceConfig()

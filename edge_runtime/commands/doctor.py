@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--budget", default=None, help="memory budget to check, e.g. 24GiB (overrides the config)")
     parser.add_argument("--custom-op-library", default=None,
                         help="native kernel library to check (overrides the config)")
+    parser.add_argument("--http-listen", action="append", default=None, metavar="ADDRESS",
+                        help="OpenAI-compatible HTTP API address to check, repeatable (overrides the config)")
     parser.set_defaults(func=run)
 
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         config = apply_overrides(config, bundle=args.bundle, memory_budget=args.budget,
-                                 custom_op_library=args.custom_op_library)
+                                 custom_op_library=args.custom_op_library, http_listen=args.http_listen)
     except ConfigError as e:
         error = str(e)
     results = run_checks(config, config_error=error)

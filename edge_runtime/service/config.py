@@ -1,8 +1,8 @@
 """Settings of `nemotron-edge serve`: read from a TOML file, each one overridable by a command-line flag.
 
 The file (default /etc/nemotron-edge/config.toml, see systemd/config.toml for an annotated example) has the
-sections [model], [server], [server.tls], [providers], [providers.cuda], [providers.tensorrt], [thinking],
-[limits] and [cache].
+sections [model], [server], [server.tls], [http], [providers], [providers.cuda], [providers.tensorrt],
+[thinking], [limits] and [cache].
 Every key maps to one field of `ServiceConfig` and one `serve` flag; `FIELDS` is that map, so the file
 reader, the flags and the overrides cannot drift apart. Unknown keys and bad values are errors that name
 the file, section and key: a typo in a service's config should stop it, not be silently ignored.
@@ -56,6 +56,8 @@ class ServiceConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None  # set: clients must present a certificate signed by it
+    # [http]: the OpenAI-compatible API (edge_runtime/http_api/), on listeners of its own; none: off
+    http_listen: tuple[str, ...] = ()
     drain_grace_s: float = 30.0
     metrics_port: int | None = None  # served on loopback only; None: no metrics endpoint
     max_queue: int = 64
@@ -216,10 +218,14 @@ def _one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
 
 
 def _listen(value: Any) -> tuple[str, ...]:
+    if not _addresses(value):
+        raise ValueError("expected at least one address")
+    return tuple(value)
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
-    if not value:
-        raise ValueError("expected at least one address")
     for address in value:
         _check_address(address)
     return tuple(value)
@@ -301,6 +307,9 @@ FIELDS: tuple[Field, ...] = (
     Field("server.tls", "key_file", "tls_key_file", _path, "--tls-key", "TLS private key (PEM)"),
     Field("server.tls", "client_ca_file", "tls_client_ca_file", _path, "--tls-client-ca",
           "require client certificates signed by this CA (PEM)"),
+    Field("http", "listen", "http_listen", _addresses, "--http-listen",
+          "address of the OpenAI-compatible HTTP API, repeatable: unix:/path or HOST:PORT; the same token and "
+          "loopback rule as --listen (default: none, off)", {"action": "append"}),
     Field("providers", "order", "providers", parse_providers, "--providers",
           "execution providers in priority order, comma-separated: tensorrt,cuda,cpu", {"type": _comma_list}),
     Field("providers", "custom_op_library", "custom_op_library", _path, "--custom-op-library",

@@ -23,6 +23,11 @@ is refused past the smaller `[limits] max_request_bytes` before it is parsed, se
 keepalive settings that accept client pings every 10 s even on streams that send nothing for minutes (queue
 waits, long prefills), so well-behaved clients are never cut off with "too_many_pings".
 
+With `[http] listen` (ServiceConfig.http_listen) the OpenAI-compatible HTTP API (edge_runtime/http_api/) is
+served too, on listeners of its own, over the same engine and serving state: the same socket modes, the
+same bearer token, the same refusal of a non-loopback address without it (HTTP listeners take no TLS here:
+put them on a Unix socket or loopback, or behind a TLS proxy). It answers 503 while loading and draining.
+
 Also on: the standard health service (grpc.health.v1.Health, for "" and for the EdgeLM service), server
 reflection (grpc_reflection, so grpcurl and friends can list and call the service), Prometheus metrics on
 127.0.0.1:metrics_port when set, and the systemd watchdog (service/sd_notify.py) when WATCHDOG_USEC is set.
@@ -48,6 +53,8 @@ from grpc_reflection.v1alpha import reflection
 
 from edge_runtime.api import edge_pb2_grpc as pb_grpc
 from edge_runtime.engine.loading import load_engine
+from edge_runtime.http_api.app import OpenAIFrontEnd
+from edge_runtime.http_api.listener import HttpListener
 from edge_runtime.service.auth import BearerTokenInterceptor, read_token
 from edge_runtime.service.options import SERVER_OPTIONS
 from edge_runtime.service.request_bytes import RequestBytesInterceptor
@@ -124,6 +131,45 @@ def check_listen(config: ServiceConfig) -> list[ListenAddress]:
     return addresses
 
 
+def check_http_listen(config: ServiceConfig) -> list[ListenAddress]:
+    """The HTTP API's addresses; a non-loopback one needs the bearer token (no TLS on these listeners)."""
+    addresses = [parse_listen(a) for a in config.http_listen]
+    for a in addresses:
+        if not a.is_loopback and config.auth_token_file is None:
+            raise ListenError(f"--http-listen {a.raw}: refusing to serve a non-loopback TCP address without a bearer "
+                              "token; set --auth-token-file FILE, or listen on 127.0.0.1:PORT or a unix:/path socket")
+    return addresses
+
+
+def bind_http(addresses: list[ListenAddress]) -> tuple[list[socket.socket], list[Path], list[str]]:
+    """Listening sockets for the HTTP API: (sockets, Unix socket paths, addresses as bound)."""
+    sockets, paths, bound = [], [], []
+    for a in addresses:
+        try:
+            if a.is_unix:
+                _prepare_unix_socket(a.unix_path)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                old = os.umask(0o117)  # 0660 from the first instant, as for gRPC's sockets
+                try:
+                    sock.bind(str(a.unix_path))
+                finally:
+                    os.umask(old)
+                paths.append(a.unix_path)
+                bound.append(a.raw)
+            else:
+                host = a.host.strip("[]")
+                sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, a.port))
+                bound.append(f"{a.host}:{sock.getsockname()[1]}")
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as e:
+            raise ListenError(f"--http-listen {a.raw}: cannot bind: {e.strerror}") from None
+        sockets.append(sock)
+    return sockets, paths, bound
+
+
 def _prepare_unix_socket(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=SOCKET_DIR_MODE)
@@ -164,6 +210,7 @@ class BuiltServer:
     health: health.aio.HealthServicer
     unix_paths: list[Path]
     bound: list[str]  # the addresses actually served (TCP port 0 resolved)
+    http: HttpListener | None = None  # the OpenAI-compatible API, when configured
 
 
 def build_server(service: EdgeService, config: ServiceConfig, addresses: list[ListenAddress]) -> BuiltServer:
@@ -245,15 +292,23 @@ async def run_service(config: ServiceConfig, bundle: Path, telemetry: TelemetryR
                       notifier: Notifier | None = None) -> int:
     """Serve until SIGTERM/SIGINT; the exit code (0 after a drain, 1 when the bundle fails to load)."""
     addresses = check_listen(config)
+    http_addresses = check_http_listen(config)
     notifier = notifier or Notifier()
     metrics = ServiceMetrics()
     service = EdgeService(metrics, telemetry, stream_interval_s=config.stream_interval_ms / 1000)
     built = build_server(service, config, addresses)
+    sockets, http_paths, http_bound = bind_http(http_addresses)
+    built.unix_paths.extend(http_paths)
     await built.server.start()
     for path in built.unix_paths:
         os.chmod(path, SOCKET_MODE)
+    if sockets:
+        token = read_token(config.auth_token_file) if config.auth_token_file is not None else None
+        built.http = HttpListener(OpenAIFrontEnd(service, token).app(), sockets)
+        await built.http.started()
     await _set_health(built.health, health_pb2.HealthCheckResponse.NOT_SERVING)
-    log.info("listening on %s; loading %s", ", ".join(built.bound), bundle)
+    log.info("listening on %s%s; loading %s", ", ".join(built.bound),
+             f" (OpenAI-compatible HTTP on {', '.join(http_bound)})" if http_bound else "", bundle)
     notifier.status(f"loading {bundle}")
 
     loop = asyncio.get_running_loop()
@@ -325,6 +380,8 @@ async def _refresh_status(notifier: Notifier, service: EdgeService) -> None:
 
 
 async def _close(built: BuiltServer, grace: float | None = None) -> None:
+    if built.http is not None:
+        await built.http.stop()
     await built.server.stop(grace)
     for path in built.unix_paths:
         with contextlib.suppress(OSError):

@@ -48,7 +48,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -154,6 +154,17 @@ class EdgeService(pb_grpc.EdgeLMServicer):
         except asyncio.TimeoutError:
             return False
 
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Count one running request of either front end (gRPC or HTTP): the drain waits for them."""
+        self.active_streams += 1
+        try:
+            yield
+        finally:
+            self.active_streams -= 1
+            if self.active_streams == 0 and self._idle is not None:
+                self._idle.set()
+
     def status_line(self) -> str:
         """One line for systemd's STATUS=."""
         if self.state is not ServingState.SERVING or self.engine is None:
@@ -208,44 +219,41 @@ class EdgeService(pb_grpc.EdgeLMServicer):
             self._require_serving()
         except _Abort as a:
             await self._abort(context, rpc, a.code, a.message)
-        self.active_streams += 1
         engine, handle = self.engine, None
-        try:
+        with self.streaming():
             try:
-                request = await prepare()
-                self._check_deadline(context, Stage.SUBMIT)
-                with self.metrics.stage(Stage.SUBMIT.value) if self.metrics is not None else contextlib.nullcontext():
-                    inbox = EventInbox(asyncio.get_running_loop())
-                    handle = engine.submit(request, inbox.put)
-            except _Abort as a:
-                await self._abort(context, rpc, a.code, a.message)
-            except QueueFullError as e:
-                await self._abort(context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-            except EngineUnavailableError as e:
-                await self._abort(context, rpc, grpc.StatusCode.UNAVAILABLE, str(e))
-            except ValueError as e:  # RequestError, or a value the thinking stage cannot use
-                await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            except asyncio.CancelledError:  # the call ended while it was prepared; no later stage starts
-                self._ended_early(rpc, context)
-                raise
-            async with contextlib.aclosing(paced_events(inbox, self.stream_interval_s)) as events:
-                async for event in events:  # ends after the Final
-                    if isinstance(event, Final):
-                        if event.finish_reason is FinishReason.DEADLINE:
-                            await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                              "deadline exceeded before the reply was complete")
-                        if self.metrics is not None:
-                            self.metrics.finished(rpc, event)
-                    yield event_to_proto(event, request.request_id, chat)
-        finally:
-            if handle is not None and not handle.done:
-                # The call ended early (cancelled, deadline, connection lost): free the slot.
-                handle.cancel()
-                engine.wake()
-                self._ended_early(rpc, context)
-            self.active_streams -= 1
-            if self.active_streams == 0 and self._idle is not None:
-                self._idle.set()
+                try:
+                    request = await prepare()
+                    self._check_deadline(context, Stage.SUBMIT)
+                    with self.metrics.stage(Stage.SUBMIT.value) if self.metrics is not None else contextlib.nullcontext():
+                        inbox = EventInbox(asyncio.get_running_loop())
+                        handle = engine.submit(request, inbox.put)
+                except _Abort as a:
+                    await self._abort(context, rpc, a.code, a.message)
+                except QueueFullError as e:
+                    await self._abort(context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+                except EngineUnavailableError as e:
+                    await self._abort(context, rpc, grpc.StatusCode.UNAVAILABLE, str(e))
+                except ValueError as e:  # RequestError, or a value the thinking stage cannot use
+                    await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                except asyncio.CancelledError:  # the call ended while it was prepared; no later stage starts
+                    self._ended_early(rpc, context)
+                    raise
+                async with contextlib.aclosing(paced_events(inbox, self.stream_interval_s)) as events:
+                    async for event in events:  # ends after the Final
+                        if isinstance(event, Final):
+                            if event.finish_reason is FinishReason.DEADLINE:
+                                await self._abort(context, rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                  "deadline exceeded before the reply was complete")
+                            if self.metrics is not None:
+                                self.metrics.finished(rpc, event)
+                        yield event_to_proto(event, request.request_id, chat)
+            finally:
+                if handle is not None and not handle.done:
+                    # The call ended early (cancelled, deadline, connection lost): free the slot.
+                    handle.cancel()
+                    engine.wake()
+                    self._ended_early(rpc, context)
 
     def _ended_early(self, rpc: str, context: grpc.aio.ServicerContext) -> None:
         """Count a call that ended before its reply was complete: its deadline passed, or the client left."""
