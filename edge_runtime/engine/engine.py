@@ -366,7 +366,8 @@ class Engine:
                        else GrammarOutcome.CUT_OFF if reason is FinishReason.LENGTH else GrammarOutcome.UNFINISHED)
             if outcome is GrammarOutcome.CUT_OFF:
                 error = (f"{limit} ended the answer before it was complete: its tool call or response format is "
-                         f"unfinished ({grammar.tokens} answer token(s) written)")
+                         f"unfinished ({grammar.tokens} answer token(s) written)" if grammar.tokens else
+                         f"{limit} ended the request before its constrained answer began")
         if reason not in (FinishReason.CANCELLED, FinishReason.DEADLINE, FinishReason.ERROR):
             for event in s.output.finish(cut_off=error if outcome is GrammarOutcome.CUT_OFF else None):
                 s.emit(event)

@@ -24,7 +24,7 @@ import numpy as np
 from llguidance import LLMatcher, LLTokenizer
 from tokenizers import Tokenizer
 
-from edge_runtime.engine.answer_format import AnswerFormat, ToolTags
+from edge_runtime.engine.answer_format import AnswerFormat, FormatKind, ToolTags
 from edge_runtime.engine.records import RequestError
 
 
@@ -71,7 +71,7 @@ class GrammarCompiler:
             return None
         matcher = LLMatcher(self.tokenizer, text, log_level=0)
         if matcher.is_error():
-            raise RequestError("response_format" if answer.response_format.spec else "tools",
+            raise RequestError("tools" if answer.response_format.kind is FormatKind.TEXT else "response_format",
                                f"cannot be enforced: {matcher.get_error()}")
         return Grammar(text, self.vocab_size, matcher)
 
