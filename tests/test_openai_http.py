@@ -165,3 +165,41 @@ def test_a_disconnected_stream_frees_its_slot_and_both_front_ends_are_counted(se
     rpcs = {s.labels["rpc"] for family in text_string_to_metric_families(text) for s in family.samples
             if s.name == "nemotron_edge_requests_total"}
     assert {"ChatCompletions", "Chat"} <= rpcs, rpcs
+
+
+def test_a_full_queue_is_429_and_draining_is_503(tiny_long_bundle: Path, tmp_path: Path):
+    """One slot and one place in the queue: a third request is refused with 429; after SIGTERM new requests
+    get 503 while the running ones finish."""
+    import signal
+
+    with ServerProcess(tmp_path, tiny_long_bundle, "--http-listen", f"unix:{tmp_path / 'openai.sock'}",
+                       "--max-sequences", "1", "--max-queue", "1", "--drain-grace", "60") as server:
+        server.wait_serving()
+        client = openai_client(server, token="unused")
+        long = dict(model="any", messages=[{"role": "user", "content": "Go on."}], max_tokens=1500, stream=True,
+                    extra_body={"ignore_eos": True})
+        running = client.chat.completions.create(**long)
+        first = next(iter(running))
+        waiting = threading.Thread(target=lambda: list(client.chat.completions.create(**long)))
+        waiting.start()
+        with server.client() as grpc_client:
+            deadline = time.monotonic() + 30
+            while grpc_client.status().queue_depth < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(model="any", messages=[{"role": "user", "content": "me too"}], max_tokens=4)
+        assert e.value.status_code == 429 and "queue" in str(e.value)
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.models.list()
+            except openai.InternalServerError as refused:
+                assert refused.status_code == 503 and "shutting down" in str(refused)
+                break
+            assert time.monotonic() < deadline, "no 503 while draining"
+            time.sleep(0.02)
+        chunks = [first, *running]
+        assert chunks[-1].choices[0].finish_reason == "length"  # the running stream finished its 1500 tokens
+        waiting.join(120)
+        assert server.wait(60) == 0, server.log()
