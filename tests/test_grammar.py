@@ -185,6 +185,13 @@ def test_a_complete_answer_with_no_stop_token_ends_with_an_error_not_a_hang(engi
     assert "no stop token" in h.final.error
 
 
+def test_a_repeated_answer_format_reuses_its_compiled_grammar(engine):
+    fmt = lambda: AnswerFormat([tool("act", {"type": "object", "properties": {"n": {"type": "integer"}}})], "required")
+    first = engine.grammars.compile(fmt())
+    assert engine.grammars.compile(fmt()) is first
+    assert engine.grammars.compile(AnswerFormat([tool("act", {})], "required")) is not first
+
+
 def test_free_text_requests_get_no_grammar(chat):
     assert chat.prepare(ChatRequest([{"role": "user", "content": "hi"}])).grammar is None
     assert chat.prepare(ChatRequest([{"role": "user", "content": "hi"}], tools=[tool("act", {})])).grammar is not None

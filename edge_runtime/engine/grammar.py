@@ -2,9 +2,10 @@
 
 `GrammarCompiler` holds the bundle's tokenizer as llguidance reads it (built once per engine, on the first
 constrained request: it walks the whole vocabulary) and turns a request's `AnswerFormat` (answer_format.py)
-into a `Grammar`: a compiled matcher that is never advanced itself, which each sequence copies. A grammar
-llguidance refuses, or accepts only with a warning (a keyword it would ignore), is a RequestError naming
-the field it came from.
+into a `Grammar`: a compiled matcher that is never advanced itself, which each sequence copies. The last
+CACHED_GRAMMARS are kept, keyed by what they were compiled from: an agent sends the same tools call after
+call. A grammar llguidance refuses, or accepts only with a warning (a keyword it would ignore), is a
+RequestError naming the field it came from.
 
 `GrammarStage` is a stage of a sequence's sampler chain (sampler.py), active on the answer channel only, so
 the reasoning stays free: `apply(logits)` writes the grammar's mask into the row (-inf for every token it
@@ -16,9 +17,11 @@ which finishes that request with an error that says so: never a hang, never an a
 
 from __future__ import annotations
 
+import collections
+import json
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from llguidance import LLMatcher, LLTokenizer
@@ -26,6 +29,9 @@ from tokenizers import Tokenizer
 
 from edge_runtime.engine.answer_format import AnswerFormat, FormatKind, ToolTags
 from edge_runtime.engine.records import RequestError
+
+
+CACHED_GRAMMARS = 32
 
 
 class GrammarError(RuntimeError):
@@ -55,6 +61,7 @@ class GrammarCompiler:
         self.tags = ToolTags.for_tokenizer(tokenizer.token_to_id)
         self._tokenizer: LLTokenizer | None = None
         self._lock = threading.Lock()
+        self._cache: collections.OrderedDict[str, Grammar | None] = collections.OrderedDict()
 
     @property
     def tokenizer(self) -> LLTokenizer:
@@ -66,6 +73,19 @@ class GrammarCompiler:
 
     def compile(self, answer: AnswerFormat) -> Grammar | None:
         """The grammar of `answer`, or None when its answer is free text."""
+        key = json.dumps(asdict(answer), ensure_ascii=False)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        grammar = self._compile(answer)
+        with self._lock:
+            self._cache[key] = grammar
+            if len(self._cache) > CACHED_GRAMMARS:
+                self._cache.popitem(last=False)
+        return grammar
+
+    def _compile(self, answer: AnswerFormat) -> Grammar | None:
         text = answer.grammar(self.tags, self.check)
         if text is None:
             return None
