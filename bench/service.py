@@ -173,6 +173,7 @@ def service(env: Env, s: Settings) -> dict:
             tokens = (s.warmups + s.overhead_reps) * s.new_tokens
             case.details["cpu_ms_per_token"] = {k: round(v * 1000 / tokens, 3) for k, v in cpu.items()}
             del engine
+            http.close()
             unpaced_client.close()
             unpaced.stop()
             for n in s.streams:
