@@ -66,6 +66,16 @@ def test_models_and_a_non_streaming_chat_with_reasoning_apart(client):
     assert choice.finish_reason in ("stop", "length")
 
 
+def test_cached_tokens_report_the_prefix_cache(client):
+    messages = [{"role": "system", "content": "You steer a two-armed robot. " * 20},
+                {"role": "user", "content": "Which arm?"}]
+    first = client.chat.completions.create(model="any", messages=messages, max_tokens=4, extra_body={"reasoning": False})
+    again = client.chat.completions.create(model="any", messages=messages, max_tokens=4, extra_body={"reasoning": False})
+    assert first.usage.prompt_tokens == again.usage.prompt_tokens
+    # The system prompt's head, snapshotted by the first request, starts the second.
+    assert 0 < again.usage.prompt_tokens_details.cached_tokens < again.usage.prompt_tokens
+
+
 def test_streaming_chat_sends_reasoning_then_answer_deltas_and_usage(client):
     stream = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Plan the path."}],
                                             max_tokens=48, stream=True, stream_options={"include_usage": True},
