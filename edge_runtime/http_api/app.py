@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,7 +39,6 @@ from edge_runtime.service.auth import token_matches
 from edge_runtime.service.event_stream import EventInbox, paced_events
 from edge_runtime.service.servicer import EdgeService, ServingState
 
-log = logging.getLogger(__name__)
 B = TypeVar("B", bound=BaseModel)
 
 
