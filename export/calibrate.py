@@ -191,7 +191,7 @@ def layer_hessians(cfg: ModelConfig, block: Block, i: int,
             flat = x.reshape(-1, x.shape[-1])
             last[0], last[1] = x, flat.T @ flat  # float32 products [K, K]
         if name in sums:
-            sums[name].add_(last[1])  # summed in float64, in place: on the 9B model one down_proj Hessian is 2 GB
+            _add_rows(sums[name], last[1])  # summed in float64, in place: on the 9B model one down_proj Hessian is 2 GB
         else:
             sums[name] = last[1].double()
 
@@ -205,6 +205,13 @@ def layer_hessians(cfg: ModelConfig, block: Block, i: int,
             h.remove()
     tokens = sum(x.shape[0] * x.shape[1] for x in xs)
     return {name: s.div_(tokens).numpy() for name, s in sums.items()}, after
+
+
+def _add_rows(total: torch.Tensor, part: torch.Tensor, rows: int = 1024) -> None:
+    """total += part, a block of rows at a time: a float32 `part` is converted to `total`'s float64 on the way,
+    and converted whole the 9B's down_proj product would be a 2 GB temporary beside the 2 GB sum."""
+    for r in range(0, total.shape[0], rows):
+        total[r:r + rows].add_(part[r:r + rows])
 
 
 def quantize_layer(cfg: ModelConfig, block: Block, i: int, plan: dict[str, BlockFormat],
