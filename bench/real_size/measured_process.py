@@ -33,7 +33,10 @@ def run_measured(args: list[str], log: Path, deadline_s: float | None = None,
     """Run `args` (args[0] a path) with stdout and stderr appended to `log`."""
     actions = [(os.POSIX_SPAWN_OPEN, fd, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for fd in (1, 2)]
     start = time.monotonic()
-    pid = os.posix_spawn(args[0], args, {**os.environ, "PYTHONUNBUFFERED": "1"}, file_actions=actions)
+    # SIGINT back to its default in the child: a bench started in the background of a shell has it ignored,
+    # and the child would inherit that and never stop at its deadline.
+    pid = os.posix_spawn(args[0], args, {**os.environ, "PYTHONUNBUFFERED": "1"}, file_actions=actions,
+                         setsigdef=(signal.SIGINT,))
     interrupted = False
     try:
         while True:
