@@ -177,9 +177,8 @@ def _local_turns(args: argparse.Namespace) -> Callable[[list[dict], list[dict] |
 
 def _run_local(args: argparse.Namespace, chat, messages: list[dict], tools: list[dict] | None,
                display: Display | None) -> Final:
-    from edge_runtime.engine.chat import ChatRequest
-
     from edge_runtime.engine.answer_format import ResponseFormat
+    from edge_runtime.engine.chat import ChatRequest
 
     engine = chat.engine
     request = ChatRequest(
