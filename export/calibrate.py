@@ -184,16 +184,17 @@ def layer_hessians(cfg: ModelConfig, block: Block, i: int,
     and the hidden states leaving it."""
     linears = layer_projections(block, i)
     sums: dict[str, torch.Tensor] = {}
-    last: list[torch.Tensor | None] = [None, None]  # q/k/v take the same input tensor: one product for all
+    last: list = [None, None]  # q/k/v read the same input tensor: one sum for all, copied apart at the end
 
     def accumulate(name: str, x: torch.Tensor) -> None:
-        if last[0] is not x:
-            flat = x.reshape(-1, x.shape[-1])
-            last[0], last[1] = x, flat.T @ flat  # float32 products [K, K]
-        if name in sums:
-            _add_rows(sums[name], last[1])  # summed in float64, in place: on the 9B model one down_proj Hessian is 2 GB
-        else:
-            sums[name] = last[1].double()
+        if last[0] is x:
+            sums[name] = sums[last[1]]
+            return
+        last[0], last[1] = x, name
+        flat = x.reshape(-1, x.shape[-1])  # [tokens, K]
+        if name not in sums:
+            sums[name] = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64)
+        _add_product(sums[name], flat)
 
     hooks = [m.register_forward_hook(lambda _m, inp, _out, name=name: accumulate(name, inp[0]))
              for name, m in linears.items()]
@@ -204,14 +205,18 @@ def layer_hessians(cfg: ModelConfig, block: Block, i: int,
         for h in hooks:
             h.remove()
     tokens = sum(x.shape[0] * x.shape[1] for x in xs)
-    return {name: s.div_(tokens).numpy() for name, s in sums.items()}, after
+    out: dict[str, np.ndarray] = {}
+    for name, s in sums.items():
+        shared = next((out[n] for n in out if sums[n] is s), None)
+        out[name] = s.div_(tokens).numpy() if shared is None else shared.copy()  # gptq works in place
+    return out, after
 
 
-def _add_rows(total: torch.Tensor, part: torch.Tensor, rows: int = 1024) -> None:
-    """total += part, a block of rows at a time: a float32 `part` is converted to `total`'s float64 on the way,
-    and converted whole the 9B's down_proj product would be a 2 GB temporary beside the 2 GB sum."""
+def _add_product(total: torch.Tensor, flat: torch.Tensor, rows: int = 1024) -> None:
+    """total += flat^T flat, a block of rows at a time in float32, each block added to the float64 sum: on
+    the 9B the whole float32 product of down_proj's input would be 1 GB beside the sum's 2 GB."""
     for r in range(0, total.shape[0], rows):
-        total[r:r + rows].add_(part[r:r + rows])
+        total[r:r + rows].add_(flat[:, r:r + rows].T @ flat)
 
 
 def quantize_layer(cfg: ModelConfig, block: Block, i: int, plan: dict[str, BlockFormat],

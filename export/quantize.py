@@ -23,6 +23,7 @@ import torch
 
 CLIP_RATIOS = np.linspace(0.6, 1.0, 21)
 GPTQ_DAMP = 0.01  # added to H's diagonal, times its mean: keeps H invertible where inputs are nearly collinear
+FACTOR_BLOCK = 512  # rows of the Hessian's in-place factorization at a time: bounds its temporaries
 GPTQ_BLOCK = 128  # columns updated eagerly before their error is pushed onto the rest in one matmul
 
 
@@ -94,17 +95,36 @@ def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, block_size: int,
             err = (column - rounded) / U[i, i]
             W[:, i:end] -= err * U[i, i:end]
             errors[:, i - start] = err[:, 0]
-        W[:, end:] -= errors @ U[start:end, end:]
+        torch.from_numpy(W)[:, end:].addmm_(torch.from_numpy(errors), torch.from_numpy(U[start:end, end:]), alpha=-1)  # in place: no [N, K] temporary
     return _stored(codes.reshape(n, -1, block_size), scales, bits, block_size, n, k, scale_dtype)
 
 
-def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
-    """The upper Cholesky factor of h^-1, computed in h's memory (torch's out=: no K x K copy beside it),
-    by torch: numpy's LAPACK Cholesky measured 25x slower here."""
+def _inverse_cholesky(h: np.ndarray, block: int = FACTOR_BLOCK) -> np.ndarray:
+    """The upper triangular U with U^T U = h^-1, in h's upper triangle (its strict lower triangle is left as
+    scratch), with no temporary larger than a K x `block` panel: the 9B's down_proj Hessian is 2 GB, and
+    torch's cholesky, cholesky_inverse and cholesky(upper) each allocate another K x K even with out=.
+    h = R R^T with R upper (Cholesky from the last row up), then U = R^-1, since R^-T R^-1 = h^-1."""
     t = torch.from_numpy(h)
-    torch.linalg.cholesky(t, out=t)
-    torch.cholesky_inverse(t, out=t)
-    torch.linalg.cholesky(t, upper=True, out=t)
+    edges = list(range(0, t.shape[0], block)) + [t.shape[0]]
+    spans = list(zip(edges[:-1], edges[1:]))
+    for a, b in reversed(spans):  # R, its last block column first; the block diagonal of t stays symmetric
+        d = t[a:b, a:b]
+        d.copy_(torch.linalg.cholesky(d.flip(0, 1)).flip(0, 1))  # J chol(J d J) J: upper, d's R R^T factor
+        panel = torch.linalg.solve_triangular(d.T, t[:a, a:b], upper=False, left=False)  # [a, B]: H12 R22^-T
+        t[:a, a:b] = panel
+        for r0, r1 in spans:  # the rest's upper triangle -= panel panel^T, a block row at a time
+            if r1 > a:
+                break
+            t[r0:r1, r0:a].addmm_(panel[r0:r1], panel[r0:a].T, alpha=-1)
+    for a, b in spans:  # U = R^-1, a block column at a time: t[:a, :a] already holds the inverse's
+        inv = torch.linalg.solve_triangular(t[a:b, a:b], torch.eye(b - a, dtype=t.dtype), upper=True)
+        above = torch.empty(a, b - a, dtype=t.dtype)  # U00 R01, from U00's upper triangle only
+        for r0, r1 in spans:
+            if r1 > a:
+                break
+            above[r0:r1] = t[r0:r1, r0:r1].triu() @ t[r0:r1, a:b] + t[r0:r1, r1:a] @ t[r1:a, a:b]
+        t[:a, a:b] = -(above @ inv)
+        t[a:b, a:b] = inv
     return h
 
 
