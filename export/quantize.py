@@ -70,33 +70,36 @@ def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, block_size: int,
     check_format(bits, block_size)
     n, k = w.shape
     pad = (-k) % block_size
-    W = np.pad(w.astype(np.float64), ((0, 0), (0, pad)))
+    Wt = np.pad(w.T.astype(np.float64), ((0, pad), (0, 0)))  # [K, N]: an input column is a contiguous row here
     if pad == 0 and hessian.dtype == np.float64 and hessian.flags.c_contiguous and hessian.flags.writeable:
         H = hessian
     else:
         H = np.pad(hessian.astype(np.float64, copy=False), ((0, pad), (0, pad)))
     dead = np.diag(H) == 0  # inputs never seen (and the padding): nothing to fit, quantized as zero
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    Wt[dead] = 0.0
     H[np.diag_indices_from(H)] += GPTQ_DAMP * np.mean(np.diag(H))
     U = _inverse_cholesky(H)
-    codes = np.empty(W.shape, dtype=np.uint8)
-    scales = np.empty((n, W.shape[1] // block_size, 1), dtype=np.float32)
-    for start in range(0, W.shape[1], GPTQ_BLOCK):
-        end = min(start + GPTQ_BLOCK, W.shape[1])
-        errors = np.zeros((n, end - start))
+    codes = np.empty(Wt.shape, dtype=np.uint8)  # [K, N]
+    scales = np.empty((n, Wt.shape[0] // block_size, 1), dtype=np.float32)
+    rest = torch.from_numpy(Wt)
+    for start in range(0, Wt.shape[0], GPTQ_BLOCK):
+        end = min(start + GPTQ_BLOCK, Wt.shape[0])
+        errors = np.zeros((end - start, n))
         for i in range(start, end):
             if i % block_size == 0:
                 b = i // block_size
-                scales[:, b] = _scales(W[:, None, i:i + block_size], bits, scale_dtype, CLIP_RATIOS)[:, 0]
-            column = W[:, i:i + 1]
-            codes[:, i:i + 1] = _codes(column, scales[:, b], bits)
-            rounded = (codes[:, i:i + 1].astype(np.float64) - 2 ** (bits - 1)) * scales[:, b]
-            err = (column - rounded) / U[i, i]
-            W[:, i:end] -= err * U[i, i:end]
-            errors[:, i - start] = err[:, 0]
-        torch.from_numpy(W)[:, end:].addmm_(torch.from_numpy(errors), torch.from_numpy(U[start:end, end:]), alpha=-1)  # in place: no [N, K] temporary
-    return _stored(codes.reshape(n, -1, block_size), scales, bits, block_size, n, k, scale_dtype)
+                block = Wt[i:i + block_size].T.astype(np.float32)[:, None, :]  # [N, 1, block] as updated by now
+                scales[:, b] = _scales(block, bits, scale_dtype, CLIP_RATIOS)[:, 0]
+                scale = scales[:, b, 0]
+            codes[i] = _codes(Wt[i], scale, bits)
+            err = errors[i - start]
+            np.subtract(Wt[i], (codes[i] - 2.0 ** (bits - 1)) * scale, out=err)
+            err /= U[i, i]
+            rest[i + 1:end].addr_(torch.from_numpy(U[i, i + 1:end]), torch.from_numpy(err), alpha=-1)
+        rest[end:].addmm_(torch.from_numpy(U[start:end, end:]).T, torch.from_numpy(errors), alpha=-1)
+    return _stored(np.ascontiguousarray(codes.T).reshape(n, -1, block_size), scales, bits, block_size, n, k,
+                   scale_dtype)
 
 
 def _inverse_cholesky(h: np.ndarray, block: int = FACTOR_BLOCK) -> np.ndarray:
