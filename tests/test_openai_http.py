@@ -152,6 +152,13 @@ def test_errors_are_openai_error_objects_with_their_status(server, client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="any", messages=[{"role": "user", "content": "word " * 3000}])
     assert "prompt" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:  # refused before rendering, naming the field (tiny: 32768 chars)
+        client.chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"},
+                                                              {"role": "user", "content": "x" * 40_000}])
+    assert "messages[1].content" in str(e.value) and "max_text_chars" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"}], tools=[MOVE_ARM, MOVE_ARM])
+    assert "tools[1].function.name" in str(e.value) and "given twice" in str(e.value)
 
 
 def test_a_disconnected_stream_frees_its_slot_and_both_front_ends_are_counted(server, client, metrics_port):

@@ -113,14 +113,19 @@ class AnswerFormat:
         named = self.tool_choice not in (ToolChoice.AUTO, ToolChoice.NONE, ToolChoice.REQUIRED)
         return ToolChoice.NAMED if named else ToolChoice(self.tool_choice)
 
+    def check_choice(self) -> None:
+        """A tool_choice that names a tool must name a declared one; required and named need tools."""
+        names = [_tool(t)["name"] for t in self.tools]
+        if self.choice is ToolChoice.NAMED and self.tool_choice not in names:
+            raise RequestError("tool_choice", f"names unknown tool {self.tool_choice[:64]!r}; tools: {names}")
+        if self.choice in (ToolChoice.REQUIRED, ToolChoice.NAMED) and not self.tools:
+            raise RequestError("tool_choice", f"{self.tool_choice!r} needs tools")
+
     def grammar(self, tags: ToolTags, check: Callable[[str, str], None]) -> str | None:
         """The llguidance grammar (its JSON text) for the answer, or None when the answer is free text.
         `check(where, grammar)` raises a RequestError naming `where` when llguidance refuses `grammar`."""
-        choice, names = self.choice, [_tool(t)["name"] for t in self.tools]
-        if choice is ToolChoice.NAMED and self.tool_choice not in names:
-            raise RequestError("tool_choice", f"names unknown tool {self.tool_choice[:64]!r}; tools: {names}")
-        if choice in (ToolChoice.REQUIRED, ToolChoice.NAMED) and not self.tools:
-            raise RequestError("tool_choice", f"{self.tool_choice!r} needs tools")
+        self.check_choice()
+        choice = self.choice
         calls = None
         if self.tools and choice is not ToolChoice.NONE:
             wanted = [t for t in self.tools if choice is not ToolChoice.NAMED or _tool(t)["name"] == self.tool_choice]

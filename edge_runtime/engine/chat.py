@@ -72,6 +72,23 @@ def tool_name(tool: dict[str, Any]) -> str:
     return (tool.get("function") or tool).get("name", "")
 
 
+def function_tools(tools: list[tuple[str, str, dict[str, Any] | None]], name_field: str = "tools[{i}].name",
+                   ) -> list[dict[str, Any]] | None:
+    """(name, description, parameters schema or None) for each tool a caller declared -> the tools as the chat
+    template takes them, in OpenAI's function shape; names must be given and distinct (`name_field`, with
+    the tool's index as {i}, is the field an error names); no parameters is an object with no properties."""
+    seen: set[str] = set()
+    for i, (name, _, _) in enumerate(tools):
+        if not name:
+            raise RequestError(name_field.format(i=i), "is empty")
+        if name in seen:
+            raise RequestError(name_field.format(i=i), f"{name[:40]!r} is given twice")
+        seen.add(name)
+    return [{"type": "function", "function": {"name": name, "description": description,
+                                              "parameters": parameters or {"type": "object", "properties": {}}}}
+            for name, description, parameters in tools] or None
+
+
 class Chat:
     def __init__(self, engine: Engine, defaults: ThinkingDefaults | None = None, limits: RenderLimits | None = None):
         """`limits`: what one render may cost; default: the limits derived from the engine's context."""
@@ -86,9 +103,7 @@ class Chat:
         """The prompt text of `chat`. A set `stop` ends rendering at its next step (RenderStopped)."""
         if not chat.messages:
             raise RequestError("messages", "is empty")
-        names = [tool_name(t) for t in chat.tools or []]
-        if chat.tool_choice not in ("auto", "none", "required") and chat.tool_choice not in names:
-            raise RequestError("tool_choice", f"names unknown tool {chat.tool_choice[:64]!r}; tools: {names}")
+        self._answer_format(chat).check_choice()  # before rendering: the grammar is compiled after it
         tools = chat.tools if chat.tool_choice != "none" else None
         try:
             return self.template.render(chat.messages, tools=tools, add_generation_prompt=True, reasoning=chat.reasoning,
@@ -100,6 +115,10 @@ class Chat:
             raise
         except Exception as e:  # template errors are the request's fault (bad roles, missing content, ...)
             raise RequestError("messages", f"cannot render the chat template: {e}") from None
+
+    @staticmethod
+    def _answer_format(chat: ChatRequest) -> AnswerFormat:
+        return AnswerFormat(chat.tools or [], chat.tool_choice, chat.parallel_tool_calls, chat.response_format)
 
     def count_tokens(self, chat: ChatRequest) -> int:
         return len(encode(self.engine.tokenizer, self.render(chat)))
@@ -126,8 +145,7 @@ class Chat:
         except ValueError as e:
             raise RequestError(str(e).split(" ")[0], str(e)) from None
         prompt_ids = encode(self.engine.tokenizer, prompt)
-        grammar = self.engine.grammars.compile(AnswerFormat(chat.tools or [], chat.tool_choice, chat.parallel_tool_calls,
-                                                            chat.response_format))
+        grammar = self.engine.grammars.compile(self._answer_format(chat))
         return GenerationRequest(
             prompt_ids=prompt_ids,
             sampling=SamplingParams.model_card_default(reasoning).override(chat.sampling),

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_runtime.bundle.chat_template import RenderLimits
+from edge_runtime.engine.records import RequestError
 
 # The largest message either peer of the gRPC service accepts (edge_runtime/service/options.py sets the
 # channels to it): a request is refused past the smaller max_request_bytes before it is parsed.
@@ -65,3 +66,28 @@ class RequestLimits:
     def render(self) -> RenderLimits:
         """What one chat template render may cost: the step budget, and the prompt's own text bound."""
         return RenderLimits(max_steps=self.template_max_steps, max_chars=self.max_text_chars)
+
+    def check_counts(self, items: int, tools: int, prefix: str = "") -> None:
+        """`items` messages and tool calls in them, and `tools`, against max_messages and max_tools."""
+        if items > self.max_messages:
+            raise RequestError(f"{prefix}messages", f"{items} messages and tool calls; at most {self.max_messages} "
+                                                    "([limits] max_messages)")
+        if tools > self.max_tools:
+            raise RequestError(f"{prefix}tools", f"{tools} tools; at most {self.max_tools} ([limits] max_tools)")
+
+    def tally(self) -> TextTally:
+        return TextTally(self.max_text_chars)
+
+
+class TextTally:
+    """The characters of a request's text fields, added up field by field against max_text_chars: the field
+    that crosses the limit is the one named."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total = limit, 0
+
+    def add(self, where: str, text: str) -> None:
+        self.total += len(text)
+        if self.total > self.limit:
+            raise RequestError(where, f"the request's text reaches {self.total} characters here; at most "
+                                      f"{self.limit} in all ([limits] max_text_chars)")

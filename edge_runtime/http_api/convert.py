@@ -18,7 +18,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from edge_runtime.engine.answer_format import ResponseFormat
-from edge_runtime.engine.chat import ChatRequest
+from edge_runtime.engine.chat import ChatRequest, function_tools
 from edge_runtime.engine.limits import RequestLimits
 from edge_runtime.engine.records import (Channel, Delta, Event, Final, FinishReason, Priority, RequestError,
                                          TokenLogprobs, ToolCallRecord, Usage)
@@ -33,20 +33,24 @@ SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "pre
 
 
 def check_bounds(body: ChatCompletionRequest, limits: RequestLimits) -> None:
-    """The gRPC service's bounds on what one request carries (its byte size was bounded before parsing)."""
-    items = len(body.messages) + sum(len(m.tool_calls or []) for m in body.messages)
-    if items > limits.max_messages:
-        raise RequestError("messages", f"{items} messages and tool calls; at most {limits.max_messages}")
-    if len(body.tools or []) > limits.max_tools:
-        raise RequestError("tools", f"{len(body.tools)} tools; at most {limits.max_tools}")
-    texts = [m.text + (m.name or "") + (m.tool_call_id or "") for m in body.messages]
-    texts += [c.function.name + c.function.arguments for m in body.messages for c in m.tool_calls or []]
-    texts += [t.function.name + t.function.description + json.dumps(t.function.parameters) for t in body.tools or []]
-    texts.append(json.dumps(body.response_format) if body.response_format else "")
-    total = sum(len(t) for t in texts)
-    if total > limits.max_text_chars:
-        raise RequestError("messages", f"the request's text is {total} characters; at most {limits.max_text_chars} "
-                                       "([limits] max_text_chars)")
+    """The gRPC service's bounds on what one request carries, each field named (its byte size was bounded
+    before parsing)."""
+    limits.check_counts(len(body.messages) + sum(len(m.tool_calls or []) for m in body.messages), len(body.tools or []))
+    tally = limits.tally()
+    for i, m in enumerate(body.messages):
+        where = f"messages[{i}]"
+        tally.add(f"{where}.content", m.text)
+        for name in ("name", "tool_call_id"):
+            tally.add(f"{where}.{name}", getattr(m, name) or "")
+        for j, c in enumerate(m.tool_calls or []):
+            tally.add(f"{where}.tool_calls[{j}].id", c.id)
+            for name in ("name", "arguments"):
+                tally.add(f"{where}.tool_calls[{j}].function.{name}", getattr(c.function, name))
+    for i, t in enumerate(body.tools or []):
+        tally.add(f"tools[{i}].function.name", t.function.name)
+        tally.add(f"tools[{i}].function.description", t.function.description)
+        tally.add(f"tools[{i}].function.parameters", json.dumps(t.function.parameters) if t.function.parameters else "")
+    tally.add("response_format", json.dumps(body.response_format) if body.response_format else "")
 
 
 def chat_request(body: ChatCompletionRequest, request_id: str) -> ChatRequest:
@@ -111,15 +115,8 @@ def _arguments(text: str, where: str) -> dict[str, Any]:
 
 
 def _tools(body: ChatCompletionRequest) -> list[dict[str, Any]] | None:
-    if not body.tools:
-        return None
-    names = [t.function.name for t in body.tools]
-    twice = next((n for n in names if names.count(n) > 1), None)
-    if twice is not None:
-        raise RequestError("tools", f"{twice[:40]!r} is given twice")
-    return [{"type": "function", "function": {"name": t.function.name, "description": t.function.description,
-                                              "parameters": t.function.parameters or {"type": "object", "properties": {}}}}
-            for t in body.tools]
+    return function_tools([(t.function.name, t.function.description, t.function.parameters) for t in body.tools or []],
+                          name_field="tools[{i}].function.name")
 
 
 def completion_sampling(body: CompletionRequest) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from edge_runtime.api import edge_pb2 as pb
 from edge_runtime.api.mapping import (CHANNEL_TO_PROTO, FINISH_TO_PROTO, GRAMMAR_TO_PROTO, PRIORITY_FROM_PROTO,
                                       SAMPLING_FIELDS, THINKING_END_TO_PROTO)
 from edge_runtime.engine.answer_format import FormatKind, ResponseFormat
-from edge_runtime.engine.limits import RequestLimits
+from edge_runtime.engine.chat import function_tools
+from edge_runtime.engine.limits import RequestLimits, TextTally
 from edge_runtime.engine.records import Delta, Event, Final, Priority, RequestError, Timings, ToolCallRecord
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -52,23 +53,10 @@ def request_id_from_proto(value: str) -> str | None:
     return value
 
 
-class _TextTally:
-    """The characters of a request's text fields, added up field by field against max_text_chars."""
-
-    def __init__(self, limits: RequestLimits):
-        self.limit, self.total = limits.max_text_chars, 0
-
-    def add(self, where: str, text: str) -> None:
-        self.total += len(text)
-        if self.total > self.limit:
-            raise RequestError(where, f"the request's text reaches {self.total} characters here; at most "
-                                      f"{self.limit} in all ([limits] max_text_chars)")
-
-
 def check_bounds(r: pb.ChatRequest | pb.GenerateRequest | pb.CountTokensRequest, limits: RequestLimits) -> None:
     """Refuse a request that carries more than `limits` allow, naming the field: cheap (counts and lengths),
     run before anything of it is parsed, rendered or tokenized."""
-    tally = _TextTally(limits)
+    tally = limits.tally()
     if isinstance(r, pb.ChatRequest):
         _check_chat_bounds(r, limits, tally, "")
         # Tokenized when the request is submitted, on the event loop: as short as a stop string.
@@ -86,13 +74,8 @@ def check_bounds(r: pb.ChatRequest | pb.GenerateRequest | pb.CountTokensRequest,
         _check_chat_bounds(r.chat, limits, tally, "chat.")
 
 
-def _check_chat_bounds(r: pb.ChatRequest | pb.ChatInput, limits: RequestLimits, tally: _TextTally, prefix: str) -> None:
-    items = len(r.messages) + sum(len(m.tool_calls) for m in r.messages)
-    if items > limits.max_messages:
-        raise RequestError(f"{prefix}messages", f"{items} messages and tool calls; at most {limits.max_messages} "
-                                                "([limits] max_messages)")
-    if len(r.tools) > limits.max_tools:
-        raise RequestError(f"{prefix}tools", f"{len(r.tools)} tools; at most {limits.max_tools} ([limits] max_tools)")
+def _check_chat_bounds(r: pb.ChatRequest | pb.ChatInput, limits: RequestLimits, tally: TextTally, prefix: str) -> None:
+    limits.check_counts(len(r.messages) + sum(len(m.tool_calls) for m in r.messages), len(r.tools), prefix)
     for i, m in enumerate(r.messages):
         where = f"{prefix}messages[{i}]"
         for name in ("content", "name", "tool_call_id"):
@@ -143,19 +126,9 @@ def messages_from_proto(messages) -> list[dict[str, Any]]:
 
 
 def tools_from_proto(tools) -> list[dict[str, Any]] | None:
-    if not tools:
-        return None
-    out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for i, t in enumerate(tools):
-        if not t.name:
-            raise RequestError(f"tools[{i}].name", "is empty")
-        if t.name in seen:
-            raise RequestError(f"tools[{i}].name", f"{t.name[:40]!r} is given twice")
-        seen.add(t.name)
-        params = _json_object(t.parameters_json, f"tools[{i}].parameters_json", empty={"type": "object", "properties": {}})
-        out.append({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": params}})
-    return out
+    return function_tools([(t.name, t.description,
+                            _json_object(t.parameters_json, f"tools[{i}].parameters_json") if t.parameters_json else None)
+                           for i, t in enumerate(tools)])
 
 
 @dataclass
