@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import artifacts
-from bench.report import _mark, _num, _table
+from bench import report
 from bench.run import machine, versions
 from bench.settings import Settings
 from bench.timing import Case, timed
@@ -100,15 +100,15 @@ def measure(engine: Engine, o: Options) -> dict:
     return case.finish()
 
 
-def table(case: dict, o: Options) -> str:
+def markdown(case: dict, o: Options) -> str:
     rows = []
     for b in o.batches:
         r = case["ratios"][f"b{b} long / short"]
         m = case["measurements"]
-        rows.append([str(b), _num(m[f"b{b} short"]["median"]), _num(m[f"b{b} long"]["median"]),
-                     f"{r['value']:.3f}x", f"{r['min']:.3f}x - {r['max']:.3f}x", _mark(r) or "-"])
-    return _table(["batch", f"ms/step after {o.short}", f"ms/step after {o.long}", "long / short (median of rounds)",
-                   "min - max", "target"], rows)
+        rows.append([str(b), report.num(m[f"b{b} short"]["median"]), report.num(m[f"b{b} long"]["median"]),
+                     f"{r['value']:.3f}x", f"{r['min']:.3f}x - {r['max']:.3f}x", report.mark(r) or "-"])
+    return report.table(["batch", f"ms/step after {o.short}", f"ms/step after {o.long}", "long / short (median of rounds)",
+                          "min - max", "target"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"{label}, {bundle}: decode step after {o.long} prompt tokens against after {o.short}, "
           f"{o.rounds} rounds, {o.new_tokens} new tokens")
-    print(table(results["cases"]["long_context"], o))
+    print(markdown(results["cases"]["long_context"], o))
     return 0
 
 

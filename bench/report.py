@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-def _num(x: float) -> str:
+def num(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
 
 
@@ -19,20 +19,20 @@ def _x(r: dict | None) -> str:
     return "" if r is None else f"{r['value']:.2f}x"
 
 
-def _mark(r: dict | None) -> str:
+def mark(r: dict | None) -> str:
     if r is None or r["target"] is None:
         return ""
     return f"{r['target']}: {'met' if r['met'] else '**missed**'}"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _med(case: dict, key: str) -> str:
     m = case["measurements"].get(key)
-    return _num(m["median"]) if m else "-"
+    return num(m["median"]) if m else "-"
 
 
 def _runs(case: dict, key: str) -> int:
@@ -43,13 +43,13 @@ def decode(c: dict, s: dict) -> str:
     b = s["batch"]
     labels = [k[:-3] for k in c["measurements"] if k.endswith(" b1")]
     r = c["ratios"]
-    rows = [[v, _med(c, f"{v} b1"), _x(r.get(f"{v} b1 / transformers b1")), _mark(r.get(f"{v} b1 / transformers b1")),
+    rows = [[v, _med(c, f"{v} b1"), _x(r.get(f"{v} b1 / transformers b1")), mark(r.get(f"{v} b1 / transformers b1")),
              _med(c, f"{v} b{b}"), _x(r.get(f"{v} b{b} / transformers b{b}")), _x(r.get(f"{v} b{b} / b1")),
-             _mark(r.get(f"{v} b{b} / b1"))] for v in labels]
+             mark(r.get(f"{v} b{b} / b1"))] for v in labels]
     for row in rows:
         if row[0] == "transformers":
             row[2:4], row[5:7] = ["1.00x", ""], ["1.00x", _x(r.get(f"transformers b{b} / b1"))]
-    return _table(["variant", "b1 tok/s", "b1 vs transformers", "target", f"b{b} tok/s (aggregate)",
+    return table(["variant", "b1 tok/s", "b1 vs transformers", "target", f"b{b} tok/s (aggregate)",
                    f"b{b} vs transformers", f"b{b} / b1", "target"], rows)
 
 
@@ -59,9 +59,9 @@ def prefill(c: dict, s: dict) -> str:
     rows = [["transformers (one forward)", *[_med(c, f"transformers {n}") for n in lengths], *[""] * len(lengths)]]
     for v in variants:
         rows.append([v, *[_med(c, f"{v} {n}") for n in lengths],
-                     *[_x(c["ratios"].get(f"{v} {n} / transformers {n}")) + (" (" + _mark(c["ratios"].get(f"{v} {n} / transformers {n}")) + ")"
+                     *[_x(c["ratios"].get(f"{v} {n} / transformers {n}")) + (" (" + mark(c["ratios"].get(f"{v} {n} / transformers {n}")) + ")"
                        if c["ratios"].get(f"{v} {n} / transformers {n}", {}).get("target") else "") for n in lengths]])
-    return _table(["variant, mode", *[f"{n} tok/s" for n in lengths], *[f"{n} vs transformers" for n in lengths]], rows)
+    return table(["variant, mode", *[f"{n} tok/s" for n in lengths], *[f"{n} vs transformers" for n in lengths]], rows)
 
 
 def service(c: dict, s: dict) -> str:
@@ -80,17 +80,17 @@ def service(c: dict, s: dict) -> str:
         rows.append([f"OpenAI-compatible HTTP, 1 stream (server-sent events{', ' + str(interval) + ' ms interval' if interval is not None else ''}; the `openai` client)",
                      _med(c, "HTTP 1 stream"), ""])
     r = c["ratios"].get("in-process b1 / gRPC 1 stream")
-    text = _table(["path", "aggregate tok/s", ""], rows)
+    text = table(["path", "aggregate tok/s", ""], rows)
     if r:
         text += (f"\n\ngRPC cost at batch 1: in-process / gRPC = {_x(r)} ({(r['value'] - 1) * 100:+.1f}% time), "
-                 f"{_mark(r)}")
+                 f"{mark(r)}")
     r0 = c["ratios"].get("in-process b1 / gRPC 1 stream, interval 0")
     if r0:
         text += f"; with a message per token (interval 0) {_x(r0)}"
     rh = c["ratios"].get("in-process b1 / HTTP 1 stream")
     if rh:
         text += (f"\n\nHTTP cost at batch 1: in-process / HTTP streaming = {_x(rh)} ({(rh['value'] - 1) * 100:+.1f}% time), "
-                 f"{_mark(rh)}")
+                 f"{mark(rh)}")
     cpu = c["details"].get("cpu_ms_per_token")
     if cpu:
         text += "\n\nCPU time per token at batch 1 (all threads): " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items())
@@ -103,10 +103,10 @@ def thinking(c: dict, s: dict) -> str:
     for budget in s["budgets"]:
         r = c["ratios"].get(f"single / two calls {budget}")
         rows.append([str(budget), _med(c, f"single pass {budget}"), _med(c, f"two calls {budget}"),
-                     _med(c, f"call 2 prefill {budget}"), _x(r), _mark(r), _med(c, f"two calls transformers {budget}"),
+                     _med(c, f"call 2 prefill {budget}"), _x(r), mark(r), _med(c, f"two calls transformers {budget}"),
                      _x(c["ratios"].get(f"single / two calls transformers {budget}")),
                      "; ".join(ended.get(f"single {budget}", {})), "; ".join(ended.get(f"two calls {budget}", {}))])
-    return _table(["budget B", "single pass s", "two calls s", "of which call 2's prefill s", "single / two", "target",
+    return table(["budget B", "single pass s", "two calls s", "of which call 2's prefill s", "single / two", "target",
                    "two calls on transformers s", "single / two on transformers",
                    "single pass: thinking ended by", "two calls: how call 1 ended"], rows)
 
@@ -118,14 +118,14 @@ def memory(c: dict, s: dict) -> str:
     rows = [[v, mib(f"{v} loaded"), mib(f"{v} planned loaded"), _x(c["ratios"].get(f"{v} loaded / planned")),
              mib(f"{v} peak"), top(f"{v} peak"), mib(f"{v} planned peak"), _x(c["ratios"].get(f"{v} peak / planned")),
              str(_runs(c, f"{v} peak"))] for v in labels]
-    return _table(["variant", "RSS after load MiB", "plan: weights + overhead MiB", "measured / plan",
+    return table(["variant", "RSS after load MiB", "plan: weights + overhead MiB", "measured / plan",
                    f"peak RSS MiB ({s['memory_batch']} x {s['memory_context']} tokens)", "largest peak MiB",
                    "plan total MiB", "median peak / plan", "processes"], rows)
 
 
 def bandwidth(c: dict, s: dict) -> str:
     m = c["measurements"]
-    bw = _table(["bandwidth (numpy, arrays of %d MiB)" % (s["bandwidth_bytes"] >> 20), "GB/s"],
+    bw = table(["bandwidth (numpy, arrays of %d MiB)" % (s["bandwidth_bytes"] >> 20), "GB/s"],
                 [[k, _med(c, k)] for k in m if k.startswith(("copy", "read"))])
     labels = [k[:-3] for k in m if k.endswith(" b1")]
     rows = []
@@ -133,8 +133,8 @@ def bandwidth(c: dict, s: dict) -> str:
         b = c["details"][f"{v} bytes per token"]
         rows.append([v, f"{b['total'] / 2**20:.1f}", _med(c, f"{v} ceiling (copy)"), _med(c, f"{v} ceiling (read)"),
                      _med(c, f"{v} b1"), f"{c['ratios'][f'{v} b1 / ceiling (copy)']['value'] * 100:.0f}%",
-                     f"{c['ratios'][f'{v} b1 / ceiling (read)']['value'] * 100:.0f}%", _mark(c["ratios"][f"{v} b1 / ceiling (copy)"])])
-    return bw + "\n\n" + _table(["variant", "MiB per token", "ceiling tok/s (copy bw)", "ceiling tok/s (read bw)",
+                     f"{c['ratios'][f'{v} b1 / ceiling (read)']['value'] * 100:.0f}%", mark(c["ratios"][f"{v} b1 / ceiling (copy)"])])
+    return bw + "\n\n" + table(["variant", "MiB per token", "ceiling tok/s (copy bw)", "ceiling tok/s (read bw)",
                                  "measured b1 tok/s", "fraction (copy)", "fraction (read)", "target"], rows)
 
 
@@ -150,13 +150,13 @@ def profile(c: dict, s: dict) -> str:
                 f" + ONNX Runtime Run {run:.1f} ms (kernels {kern:.1f} ms in {d['kernels_per_call']} kernel calls,"
                 f" between kernels {run - kern:.1f} ms)")
         rows = [[op, f"{ms:.2f}", f"{d['by_op_share'][op] * 100:.0f}%"] for op, ms in d["by_op_ms_per_call"].items()]
-        parts.append(head + "\n\n" + _table(["op type", "kernel ms / call", "share of kernel time"], rows))
+        parts.append(head + "\n\n" + table(["op type", "kernel ms / call", "share of kernel time"], rows))
     return "\n\n".join(parts)
 
 
 def generic(c: dict, s: dict) -> str:
-    rows = [[k, m["unit"], _num(m["median"]), str(len(m["runs"]))] for k, m in c["measurements"].items()]
-    return _table(["measurement", "unit", "median", "runs"], rows)
+    rows = [[k, m["unit"], num(m["median"]), str(len(m["runs"]))] for k, m in c["measurements"].items()]
+    return table(["measurement", "unit", "median", "runs"], rows)
 
 
 RENDER = {"decode": decode, "prefill": prefill, "service": service, "thinking": thinking, "memory": memory,
@@ -166,7 +166,7 @@ RENDER = {"decode": decode, "prefill": prefill, "service": service, "thinking": 
 def targets(results: dict) -> str:
     rows = [[name, key, _x(r), r["target"], "met" if r["met"] else "**missed**"]
             for name, c in results["cases"].items() for key, r in c["ratios"].items() if r["target"]]
-    return _table(["case", "ratio", "value", "target", ""], rows)
+    return table(["case", "ratio", "value", "target", ""], rows)
 
 
 def render(results: dict) -> str:
