@@ -109,48 +109,6 @@ class OrtSide:
         return self.runner.decode(self.slots[:len(tokens)], tokens, past).copy()
 
 
-class TorchSide:
-    """The exporter's PyTorch model, its states kept like the pool's: K/V rows of MAX_CONTEXT positions,
-    each call's new K/V written at the row's own past length."""
-
-    def __init__(self, model, rows: int):
-        self.model = model
-        self.states = {k: v.clone() for k, v in model.empty_states(rows, MAX_CONTEXT).items()}
-
-    def _run(self, ids, lengths: list[int], past: list[int], decode: bool) -> np.ndarray:
-        import torch
-
-        from nemotron_export.threads import one_torch_thread
-
-        cut = max(past)
-        states = {k: (v[:, :, :cut] if k.endswith(("key", "value")) else v) for k, v in self.states.items()}
-        with torch.no_grad(), one_torch_thread():
-            logits, new = self.model(ids, states, lengths=torch.tensor(lengths), past_lengths=torch.tensor(past),
-                                     decode=decode)
-        for name, value in new.items():
-            key = name.replace("present.", "past.")
-            if key.endswith(("key", "value")):
-                for row, (start, n) in enumerate(zip(past, lengths)):
-                    self.states[key][row, :, start:start + n] = value[row, :, :n]
-            else:
-                self.states[key] = value
-        return logits.numpy()
-
-    def prefill(self, chunks: list[list[int]], past: list[int]) -> np.ndarray:
-        import torch
-
-        lengths = [len(c) for c in chunks]
-        ids = torch.zeros(len(chunks), max(lengths), dtype=torch.long)
-        for row, c in enumerate(chunks):
-            ids[row, :len(c)] = torch.tensor(c)
-        return self._run(ids, lengths, past, decode=False)
-
-    def decode(self, tokens: list[int], past: list[int]) -> np.ndarray:
-        import torch
-
-        return self._run(torch.tensor(tokens)[:, None], [1] * len(tokens), past, decode=True)
-
-
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
@@ -345,11 +303,12 @@ def check_preset(preset: str, opts: Options) -> dict:
             reference: Side = OrtSide(bundle, len(prompts), ["cpu"], {})
             against = f"CPU provider, {fmt} bundle"
         else:
+            from nemotron_export.pooled_reference import PooledReference
             if model is None:
                 from nemotron_export.checkpoint import load_checkpoint
                 model = load_checkpoint(ckpt, progress=False)
             quantized = bool(bundle.weights.get("projections"))
-            reference = TorchSide(dequantized_model(model, bundle) if quantized else model, len(prompts))
+            reference = PooledReference(dequantized_model(model, bundle) if quantized else model, len(prompts), MAX_CONTEXT)
             against = "PyTorch reference" + (" with the bundle's dequantized weights" if quantized else ", float32")
         out["parity"][fmt] = {"against": against, **compare(reference, candidate, prompts, TOLERANCES[opts.provider][fmt])}
         del candidate, reference

@@ -31,6 +31,7 @@ from nemotron_export import ops
 from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.checkpoint import load_checkpoint
 from nemotron_export.onnx_graph import WeightFormat
+from nemotron_export.pooled_reference import PooledReference
 from nemotron_export.ssm import process_dt
 from nemotron_export.synth import random_weights, synth, write_checkpoint
 from nemotron_export.threads import one_torch_thread
@@ -79,40 +80,6 @@ def make_pool(bundle, rows: int, max_context: int = MAX_CONTEXT) -> StatePool:
     return StatePool(bundle.state_layout, rows, max_context)
 
 
-class ReferenceRunner:
-    """The reference model over states kept like the runtime's StatePool: conv/ssm per row, K/V in rows of
-    MAX_CONTEXT positions, each call's new K/V written at the row's own past length."""
-
-    def __init__(self, model, batch: int):
-        self.model = model
-        self.states = {k: v.clone() for k, v in model.empty_states(batch, MAX_CONTEXT).items()}
-
-    def _run(self, ids: torch.Tensor, lengths: list[int], past_lengths: list[int], decode: bool) -> np.ndarray:
-        T = max(past_lengths)
-        past = {k: (v[:, :, :T] if k.endswith(("key", "value")) else v) for k, v in self.states.items()}
-        with torch.no_grad():
-            logits, new = self.model(ids, past, lengths=torch.tensor(lengths), past_lengths=torch.tensor(past_lengths),
-                                     decode=decode)
-        for name, value in new.items():
-            key = name.replace("present.", "past.")
-            if key.endswith(("key", "value")):
-                for row, (start, n) in enumerate(zip(past_lengths, lengths)):
-                    self.states[key][row, :, start:start + n] = value[row, :, :n]
-            else:
-                self.states[key] = value
-        return logits.numpy()
-
-    def prefill(self, chunks: list[list[int]], past_lengths: list[int]) -> np.ndarray:
-        lengths = [len(c) for c in chunks]
-        ids = torch.zeros(len(chunks), max(lengths), dtype=torch.long)
-        for row, c in enumerate(chunks):
-            ids[row, :len(c)] = torch.tensor(c)
-        return self._run(ids, lengths, past_lengths, decode=False)
-
-    def decode(self, tokens: list[int], past_lengths: list[int]) -> np.ndarray:
-        return self._run(torch.tensor(tokens)[:, None], [1] * len(tokens), past_lengths, decode=True)
-
-
 class Setup:
     """One exported bundle, its runtime, and the reference model it came from."""
 
@@ -144,7 +111,7 @@ class Setup:
                 self.pool.release(s)
 
     def _compare(self, slots, prompts, decode_steps, split) -> list[str]:
-        ref = ReferenceRunner(self.model, len(prompts))
+        ref = PooledReference(self.model, len(prompts), MAX_CONTEXT)
         where = f"lengths {[len(p) for p in prompts]}" + (f" split at {split}" if split else "")
         errors: list[str] = []
 
@@ -410,7 +377,7 @@ def test_half_precision_bundles_run_on_cpu(half_setups, kind, tol):
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, setup.cfg.vocab_size, n).tolist() for n in lengths]
     slots = [setup.pool.allocate() for _ in prompts]
-    ref = ReferenceRunner(setup.model, 3)
+    ref = PooledReference(setup.model, 3, MAX_CONTEXT)
     got, want = setup.runner.prefill(slots, prompts, [0] * 3), ref.prefill(prompts, [0] * 3)
     errs = [rel_err(got, want)]
     past = list(lengths)
