@@ -13,6 +13,8 @@ JSON report, one printed summary, for each preset (`tiny`; without --quick also 
 - host <-> device bytes of one decode step at batch 1 and 8, as the runner counts them per call: the state
   is bound in the provider's device memory (0 bytes through the host), the token ids and past lengths go
   in and the float32 logits come out through host memory; on the CPU provider nothing crosses.
+- a prefix-cache snapshot round trip on the pool's device (snapshot_round_trip): a restored snapshot must
+  continue a prompt bit for bit as the uninterrupted run does, and live in the provider's device memory.
 - decode and prefill tokens/s at batch 1 and 8 without CUDA graphs. With CUDA graphs is reported as not
   supported: capture also needs the token ids, lengths and logits in device buffers at fixed addresses, and
   one capture per batch size, which the runner does not do yet.
@@ -192,6 +194,33 @@ def decode_step_bytes(side: OrtSide, batch: int, past: int) -> dict:
             "device_to_host": bound["logits"] + bound["state"] // 2 if crosses else 0, "bound_in_host_memory": bound}
 
 
+def snapshot_round_trip(side: OrtSide, vocab: int, n: int = 64, rest: int = 32) -> dict:
+    """A prefix-cache snapshot on the provider's device (StatePool.snapshot / restore, engine/state_copy.py):
+    slot 1's state after `n` prompt tokens is copied out, slot 2 is filled with another sequence and the
+    snapshot restored into it; the rest of the prompt must then give the logits of slot 0, which ran the
+    same prompt with a chunk edge at `n`, bit for bit, and the snapshot must live on the pool's device."""
+    rng = np.random.default_rng(n)
+    prompt = rng.integers(0, vocab, n + rest).tolist()
+    runner, pool = side.runner, side.pool
+    runner.prefill([0], [prompt[:n]], [0])
+    expected = runner.prefill([0], [prompt[n:]], [n]).copy()
+    runner.prefill([1], [prompt[:n]], [0])
+    t0 = time.perf_counter()
+    snap = pool.snapshot(1, n)
+    t1 = time.perf_counter()
+    runner.prefill([2], [rng.integers(0, vocab, n + rest).tolist()], [0])
+    t2 = time.perf_counter()
+    pool.restore(2, snap)
+    t3 = time.perf_counter()
+    got = runner.prefill([2], [prompt[n:]], [n])
+    devices = sorted({v.device_name().lower() for v in snap.values.values()})
+    identical = bool(np.array_equal(got, expected))
+    return {"status": "passed" if identical and devices == [pool.device.kind] else "failed",
+            "bit_identical": identical, "max_abs_diff": float(np.abs(got - expected).max()),
+            "snapshot_devices": devices, "pool_device": pool.device.kind, "tokens": n, "bytes": snap.nbytes,
+            "snapshot_ms": (t1 - t0) * 1e3, "restore_ms": (t3 - t2) * 1e3}
+
+
 def timed_perf(side: OrtSide, batch: int, steps: int, reps: int, vocab: int) -> dict:
     """Prefill of `batch` rows of PERF_PROMPT tokens, then `steps` decode steps: the best of `reps` (each
     after one untimed warm-up round), in tokens per second."""
@@ -289,7 +318,7 @@ def check_preset(preset: str, opts: Options) -> dict:
     t0 = time.perf_counter()
     ckpt, paths, exported = export_all(preset, opts)
     out: dict = {"budget_s": BUDGET_S[preset], "export": exported, "parity": {}, "decode_step_bytes": {},
-                 "perf": {}}
+                 "snapshot": {}, "perf": {}}
     model = None
     steps, reps = (8, 2) if opts.quick else (32, 3)
     for fmt in FORMATS:
@@ -318,6 +347,7 @@ def check_preset(preset: str, opts: Options) -> dict:
         out["decode_step_bytes"][fmt] = {
             "status": "counted", "method": "counted by the runner for each call it binds (HostBytes)",
             **{f"batch{b}": decode_step_bytes(perf, b, PERF_PROMPT) for b in PERF_BATCHES}}
+        out["snapshot"][fmt] = snapshot_round_trip(perf, vocab)
         out["perf"][fmt] = {
             "status": "measured",
             **{f"batch{b}": {"cuda_graphs_off": timed_perf(perf, b, steps, reps, vocab), "cuda_graphs_on": CUDA_GRAPHS}
@@ -337,6 +367,11 @@ def failures(report: dict) -> list[str]:
             elif p["status"] == "failed":
                 bad.append(f"{preset} {fmt} parity: max rel err {p['max_rel_err']:.2e} (tolerance {p['tolerance']}), "
                            f"{sum(not m['near_tie'] for m in p['token_mismatches'])} token mismatches beyond a near-tie")
+        for fmt, snap in r["snapshot"].items():
+            if snap["status"] == "failed":
+                bad.append(f"{preset} {fmt} snapshot: bit identical {snap['bit_identical']} (max abs diff "
+                           f"{snap['max_abs_diff']:.2e}), held on {snap['snapshot_devices']} for a pool on "
+                           f"{snap['pool_device']}")
         if report["provider"] != "cpu":  # on a GPU the state must stay in device memory
             for fmt, steps in r["decode_step_bytes"].items():
                 for batch, step in steps.items():
@@ -399,7 +434,9 @@ def summary(report: dict) -> str:
             perf = r["perf"][fmt]
             lines.append(
                 f"  {fmt:5} parity {p['status']} (max rel err {p['max_rel_err']:.1e} <= {p['tolerance']:g}, "
-                f"{len(p['token_mismatches'])} argmax flips) | decode step host<->device "
+                f"{len(p['token_mismatches'])} argmax flips) | snapshot {r['snapshot'][fmt]['status']} "
+                f"({r['snapshot'][fmt]['snapshot_ms']:.1f} + {r['snapshot'][fmt]['restore_ms']:.1f} ms) | "
+                "decode step host<->device "
                 + ", ".join(crossing(r["decode_step_bytes"][fmt][f"batch{b}"], b) for b in PERF_BATCHES) + " | tokens/s "
                 + ", ".join(f"b{b} prefill {perf[f'batch{b}']['cuda_graphs_off']['prefill_tokens_per_s']:.0f} "
                             f"decode {perf[f'batch{b}']['cuda_graphs_off']['decode_tokens_per_s']:.0f}"

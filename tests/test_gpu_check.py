@@ -1,5 +1,6 @@
 """scripts/gpu-check.sh --provider cpu --quick, as CI runs it: the tiny preset's four weight formats pass
-parity against the PyTorch reference, the decode step's host <-> device bytes are counted (none cross on
+parity against the PyTorch reference, a prefix-cache snapshot restored on the pool's device continues a prompt
+bit for bit, the decode step's host <-> device bytes are counted (none cross on
 the CPU provider, where the state is bound in host memory), tokens/s are measured at batch 1 and 8, and CUDA graphs are
 reported as not supported rather than measured."""
 
@@ -35,6 +36,8 @@ def test_quick_cpu_run_reports_every_check_passed(tmp_path: Path):
         assert parity["max_rel_err"] <= parity["tolerance"]
         assert len(parity["greedy_tokens"]) == len(parity["rel_err_per_call"])
         assert parity["against"].startswith("PyTorch reference")
+        snap = tiny["snapshot"][fmt]
+        assert (snap["status"], snap["bit_identical"], snap["snapshot_devices"]) == ("passed", True, ["cpu"]), snap
         moved = tiny["decode_step_bytes"][fmt]
         assert moved["status"] == "counted"
         for b in PERF_BATCHES:

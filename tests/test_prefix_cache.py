@@ -4,6 +4,7 @@ the same generation as from scratch, kept within their budget (issue 21)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from edge_runtime.bundle.reader import open_bundle
@@ -13,6 +14,7 @@ from edge_runtime.engine.providers import ProviderConfig
 from edge_runtime.engine.records import GenerationRequest, RequestError, SamplingParams
 from edge_runtime.engine.runner import OrtModelRunner
 from edge_runtime.engine.scheduler import SchedulerConfig
+from edge_runtime.engine.state_copy import DeviceCopier, Range, identity_model
 from edge_runtime.engine.state_pool import StatePool
 from edge_runtime.engine.token_ids import encode
 
@@ -81,6 +83,21 @@ def test_snapshots_stay_within_the_budget_least_recently_used_first_and_pinned_n
 # ---- state snapshots on a real pool and runner ---------------------------------------------------------------
 
 
+def test_the_device_copy_graph_is_valid_onnx_and_copies_ranges_by_address():
+    model = onnx.load_from_string(identity_model([np.dtype(np.float32), np.dtype(np.float16)]))
+    onnx.checker.check_model(model, full_check=True)
+    a, b = np.arange(10, dtype=np.float32), np.zeros(10, np.float32)
+    c, d = np.arange(6, dtype=np.float16), np.zeros(6, np.float16)
+    copier = DeviceCopier("cpu", 0, [np.float32, np.float16])
+    copier.copy([Range(a.ctypes.data + 8, 5, a.dtype), Range(c.ctypes.data, 6, c.dtype)],
+                [Range(b.ctypes.data + 4, 5, b.dtype), Range(d.ctypes.data, 6, d.dtype)])
+    np.testing.assert_array_equal(b, [0, 2, 3, 4, 5, 6, 0, 0, 0, 0])
+    np.testing.assert_array_equal(d, c)
+    with pytest.raises(ValueError, match="range 1 is 5 x float16 to 6 x float16"):
+        copier.copy([Range(a.ctypes.data, 5, a.dtype), Range(c.ctypes.data, 5, c.dtype)],
+                    [Range(b.ctypes.data, 5, b.dtype), Range(d.ctypes.data, 6, d.dtype)])
+
+
 @pytest.mark.parametrize("fixture", ["tiny_bundle", "tiny_int4_bundle"])
 def test_a_restored_snapshot_gives_the_logits_of_the_uninterrupted_run_bit_for_bit(fixture, request):
     bundle = open_bundle(request.getfixturevalue(fixture))
@@ -91,7 +108,7 @@ def test_a_restored_snapshot_gives_the_logits_of_the_uninterrupted_run_bit_for_b
     reference = runner.prefill([0], [prompt[n:]], [n]).copy()
     runner.prefill([1], [prompt[:n]], [0])
     snap = pool.snapshot(1, n)
-    assert sum(a.nbytes for a in snap.values()) == pool.snapshot_nbytes(n)
+    assert snap.nbytes == pool.snapshot_nbytes(n) == sum(v.tensor_size_in_bytes() for v in snap.values.values())
     runner.prefill([2], [ids(3, 100)], [0])  # the slot holds another sequence's state before the restore
     pool.restore(2, snap)
     np.testing.assert_array_equal(runner.prefill([2], [prompt[n:]], [n]), reference)

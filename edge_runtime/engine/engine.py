@@ -128,9 +128,6 @@ class Engine:
         self.scheduler = Scheduler(self.config.scheduler, self.max_rows)
         self.cache: PrefixCache | None = None
         if cache_bytes:
-            if not self.pool.device.is_host:
-                raise RequestError("prefix_cache_bytes", f"the prefix cache cannot hold state that lives on the "
-                                                         f"{self.pool.device.kind} device yet; set it to 0")
             self.cache = PrefixCache(cache_bytes, self.bundle.identity.encode())
         self.eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.token_to_id(END_OF_TURN) is not None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_runtime.engine.state_pool import StateSnapshot
+
 BLOCK = 64  # token ids per link of the hash chain
 
 
@@ -34,7 +36,7 @@ def _link(previous: bytes, block: np.ndarray) -> bytes:
 @dataclass(eq=False)
 class Snapshot:
     tokens: np.ndarray  # int32 [n]: the prefix it holds the state after
-    state: dict[str, np.ndarray]  # by state name, as StatePool.snapshot gives it
+    state: StateSnapshot  # as StatePool.snapshot gives it, on the pool's device
     nbytes: int
     key: bytes  # the chain's hash at its last whole block, which it is filed under
     pinned: bool = False
@@ -96,7 +98,7 @@ class PrefixCache:
         self.stats.tokens_saved += best.length
         return best
 
-    def insert(self, tokens: Sequence[int], nbytes: int, take: Callable[[], dict[str, np.ndarray]],
+    def insert(self, tokens: Sequence[int], nbytes: int, take: Callable[[], StateSnapshot],
                pinned: bool = False) -> Snapshot | None:
         """File the state after `tokens`, copied by `take()` only once `nbytes` of room is made; None when it
         cannot be (the budget, less pinned snapshots, is too small). A prefix already held is kept (and

@@ -7,11 +7,13 @@ binds its rows' state by address as both the `past.*` input and the `present.*` 
 it in place (conv and SSM by our ops, K/V by GroupQueryAttention). A call's rows are therefore consecutive
 slots; the runner splits other batches into runs of them. A slot handed out again is not cleared: a prefill
 row with past length 0 ignores its past state (export/onnx_graph.py), on any device.
+
+A snapshot (the prefix cache's) is a slot's state after its first n tokens, in OrtValues of its own on the
+same device, copied there and back by ONNX Runtime on that device (engine/state_copy.py).
 """
 
 from __future__ import annotations
 
-import ctypes
 import heapq
 import math
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_runtime.bundle.state_layout import NP_DTYPE, StateSpec, bytes_per_sequence
+from edge_runtime.engine.state_copy import DeviceCopier, Range
 
 
 class PoolFullError(RuntimeError):
@@ -47,6 +50,16 @@ class StateRows:
     dtype: type
 
 
+@dataclass(frozen=True)
+class StateSnapshot:
+    """A slot's state after its first `length` tokens, as OrtValues on the pool's device by state name: conv and
+    SSM states whole, K/V [kv_heads, length, head_dim]."""
+
+    length: int
+    values: dict[str, ort.OrtValue]
+    nbytes: int
+
+
 class StatePool:
     def __init__(self, specs: list[StateSpec], num_slots: int, max_context: int, device: StateDevice = StateDevice()):
         """K/V slots hold `max_context` tokens: the planned context, never the model's maximum."""
@@ -56,7 +69,7 @@ class StatePool:
             [num_slots, *slot_shape(s, max_context)], NP_DTYPE[s.dtype], device.kind, device.id) for s in specs}
         self._row_bytes = {s.name: s.bytes_per_sequence(max_context) for s in specs}
         self.slot_nbytes = sum(self._row_bytes.values())  # one sequence's state
-        self._views: list[np.ndarray] | None = None  # host views of the buffers, made on first use
+        self._copier: DeviceCopier | None = None  # made at the first snapshot
         self._free = list(range(num_slots))  # a min-heap: the lowest free slot goes first, keeping busy slots dense
 
     @staticmethod
@@ -97,36 +110,52 @@ class StatePool:
         """The bytes of a snapshot after `length` tokens: conv and SSM whole, K/V of `length` tokens."""
         return sum(s.bytes_per_sequence(length) for s in self.specs)
 
-    def snapshot(self, slot: int, length: int) -> dict[str, np.ndarray]:
-        """Copies of `slot`'s state after its first `length` tokens: conv and SSM whole, K/V up to `length`."""
+    def snapshot(self, slot: int, length: int) -> StateSnapshot:
+        """A copy of `slot`'s state after its first `length` tokens, on the pool's device."""
         if not 1 <= length <= self.max_context:
             raise ValueError(f"snapshot: {length} tokens is not within the pool's context of {self.max_context}")
-        return {s.name: (view[slot][:, :length] if s.per_token else view[slot]).copy()
-                for s, view in zip(self.specs, self._host_views())}
+        values = {s.name: ort.OrtValue.ortvalue_from_shape_and_type(
+            slot_shape(s, length), NP_DTYPE[s.dtype], self.device.kind, self.device.id) for s in self.specs}
+        snap = StateSnapshot(length, values, self.snapshot_nbytes(length))
+        self._copy(self._slot_ranges(slot, length), self._snapshot_ranges(snap))
+        return snap
 
-    def restore(self, slot: int, state: dict[str, np.ndarray]) -> None:
+    def restore(self, slot: int, snap: StateSnapshot) -> None:
         """Write a snapshot into `slot`: the slot then holds the state after the snapshot's tokens."""
-        for s, view in zip(self.specs, self._host_views()):
-            rows = state[s.name]
-            if s.per_token:
-                view[slot][:, :rows.shape[1]] = rows
-            else:
-                view[slot][...] = rows
+        self._copy(self._snapshot_ranges(snap), self._slot_ranges(slot, snap.length))
 
-    def _host_views(self) -> list[np.ndarray]:
-        """Every state's buffer as a numpy array over the same memory (host memory only)."""
-        if not self.device.is_host:
-            raise NotImplementedError(f"state snapshots need a copy on the {self.device.kind} device; "
-                                      "only state in host memory (the CPU provider) has one yet")
-        if self._views is None:
-            self._views = []
-            for s in self.specs:
-                value = self.buffers[s.name]
-                dtype = np.dtype(NP_DTYPE[s.dtype])
-                shape = value.shape()
-                memory = (ctypes.c_byte * (dtype.itemsize * math.prod(shape))).from_address(value.data_ptr())
-                self._views.append(np.frombuffer(memory, dtype=dtype).reshape(shape))
-        return self._views
+    def _copy(self, sources: list[Range], targets: list[Range]) -> None:
+        if self._copier is None:
+            self._copier = DeviceCopier(self.device.kind, self.device.id, [r.dtype for r in sources])
+        self._copier.copy(sources, targets)
+
+    def _slot_ranges(self, slot: int, length: int) -> list[Range]:
+        """The contiguous ranges of `slot`'s state after `length` tokens: a K/V row [kv_heads, max_context,
+        head_dim] holds them in one range per head."""
+        out = []
+        for s in self.specs:
+            dtype = np.dtype(NP_DTYPE[s.dtype])
+            base = self.buffers[s.name].data_ptr() + slot * self._row_bytes[s.name]
+            if s.per_token:
+                heads, _, width = s.shape
+                out += [Range(base + h * self.max_context * width * dtype.itemsize, length * width, dtype)
+                        for h in range(heads)]
+            else:
+                out.append(Range(base, math.prod(s.shape), dtype))
+        return out
+
+    def _snapshot_ranges(self, snap: StateSnapshot) -> list[Range]:
+        """The same ranges in a snapshot, whose K/V are [kv_heads, length, head_dim]."""
+        out = []
+        for s in self.specs:
+            dtype, value = np.dtype(NP_DTYPE[s.dtype]), snap.values[s.name]
+            if s.per_token:
+                heads, _, width = s.shape
+                out += [Range(value.data_ptr() + h * snap.length * width * dtype.itemsize, snap.length * width, dtype)
+                        for h in range(heads)]
+            else:
+                out.append(Range(value.data_ptr(), math.prod(s.shape), dtype))
+        return out
 
     def read(self, slot: int) -> dict[str, np.ndarray]:
         """A host copy of one slot's state (for tests and checks: it copies every slot of each state)."""

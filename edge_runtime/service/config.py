@@ -122,6 +122,8 @@ class ServiceConfig:
                                    spinning=self.spinning,
                                    cuda=options.get("CUDAExecutionProvider", {}),
                                    tensorrt=options.get("TensorrtExecutionProvider", {}))
+        # Snapshots of state in GPU memory are copied on the GPU (engine/state_copy.py), but that path has not
+        # run on a GPU yet (the GPU check's snapshot round trip): the service keeps the cache to host state.
         cache_on = self.prefix_cache and providers.state_device().is_host
         return EngineConfig(
             prefix_cache_bytes=(self.prefix_cache_budget or 0) if cache_on else 0,

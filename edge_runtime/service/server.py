@@ -272,8 +272,8 @@ def _load_in_background(config: ServiceConfig, bundle: Path) -> asyncio.Future:
         try:
             engine_config = config.engine_config()
             if config.prefix_cache and not (engine_config.prefix_cache_bytes or engine_config.prefix_cache_share):
-                log.warning("prefix cache off: the state lives on the GPU, and the cache copies state in host "
-                            "memory only so far")
+                log.warning("prefix cache off: the state lives on the GPU, where copying snapshots has not been "
+                            "verified yet")
             result = load_engine(bundle, engine_config, config.thinking_defaults(), config.request_limits,
                                  config.pinned_prompts)
         except BaseException as e:  # noqa: BLE001 - reported to the event loop, which decides
