@@ -130,31 +130,25 @@ class StatePool:
         self._copier.copy(sources, targets)
 
     def _slot_ranges(self, slot: int, length: int) -> list[Range]:
-        """The contiguous ranges of `slot`'s state after `length` tokens: a K/V row [kv_heads, max_context,
-        head_dim] holds them in one range per head."""
+        bases = {s.name: self.buffers[s.name].data_ptr() + slot * self._row_bytes[s.name] for s in self.specs}
+        return self._ranges(bases, self.max_context, length)
+
+    def _snapshot_ranges(self, snap: StateSnapshot) -> list[Range]:
+        return self._ranges({name: v.data_ptr() for name, v in snap.values.items()}, snap.length, snap.length)
+
+    def _ranges(self, bases: dict[str, int], capacity: int, length: int) -> list[Range]:
+        """The contiguous ranges that hold the state after `length` tokens in memory laid out as one slot
+        whose K/V hold `capacity` tokens, state s at address bases[s.name]: conv and SSM states whole, and
+        one range per head of each K/V [kv_heads, capacity, head_dim]."""
         out = []
         for s in self.specs:
             dtype = np.dtype(NP_DTYPE[s.dtype])
-            base = self.buffers[s.name].data_ptr() + slot * self._row_bytes[s.name]
             if s.per_token:
                 heads, _, width = s.shape
-                out += [Range(base + h * self.max_context * width * dtype.itemsize, length * width, dtype)
+                out += [Range(bases[s.name] + h * capacity * width * dtype.itemsize, length * width, dtype)
                         for h in range(heads)]
             else:
-                out.append(Range(base, math.prod(s.shape), dtype))
-        return out
-
-    def _snapshot_ranges(self, snap: StateSnapshot) -> list[Range]:
-        """The same ranges in a snapshot, whose K/V are [kv_heads, length, head_dim]."""
-        out = []
-        for s in self.specs:
-            dtype, value = np.dtype(NP_DTYPE[s.dtype]), snap.values[s.name]
-            if s.per_token:
-                heads, _, width = s.shape
-                out += [Range(value.data_ptr() + h * snap.length * width * dtype.itemsize, snap.length * width, dtype)
-                        for h in range(heads)]
-            else:
-                out.append(Range(value.data_ptr(), math.prod(s.shape), dtype))
+                out.append(Range(bases[s.name], math.prod(s.shape), dtype))
         return out
 
     def read(self, slot: int) -> dict[str, np.ndarray]:
