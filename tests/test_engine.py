@@ -274,6 +274,23 @@ def test_a_slot_reused_by_a_later_request_keeps_decode_in_place(tiny_bundle):
     assert engine.runner.split_calls["decode"] == split_before
 
 
+def test_a_hole_left_by_a_finished_request_is_filled_by_moving_the_top_one_down(tiny_bundle):
+    """B (slot 1) finishes first and nothing waits: D, in the top slot, moves into slot 1; when D finishes, C
+    moves down in turn. Decode stays one call over consecutive slots (slots 0, 2, 3 would split every step)
+    and every request still generates exactly its own tokens."""
+    engine = Engine(tiny_bundle, EngineConfig(max_batch=4, max_sequences=4))
+    lengths = {"A": 20, "B": 3, "C": 20, "D": 12}
+    requests = {k: GenerationRequest(prompt(i, 5), GREEDY, max_tokens=n, ignore_eos=True)
+                for i, (k, n) in enumerate(lengths.items())}
+    alone = {k: engine.generate(r).token_ids for k, r in requests.items()}
+    split_before, moves_before = engine.runner.split_calls["decode"], engine.slot_moves
+    handles = {k: engine.submit(requests[k]) for k in "ABCD"}
+    engine.run_until_done()
+    assert {k: h.final.token_ids for k, h in handles.items()} == alone
+    assert engine.runner.split_calls["decode"] == split_before
+    assert engine.slot_moves - moves_before == 2
+
+
 @pytest.mark.parametrize("spinning, stop, allow, duration", [
     ("in_run", "1", "1", None), ("always", "0", "1", None), ("brief", "1", "1", "20"), ("never", "1", "0", None)])
 def test_sessions_spin_as_configured(tiny_bundle, spinning, stop, allow, duration):

@@ -141,6 +141,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stop = False
         self.steps = 0
+        self.slot_moves = 0  # running sequences moved down into a finished one's slot (_compact)
         self.tokens_generated = 0
         self._decode_rate = _Rate()
 
@@ -230,6 +231,7 @@ class Engine:
         with self._lock:
             self._reap_cancelled_and_expired()
             self._admit()
+            self._compact()
             plan = self.scheduler.plan()
         if not plan:
             return False
@@ -327,6 +329,19 @@ class Engine:
             if self.cache is not None and s.request.prefix_cache:
                 self._start_from_cache(s)
             self.scheduler.running.append(s)
+
+    def _compact(self) -> None:
+        """Keep the running sequences' slots consecutive from 0. The runner makes one call per run of
+        consecutive slots, each a read of all the weights, so a hole left by a finished sequence would split
+        every decode step until a new request filled it. _admit has run, so a free slot means no request is
+        waiting for one: the topmost sequence moves down into the hole (a copy of its state on the device)."""
+        while self.scheduler.running:
+            top = max(self.scheduler.running, key=lambda s: s.slot)
+            hole = self.pool.lowest_free()
+            if hole is None or hole > top.slot:
+                return
+            top.slot = self.pool.move(top.slot, top.computed)
+            self.slot_moves += 1
 
     def _start_from_cache(self, s: Sequence) -> None:
         """Copy the longest cached prefix of the prompt into the slot (one token is always left to prefill: its

@@ -5,7 +5,8 @@ Each state is one ONNX Runtime OrtValue [slots, ...] in the memory of the device
 memory for the CPU provider, device memory for CUDA and TensorRT). It never travels to the host: a model call
 binds its rows' state by address as both the `past.*` input and the `present.*` output, and the graphs update
 it in place (conv and SSM by our ops, K/V by GroupQueryAttention). A call's rows are therefore consecutive
-slots; the runner splits other batches into runs of them. A slot handed out again is not cleared: a prefill
+slots; the runner splits other batches into runs of them, and the engine keeps running sequences in slots
+0..n-1 (the lowest free slot is handed out first, and `move` fills the hole a finished sequence leaves). A slot handed out again is not cleared: a prefill
 row with past length 0 ignores its past state (export/onnx_graph.py), on any device.
 
 A snapshot (the prefix cache's) is a slot's state after its first n tokens, in OrtValues of its own on the
@@ -94,6 +95,18 @@ class StatePool:
         if slot in self._free or not 0 <= slot < self.num_slots:
             raise ValueError(f"slot {slot} is not allocated")
         heapq.heappush(self._free, slot)
+
+    def lowest_free(self) -> int | None:
+        return self._free[0] if self._free else None
+
+    def move(self, slot: int, length: int) -> int:
+        """Move busy `slot`'s state after `length` tokens into the lowest free slot, which it occupies from
+        then on (`slot` is freed); returns that slot."""
+        target = self.allocate()
+        if length:
+            self._copy(self._slot_ranges(slot, length), self._slot_ranges(target, length))
+        self.release(slot)
+        return target
 
     def rows(self, first: int, count: int) -> dict[str, StateRows]:
         """Slots first..first+count-1 of every state, by address on the pool's device."""
