@@ -25,7 +25,7 @@ class Measured:
     exit_code: int
     seconds: float
     peak_rss: int  # bytes
-    interrupted: bool  # stopped by the deadline
+    interrupted: bool  # stopped by the deadline, or by a SIGINT from elsewhere (a Ctrl-C sent to the child)
 
 
 def run_measured(args: list[str], log: Path, deadline_s: float | None = None,
@@ -54,7 +54,9 @@ def run_measured(args: list[str], log: Path, deadline_s: float | None = None,
         os.kill(pid, signal.SIGINT)
         os.wait4(pid, 0)
         raise
-    return Measured(os.waitstatus_to_exitcode(status), time.monotonic() - start, usage.ru_maxrss * 1024, interrupted)
+    code = os.waitstatus_to_exitcode(status)
+    interrupted = interrupted or code in (-signal.SIGINT, 128 + signal.SIGINT)
+    return Measured(code, time.monotonic() - start, usage.ru_maxrss * 1024, interrupted)
 
 
 def cli(*args: str) -> list[str]:
