@@ -4,11 +4,11 @@ Each function here has a twin custom ONNX op (nemotron_export.ops) with the same
 semantics; the ONNX function bodies follow these lines closely so a reader can check one against the other.
 
 dt handling, one rule for prefill and decode: dt = clamp(softplus(dt_raw + dt_bias), *time_step_limit),
-then dt = 0 wherever a position is padding. transformers is inconsistent here: its prefill path clamps dt
-from below at `time_step_min`, its decode path does not clamp at all. The model was trained with the
-mamba_ssm kernels, which clamp to `time_step_limit` (default (0, inf), i.e. not at all), so we follow that
-in both paths. The parity tests assert that their random configs keep dt above time_step_min, so the
-transformers clamp is inert there, and a dedicated test shows which side we take when it is not.
+then dt = 0 wherever a position is padding. The model was trained with the mamba_ssm kernels, which clamp
+to `time_step_limit` (default (0, inf), i.e. not at all), so we follow that in both paths. transformers up
+to 5.24 clamped its prefill from below at `time_step_min` (its decode not at all); 5.25, the pinned
+reference, clamps to `time_step_limit` as we do, and a dedicated parity test holds us to it where dt falls
+under time_step_min.
 A zero dt on padding makes the state pass through padded positions unchanged (decay exp(0*A) = 1, input
 dt*x = 0), which is what lets right-padded batches end with each row's own final state.
 """

@@ -25,7 +25,7 @@ from nemotron_export.presets import PRESETS, SYNTH_DTYPE, TOKENIZER_VOCAB
 from nemotron_export.safetensors_writer import SHARD_BYTES, STORAGE, TensorSpec, to_bf16_bits, write_checkpoint_tensors
 
 # dt is initialised log-uniform in [DT_MIN, DT_MAX]. The floor sits well above the config's
-# time_step_min (0.001) so transformers' prefill-only clamp stays inert on synthetic checkpoints.
+# time_step_min (0.001), where no transformers version clamps (up to 5.24 its prefill clamped there).
 DT_MIN, DT_MAX = 0.01, 0.1
 CHUNK_ELEMENTS = 1 << 24  # drawn at a time: 64 MiB of float32
 
