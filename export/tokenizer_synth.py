@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = _PACKAGE_DIR / "corpus"
@@ -53,6 +53,9 @@ CONTROL_TAGS: tuple[str, ...] = (
     "</AVAILABLE_TOOLS>",
 )
 
+# GPT-2's pre-tokenizer pattern (ByteLevel's own) with one digit a piece instead of a run of digits.
+_DIGIT_PIECES = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
 # The real model's context length; only informs `model_max_length` in the written config.
 MODEL_MAX_LENGTH = 131072
 
@@ -70,14 +73,23 @@ def _without_control_tokens(text: str) -> str:
     return text
 
 
-def build_tokenizer(vocab_size: int, extra_text: str = "") -> Tokenizer:
+def build_tokenizer(vocab_size: int, extra_text: str = "", split_digits: bool = False) -> Tokenizer:
     """Train a byte-level BPE of at most `vocab_size` tokens (control tokens included), on the corpus and
-    `extra_text` (a model trained on its own data, like the demo model, tokenizes that data tighter)."""
+    `extra_text` (a model trained on its own data, like the demo model, tokenizes that data tighter).
+
+    `split_digits` makes every digit its own piece (" 51" is " 5", "1"), so that every number is written
+    with the same twenty tokens: a small model that copies and adds numbers then learns it once for all of
+    them instead of once per merged token such as " 14"."""
     if vocab_size < 256 + len(SPECIAL_TOKENS) + len(CONTROL_TAGS):
         raise ValueError(f"vocab_size {vocab_size} cannot hold the 256 byte tokens and the control tokens")
     tokenizer = Tokenizer(models.BPE())
     # No prefix space: an encoded string must decode to exactly itself.
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if split_digits:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_DIGIT_PIECES), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from nemotron_export.demo_model.examples import ExampleBuilder, Mode, prompt_text
+from nemotron_export.demo_model.examples import PROMPT_WEIGHT, ExampleBuilder, Mode, prompt_text
 from nemotron_export.demo_model.tasks import (Family, Reach, Split, Stack, Travel, conversations, is_correct,
                                               normalized, split_of)
 from nemotron_export.tokenizer_synth import build_tokenizer
@@ -88,14 +88,15 @@ def test_a_reply_is_judged_on_its_answer_or_its_single_tool_call():
     assert normalized(" A\tB \n") == "a b"
 
 
-def test_examples_learn_the_reply_only_and_never_the_forced_close():
+def test_examples_learn_the_reply_and_a_little_of_the_prompt_and_never_the_forced_close():
     tokenizer = build_tokenizer(1024)
     builder = ExampleBuilder(tokenizer)
     conv = next(iter(conversations(Split.TRAIN, 0, 1)))
     close = tokenizer.token_to_id("</think>")
     think = builder.build(conv, Mode.THINK, random.Random(0))
     prompt = tokenizer.encode(prompt_text(conv, reasoning=True), add_special_tokens=False).ids
-    assert think.ids[:len(prompt)] == prompt and think.weights[:len(prompt)] == [0.0] * len(prompt)
+    assert think.ids[:len(prompt)] == prompt and think.weights[:len(prompt)] == [PROMPT_WEIGHT] * len(prompt)
+    assert 0.0 < PROMPT_WEIGHT < 1.0
     assert think.weights[think.ids.index(close)] == 1.0  # the model closes its own reasoning
     assert tokenizer.decode(think.ids[len(prompt):]).startswith(conv.reasoning)
     for seed in range(20):

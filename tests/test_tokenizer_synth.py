@@ -77,6 +77,18 @@ def test_vocab_size(vocab_size: int) -> None:
     assert build_tokenizer(vocab_size).get_vocab_size() == vocab_size
 
 
+def test_split_digits_writes_every_number_with_single_digit_tokens() -> None:
+    text = "Distance: 18 + 9 = 27 meters. {\"grip_force\": 51} x 2025, y 7"
+    plain, split = build_tokenizer(1000, text), build_tokenizer(1000, text, split_digits=True)
+    assert any(sum(c.isdigit() for c in t) > 1 for t in plain.encode(text).tokens)  # the corpus merges digits
+    tokens = split.encode(text).tokens
+    assert all(sum(c.isdigit() for c in t) <= 1 for t in tokens), tokens
+    assert {"Ġ1", "8", "Ġ5", "1"} <= set(tokens)  # a leading space stays with the first digit
+    assert split.decode(split.encode(text).ids) == text
+    for token in CONTROL_TAGS:
+        assert split.encode(token).ids == [split.token_to_id(token)]
+
+
 def test_training_is_deterministic() -> None:
     assert build_tokenizer(1000).to_str() == build_tokenizer(1000).to_str()
 

@@ -29,6 +29,7 @@ def test_a_few_steps_make_a_checkpoint_the_exporter_and_runtime_take(tmp_path: P
     assert record["steps"] == 2 and record["tokens"] > 0 and record["parameters"] > 4_000_000
     with safe_open(ckpt / "model.safetensors", "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert DEMO_CONFIG.tie_word_embeddings and "lm_head.weight" not in f.keys()  # the embedding, once
     config = json.loads((ckpt / "config.json").read_text())
     assert config["hybrid_override_pattern"] == DEMO_CONFIG.pattern
     bundle = export_bundle(ckpt, tmp_path / "bundle", ExportOptions(max_batch=2, max_context=256), progress=False)
@@ -59,3 +60,4 @@ def test_a_killed_run_resumes_where_its_state_was_saved(tmp_path: Path) -> None:
     train_demo(out, TrainOptions(steps=steps, threads=1, batch_tokens=1024), resume=True, progress=False)
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == steps and record["tokens"] > saved["tokens"]
+

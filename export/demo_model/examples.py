@@ -10,7 +10,10 @@ same ids in training. Three modes (`Mode`):
 - CUT: the reasoning cut after a random number of its tokens and closed as a budget closes it; the close
   is not learned (the runtime forces it), the answer after it is, so that the model answers as well as it
   can from what it had time to think.
-Only the reply carries loss; the prompt's weight is 0.
+The reply carries the loss; the prompt carries a quarter of it (`PROMPT_WEIGHT`). A request repeats its
+own names and numbers (an object named, then asked for; a color on two facts; an arm in the call and in the
+history), so predicting the prompt is practice at the copying the answers need, on tokens the forward pass
+computes anyway; a quarter keeps its unpredictable draws from drowning the reply.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from nemotron_export.demo_model.tasks import Conversation
 from nemotron_export.tokenizer_synth import EOS_TOKEN, load_chat_template
 
 END_OF_TURN = "\n" + EOS_TOKEN
+PROMPT_WEIGHT = 0.25
 
 
 class Mode(enum.Enum):
@@ -39,7 +43,7 @@ class Mode(enum.Enum):
 @dataclass(frozen=True)
 class Example:
     ids: list[int]
-    weights: list[float]  # 1 where the token is learned, 0 on the prompt and on forced tokens
+    weights: list[float]  # 1 on the reply, PROMPT_WEIGHT on the prompt, 0 on forced tokens
 
 
 @functools.cache
@@ -63,16 +67,16 @@ class ExampleBuilder:
         prompt = self._ids(prompt_text(conv, reasoning=mode is not Mode.NO_THINK))
         answer = self._ids(conv.tool_call.text() if conv.tool_call else conv.answer) + self._ids(END_OF_TURN)
         if mode is Mode.NO_THINK:
-            return Example(prompt + answer, [0.0] * len(prompt) + [1.0] * len(answer))
+            return Example(prompt + answer, [PROMPT_WEIGHT] * len(prompt) + [1.0] * len(answer))
         reasoning = self._ids(conv.reasoning)
         if mode is Mode.THINK:
             close = self._ids(DEFAULT_CLOSE_TEXT)
             return Example(prompt + reasoning + close + answer,
-                           [0.0] * len(prompt) + [1.0] * (len(reasoning) + len(close) + len(answer)))
+                           [PROMPT_WEIGHT] * len(prompt) + [1.0] * (len(reasoning) + len(close) + len(answer)))
         kept = reasoning[:rng.randrange(len(reasoning))]
         close_text = DEFAULT_CLOSE_TEXT
         if kept and self.tokenizer.decode([kept[-1]]).endswith("\n"):  # the runtime completes a begun close
             close_text = close_text.removeprefix("\n")
         close = self._ids(close_text)
         return Example(prompt + kept + close + answer,
-                       [0.0] * len(prompt) + [1.0] * len(kept) + [0.0] * len(close) + [1.0] * len(answer))
+                       [PROMPT_WEIGHT] * len(prompt) + [1.0] * len(kept) + [0.0] * len(close) + [1.0] * len(answer))

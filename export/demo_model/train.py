@@ -2,10 +2,13 @@
 
 The model is a small Nemotron-H (`DEMO_CONFIG`: Mamba-2, attention and relu² MLP layers in an order like
 the real pattern's, with more attention: a pilot with 2 attention layers in 12 copied numbers and names
-from the request badly, and copying is what attention does well) trained with the exporter's reference model (nemotron_export.model) on the generated
-robot-assistant conversations (tasks.py, train split only), in the three example modes of examples.py.
-Its tokenizer is the project's byte-level BPE with the model's special tokens, trained on the corpus plus
-a sample of the conversations, so the numbers and the template's tool preamble are few tokens.
+from the request badly, and copying is what attention does well) trained with the exporter's reference
+model (nemotron_export.model) on the generated robot-assistant conversations (tasks.py, train split only),
+in the three example modes of examples.py. Its head is tied to the embedding table (unlike the real
+model's): a token copied from the request by attention then comes out as itself without a second table
+to learn for it. Its tokenizer is the project's byte-level BPE with the model's special tokens, trained on
+the corpus plus a sample of the conversations, so the template's tool preamble is few tokens, with every
+digit its own token, so copying and adding numbers is learned on ten digits, not on each merged number.
 
 The run is bounded by time (`--minutes`): the learning rate follows a cosine over the fraction of the time
 spent, so a slower machine trains on fewer tokens but finishes on time; `--steps` bounds it by steps
@@ -43,7 +46,7 @@ DEMO_CONFIG = ModelConfig(
     vocab_size=2048, hidden_size=256, intermediate_size=768, pattern="M*-M*-M*-M*-",
     num_attention_heads=4, num_key_value_heads=2, head_dim=64,
     mamba_num_heads=16, mamba_head_dim=32, n_groups=2, ssm_state_size=32, conv_kernel=4, chunk_size=64,
-    max_position_embeddings=4096,
+    max_position_embeddings=4096, tie_word_embeddings=True,
 )
 TOKENIZER_SAMPLE = 400  # conversations of the train split the BPE is trained on, beside the corpus
 MODES = ((Mode.THINK, 0.65), (Mode.NO_THINK, 0.2), (Mode.CUT, 0.15))
@@ -67,7 +70,7 @@ class TrainOptions:
 def demo_tokenizer(seed: int = 0) -> Tokenizer:
     sample = "\n".join(prompt_text(c, reasoning=True) + c.reply()
                        for c in conversations(Split.TRAIN, seed + 1000, TOKENIZER_SAMPLE))
-    return build_tokenizer(DEMO_CONFIG.vocab_size, sample)
+    return build_tokenizer(DEMO_CONFIG.vocab_size, sample, split_digits=True)
 
 
 def example(builder: ExampleBuilder, conv, seed: int, index: int) -> Example:
@@ -203,7 +206,9 @@ def train_demo(out: Path, opts: TrainOptions, resume: bool = False, progress: bo
             last_save = now
     bar.close()
     save()
-    weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    # Tied, the head is the embedding table: written once, as transformers writes a tied checkpoint.
+    weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
+               if not (DEMO_CONFIG.tie_word_embeddings and k == "lm_head.weight")}
     write_checkpoint(out, DEMO_CONFIG, weights, tokenizer)
     (out / "training.json").write_text(json.dumps(
         {"options": asdict(opts), "steps": step, "tokens": tokens, "minutes": round(elapsed / 60, 2),
