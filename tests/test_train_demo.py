@@ -60,4 +60,3 @@ def test_a_killed_run_resumes_where_its_state_was_saved(tmp_path: Path) -> None:
     train_demo(out, TrainOptions(steps=steps, threads=1, batch_tokens=1024), resume=True, progress=False)
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == steps and record["tokens"] > saved["tokens"]
-
