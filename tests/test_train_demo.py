@@ -19,7 +19,8 @@ from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.engine.engine import Engine
 from edge_runtime.engine.records import GenerationRequest, SamplingParams
 from nemotron_export.bundle import ExportOptions, export_bundle
-from nemotron_export.demo_model.train import DEMO_CONFIG, STATE_FILE, TrainOptions, train_demo
+from nemotron_export.demo_model.train import DEMO_CONFIG, STATE_FILE, TrainOptions, init_weights, train_demo
+from nemotron_export.model import NemotronH
 
 
 def test_a_few_steps_make_a_checkpoint_the_exporter_and_runtime_take(tmp_path: Path) -> None:
@@ -30,6 +31,11 @@ def test_a_few_steps_make_a_checkpoint_the_exporter_and_runtime_take(tmp_path: P
     with safe_open(ckpt / "model.safetensors", "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
         assert DEMO_CONFIG.tie_word_embeddings and "lm_head.weight" not in f.keys()  # the embedding, once
+        # The table is not trained: it is still its seed's random initialisation (see EMBEDDING_STD).
+        init = NemotronH(DEMO_CONFIG)
+        init_weights(init, TrainOptions().seed)
+        table = init.backbone.embeddings.weight.detach().to(torch.bfloat16)
+        assert torch.equal(f.get_tensor("backbone.embeddings.weight"), table)
     config = json.loads((ckpt / "config.json").read_text())
     assert config["hybrid_override_pattern"] == DEMO_CONFIG.pattern
     bundle = export_bundle(ckpt, tmp_path / "bundle", ExportOptions(max_batch=2, max_context=256), progress=False)

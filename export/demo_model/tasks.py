@@ -10,7 +10,9 @@ Task families (`Family`):
 - REACH: which arm reaches an object first, by Manhattan distance from each arm's base;
 - TRAVEL: seconds to a place two legs away at a given speed (a sum, then a division);
 - STACK: which boxes to lift, top first, to reach a box at the bottom of a stack (a chain to follow, then
-  to reverse); other stacks stand beside it as distractors;
+  to reverse); other stacks stand beside it as distractors. Each fact names the lower box first and the
+  reasoning repeats the facts in the order of the chain, so a step is finding the fact that begins with the
+  box just reached and reading the box it names next;
 - TOOL: a tool call whose arguments need the same derivations (`navigate_to` with a summed distance,
   `move_arm` with the nearer arm), and replies to a tool response.
 
@@ -192,7 +194,7 @@ class Stack:
     def facts(self) -> list[str]:
         pairs = [(self.chain[i + 1], self.chain[i]) for i in range(len(self.chain) - 1)]
         pairs += [(o[i + 1], o[i]) for o in self.others for i in range(len(o) - 1)]
-        return [f"The {top} box is on the {below} box." for top, below in (pairs[i] for i in self.order)]
+        return [f"On the {below} box is the {top} box." for top, below in (pairs[i] for i in self.order)]
 
     def to_lift(self) -> list[str]:
         return list(reversed(self.chain[1:]))
@@ -201,8 +203,8 @@ class Stack:
         return " ".join(self.facts()) + f" The robot needs the {self.chain[0]} box. Which boxes must it lift first?"
 
     def reasoning(self) -> str:
-        lines = [f"On the {below} box: {top}." for below, top in zip(self.chain, self.chain[1:])]
-        lines.append(f"On the {self.chain[-1]} box: nothing.")
+        lines = [f"On the {below} box is the {top} box." for below, top in zip(self.chain, self.chain[1:])]
+        lines.append(f"On the {self.chain[-1]} box is nothing.")
         lines.append("Lift from the top: " + ", then ".join(self.to_lift()) + ".")
         return "\n".join(lines)
 

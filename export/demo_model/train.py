@@ -51,6 +51,13 @@ DEMO_CONFIG = ModelConfig(
 TOKENIZER_SAMPLE = 400  # conversations of the train split the BPE is trained on, beside the corpus
 MODES = ((Mode.THINK, 0.65), (Mode.NO_THINK, 0.2), (Mode.CUT, 0.15))
 WARMUP_STEPS = 100
+# The embedding table (the head too, tied) is not trained: it keeps its random initialisation. Names
+# (places, objects, colours) are interchangeable in the data, so trained, their vectors were pulled into
+# one "a name goes here" direction (cosine 0.95 between places) and nothing downstream could tell them
+# apart to copy them; digits, which arithmetic tells apart, were copied fine. Random rows in 256
+# dimensions stay nearly orthogonal, and EMBEDDING_STD sizes them so the tied head's logits can reach
+# confident values through the final norm's weight.
+EMBEDDING_STD = 0.05
 # The trained checkpoint, kept in the repository (not in the wheel); the embedded demo bundle is exported from it.
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "demo"
 STATE_FILE = "train_state.pt"
@@ -123,12 +130,19 @@ def init_weights(model: NemotronH, seed: int) -> None:
                 p.zero_()
             elif p.dim() == 1:  # D and the norms' weights
                 p.fill_(1.0)
+            elif name.endswith("embeddings.weight"):
+                p.normal_(0, EMBEDDING_STD)
             elif "conv1d" in name:
                 continue  # PyTorch's default suits a depthwise kernel of 4
             elif name.endswith(("out_proj.weight", "down_proj.weight", "o_proj.weight")):
                 p.normal_(0, 0.02 / math.sqrt(2 * len(cfg.pattern)))
             else:
                 p.normal_(0, 0.02)
+
+
+def freeze_embeddings(model: NemotronH) -> None:
+    """Keep the embedding table (and so the tied head) at its initialisation: see EMBEDDING_STD."""
+    model.backbone.embeddings.weight.requires_grad_(False)
 
 
 def lr_at(opts: TrainOptions, step: int, fraction: float) -> float:
@@ -152,7 +166,9 @@ def train_demo(out: Path, opts: TrainOptions, resume: bool = False, progress: bo
         raise FileExistsError(f"{partial}: an earlier run was interrupted; pass --resume to continue it")
     torch.set_num_threads(opts.threads)
     model = NemotronH(DEMO_CONFIG)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    freeze_embeddings(model)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=opts.lr, betas=(0.9, 0.95), weight_decay=0.1)
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["model"])
