@@ -29,16 +29,26 @@ def run(chat: Chat, setting: Setting) -> list:
     return [h.final for h in handles]
 
 
-def test_the_demo_model_answers_held_out_requests_right_when_it_thinks(chat: Chat) -> None:
-    finals = run(chat, Setting("on", True))
-    # What BENCHMARKS.md measures on 200 (thinking on): reach 98%, travel 100%; stacks and tool calls, which
-    # need names copied from the request, are not learned yet (issue 20 stays open for them).
-    learned = [(c, f) for c, f in zip(HELD_OUT, finals) if c.family in (Family.REACH, Family.TRAVEL)]
-    assert sum(correct(c, f) for c, f in learned) >= 10, [(c.family.value, f.reasoning_text, f.answer_text)
-                                                        for c, f in learned]
-    assert all(f.thinking_ended_by is ThinkingEnd.MODEL for f in finals)
-    reach = next(f for c, f in zip(HELD_OUT, finals) if c.family is Family.REACH)
+@pytest.fixture(scope="module")
+def thinking_on(chat: Chat) -> list:
+    return run(chat, Setting("on", True))
+
+
+def test_the_demo_model_answers_held_out_requests_right_when_it_thinks(thinking_on: list) -> None:
+    # BENCHMARKS.md measures 78.5% on 200 (thinking on); the shipped bundle gets 17 of these 24, and the
+    # bar leaves room for another CPU's rounding to flip a near tie.
+    right = [correct(c, f) for c, f in zip(HELD_OUT, thinking_on)]
+    assert sum(right) >= 15, [(c.family.value, f.reasoning_text, f.answer_text) for c, f in zip(HELD_OUT, thinking_on)]
+    assert all(any(r for c, r in zip(HELD_OUT, right) if c.family is family) for family in Family)
+    assert all(f.thinking_ended_by is ThinkingEnd.MODEL for f in thinking_on)
+    reach = next(f for c, f in zip(HELD_OUT, thinking_on) if c.family is Family.REACH)
     assert "arm" in reach.reasoning_text and "<" not in reach.reasoning_text + reach.answer_text
+
+
+def test_thinking_matters(chat: Chat, thinking_on: list) -> None:
+    off = run(chat, Setting("off", False))
+    # The shipped bundle: 17 of 24 with thinking on, 9 with it off (`/no_think`).
+    assert sum(map(correct, HELD_OUT, thinking_on)) - sum(map(correct, HELD_OUT, off)) >= 5
 
 
 def test_a_zero_budget_closes_the_reasoning_and_the_model_still_answers(chat: Chat) -> None:
