@@ -12,14 +12,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.engine.engine import Engine
 from edge_runtime.engine.records import GenerationRequest, SamplingParams
 from nemotron_export.bundle import ExportOptions, export_bundle
-from nemotron_export.demo_model.train import DEMO_CONFIG, STATE_FILE, TrainOptions, init_weights, train_demo
+from nemotron_export.demo_model.train import (DEMO_CONFIG, STATE_FILE, TrainOptions, init_weights, loss_of,
+                                              shared_prefix, train_demo)
 from nemotron_export.model import NemotronH
 
 
@@ -66,3 +69,33 @@ def test_a_killed_run_resumes_where_its_state_was_saved(tmp_path: Path) -> None:
     train_demo(out, TrainOptions(steps=steps, threads=1, batch_tokens=1024), resume=True, progress=False)
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == steps and record["tokens"] > saved["tokens"]
+
+
+def test_a_batch_s_shared_prefix_runs_once_with_the_loss_and_gradients_of_running_it_in_every_row() -> None:
+    torch.set_num_threads(1)
+    model = NemotronH(DEMO_CONFIG)
+    init_weights(model, 0)
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(0, DEMO_CONFIG.vocab_size, 70)  # longer than a Mamba chunk (64)
+    lengths = torch.tensor([90, 75, 71])
+    ids = torch.zeros(3, 90, dtype=torch.long)
+    weights = torch.zeros(3, 90)
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, :n] = torch.from_numpy(np.concatenate([prefix, rng.integers(0, DEMO_CONFIG.vocab_size, n - 70)]))
+        weights[row, :n] = torch.from_numpy(rng.uniform(0.2, 1.0, n)).float()
+    assert shared_prefix(ids, lengths) == 70
+
+    def gradients(loss: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    shared = loss_of(model, ids, weights, lengths)
+    shared_grads = gradients(shared)
+    # The same loss computed plainly: every row runs its whole sequence.
+    logits, _ = model(ids, model.empty_states(3), lengths=lengths, all_logits=True)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    plain = (nll * weights[:, 1:].reshape(-1)).sum() / weights[:, 1:].sum()
+    assert torch.allclose(shared, plain, rtol=1e-5)
+    for got, want in zip(shared_grads, gradients(plain)):
+        assert torch.allclose(got, want, rtol=1e-3, atol=1e-6)

@@ -149,8 +149,25 @@ def lr_at(opts: TrainOptions, step: int, fraction: float) -> float:
     return opts.lr * min(1.0, (step + 1) / WARMUP_STEPS) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(fraction, 1.0))))
 
 
+def shared_prefix(ids: torch.Tensor, lengths: torch.Tensor) -> int:
+    """How many leading tokens every row of the batch has in common, leaving each row at least one of its own."""
+    same = (ids == ids[:1]).all(dim=0).long()  # [t]
+    return min(int(same.cumprod(0).sum()), int(lengths.min()) - 1)
+
+
 def loss_of(model: NemotronH, ids: torch.Tensor, weights: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    logits, _ = model(ids, model.empty_states(ids.shape[0]), lengths=lengths, all_logits=True)  # [b, t, vocab]
+    """Weighted next-token loss of a right-padded batch. The rows' common prefix runs once and its states
+    are broadcast to every row: a batch of tool conversations shares the whole system prompt with its tool
+    declarations, most of each row, and the loss and gradients are those of running it in every row."""
+    b, p = ids.shape[0], shared_prefix(ids, lengths)
+    if p == 0:
+        logits, _ = model(ids, model.empty_states(b), lengths=lengths, all_logits=True)  # [b, t, vocab]
+    else:
+        prefix_logits, prefix = model(ids[:1, :p], model.empty_states(1), all_logits=True)  # [1, p, vocab]
+        states = {name.replace("present.", "past."): s.expand(b, *s.shape[1:]) for name, s in prefix.items()}
+        rest_logits, _ = model(ids[:, p:], states, lengths=lengths - p, past_lengths=torch.full((b,), p),
+                               all_logits=True)  # [b, t - p, vocab]
+        logits = torch.cat([prefix_logits.expand(b, -1, -1), rest_logits], dim=1)  # [b, t, vocab]
     nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     w = weights[:, 1:].reshape(-1)
     return (nll * w).sum() / w.sum().clamp(min=1.0)
