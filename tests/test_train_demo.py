@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 
 from edge_runtime.bundle.reader import open_bundle
@@ -22,7 +21,7 @@ from edge_runtime.engine.engine import Engine
 from edge_runtime.engine.records import GenerationRequest, SamplingParams
 from nemotron_export.bundle import ExportOptions, export_bundle
 from nemotron_export.demo_model.train import (DEMO_CONFIG, STATE_FILE, TrainOptions, init_weights, loss_of,
-                                              shared_prefix, train_demo)
+                                              shared_prefix, train_demo, weighted_loss)
 from nemotron_export.model import NemotronH
 
 
@@ -72,7 +71,6 @@ def test_a_killed_run_resumes_where_its_state_was_saved(tmp_path: Path) -> None:
 
 
 def test_a_batch_s_shared_prefix_runs_once_with_the_loss_and_gradients_of_running_it_in_every_row() -> None:
-    torch.set_num_threads(1)
     model = NemotronH(DEMO_CONFIG)
     init_weights(model, 0)
     rng = np.random.default_rng(0)
@@ -94,8 +92,7 @@ def test_a_batch_s_shared_prefix_runs_once_with_the_loss_and_gradients_of_runnin
     shared_grads = gradients(shared)
     # The same loss computed plainly: every row runs its whole sequence.
     logits, _ = model(ids, model.empty_states(3), lengths=lengths, all_logits=True)
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    plain = (nll * weights[:, 1:].reshape(-1)).sum() / weights[:, 1:].sum()
+    plain = weighted_loss(logits, ids, weights)
     assert torch.allclose(shared, plain, rtol=1e-5)
     for got, want in zip(shared_grads, gradients(plain)):
         assert torch.allclose(got, want, rtol=1e-3, atol=1e-6)

@@ -168,6 +168,11 @@ def loss_of(model: NemotronH, ids: torch.Tensor, weights: torch.Tensor, lengths:
         rest_logits, _ = model(ids[:, p:], states, lengths=lengths - p, past_lengths=torch.full((b,), p),
                                all_logits=True)  # [b, t - p, vocab]
         logits = torch.cat([prefix_logits.expand(b, -1, -1), rest_logits], dim=1)  # [b, t, vocab]
+    return weighted_loss(logits, ids, weights)
+
+
+def weighted_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of logits [b, t, vocab] against ids [b, t], weighted by the target's weight."""
     nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     w = weights[:, 1:].reshape(-1)
     return (nll * w).sum() / w.sum().clamp(min=1.0)
