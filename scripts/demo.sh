@@ -30,6 +30,6 @@ if [ $# -eq 0 ]; then
   # One tool round trip: the model calls move_arm, the tool's response goes back, the model answers it.
   echo
   .venv/bin/nemotron-edge chat --server "unix:$sock" --max-thinking-tokens 128 --max-answer-tokens 48 \
-      --system "$system" --tools scripts/demo-tools.json --tool-result '{"holding": true, "grip_force": 42}' \
+      --system "$system" --tools scripts/demo-tools.json --tool-result '{"object": "apple", "holding": true, "grip_force": 42}' \
       "The apple is at x 8, y 4. The left arm is at x 3, y 7 and the right arm is at x 8, y 8. Pick up the apple."
 fi

@@ -29,7 +29,7 @@ def test_the_same_seed_gives_the_same_conversations_on_every_machine():
     assert list(conversations(Split.TRAIN, 3, 20)) == list(conversations(Split.TRAIN, 3, 20))
     assert list(conversations(Split.TRAIN, 3, 20)) != list(conversations(Split.TRAIN, 4, 20))
     # random.Random's algorithm is specified; these pin it and the generator together.
-    assert (_digest(Split.TRAIN), _digest(Split.HELD_OUT)) == ("54f8f1914cad1cd5", "480ae68ad6a2e37c")
+    assert (_digest(Split.TRAIN), _digest(Split.HELD_OUT)) == ("4211c4b5474fb6c9", "0b75bc8ead18579b")
 
 
 def test_held_out_items_differ_from_training_items_in_numbers_and_structure():
@@ -39,7 +39,7 @@ def test_held_out_items_differ_from_training_items_in_numbers_and_structure():
     assert all(split_of(c.key) is Split.HELD_OUT for c in held)
     assert len({c.key for c in held}) > 240  # not a handful of items repeated
     # Read back from the text, names left out: the numbers of a held-out request never come with the same
-    # numbers in training (the stacks' structure is their key's facts order, checked above).
+    # numbers in training (a stack's numbers are its heights and where the box wanted stands, checked above).
     assert not {_numbers(c) for c in train} & {_numbers(c) for c in held if c.family is not Family.STACK}
 
 
@@ -55,6 +55,16 @@ def test_every_family_appears_in_turn_and_tool_conversations_declare_the_tools()
     assert all(c.tools for c in tool) and not any(c.tools for c in convs if c.family is not Family.TOOL)
     assert any(c.tool_call is None and c.messages[-1]["role"] == "tool" for c in tool)
     assert {c.tool_call.name for c in tool if c.tool_call} == {"navigate_to", "move_arm"}
+    # The place a call names is read after the same words it followed before: "to the" in the request
+    # and in the reasoning, "location" in the reasoning and in the call.
+    for c in (c for c in tool if c.tool_call and c.tool_call.name == "navigate_to"):
+        place, meters = c.tool_call.arguments["location"], c.tool_call.arguments["distance_m"]
+        assert f"to the {place}." in c.messages[-1]["content"]
+        assert f"to the {place}: location {place}, distance_m {meters}." in c.reasoning
+    for c in (c for c in tool if c.tool_call is None):  # the object, after "Pick up the" as in the request
+        obj = c.answer.removesuffix(".").split()[-1]
+        assert f"Pick up the {obj}." in c.messages[1]["content"] and c.reasoning.startswith(f"Pick up the {obj}:")
+        assert json.loads(c.messages[-1]["content"])["object"] == obj
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -67,9 +77,11 @@ def test_the_reasoning_derives_the_answer(seed):
     t = Travel.draw(rng)
     assert t.total() == t.seconds() * t.speed and min(t.first, t.second) >= 2
     s = Stack.draw(rng)
-    lift = s.to_lift()
-    assert lift[0] == s.chain[-1] and lift[-1] == s.chain[1] and s.chain[0] not in lift
-    assert all(f"on the {s.chain[i]} box" in s.question().lower() for i in range(len(s.chain) - 1))
+    lift, stack = s.to_lift(), s.stacks[s.index]
+    assert lift and lift[0] == stack[-1] and s.wanted() not in lift and s.wanted() in stack
+    assert ", ".join(reversed(lift)) in s.question() and ", ".join(reversed(lift)) in s.reasoning()
+    stacks = s.question().split(". The robot needs")[0].split(";")
+    assert sum(f" {s.wanted()}," in part + "," for part in stacks) == 1  # in one stack only
 
 
 def test_a_reply_is_judged_on_its_answer_or_its_single_tool_call():

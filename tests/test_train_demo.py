@@ -20,8 +20,10 @@ from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.engine.engine import Engine
 from edge_runtime.engine.records import GenerationRequest, SamplingParams
 from nemotron_export.bundle import ExportOptions, export_bundle
-from nemotron_export.demo_model.train import (DEMO_CONFIG, STATE_FILE, TrainOptions, init_weights, loss_of,
-                                              shared_prefix, train_demo, weighted_loss)
+from nemotron_export.demo_model.tasks import PLACES
+from nemotron_export.demo_model.train import (DEMO_CONFIG, STATE_FILE, UNSPACED_SHARE, TrainOptions, demo_tokenizer,
+                                              init_weights, loss_of, shared_prefix, train_demo, unspaced_words,
+                                              weighted_loss)
 from nemotron_export.model import NemotronH
 
 
@@ -35,7 +37,7 @@ def test_a_few_steps_make_a_checkpoint_the_exporter_and_runtime_take(tmp_path: P
         assert DEMO_CONFIG.tie_word_embeddings and "lm_head.weight" not in f.keys()  # the embedding, once
         # The table is not trained: it is still its seed's random initialisation (see EMBEDDING_STD).
         init = NemotronH(DEMO_CONFIG)
-        init_weights(init, TrainOptions().seed)
+        init_weights(init, TrainOptions().seed, demo_tokenizer(TrainOptions().seed))
         table = init.backbone.embeddings.weight.detach().to(torch.bfloat16)
         assert torch.equal(f.get_tensor("backbone.embeddings.weight"), table)
     config = json.loads((ckpt / "config.json").read_text())
@@ -72,7 +74,7 @@ def test_a_killed_run_resumes_where_its_state_was_saved(tmp_path: Path) -> None:
 
 def test_a_batch_s_shared_prefix_runs_once_with_the_loss_and_gradients_of_running_it_in_every_row() -> None:
     model = NemotronH(DEMO_CONFIG)
-    init_weights(model, 0)
+    init_weights(model, 0, demo_tokenizer(0))
     rng = np.random.default_rng(0)
     prefix = rng.integers(0, DEMO_CONFIG.vocab_size, 70)  # longer than a Mamba chunk (64)
     lengths = torch.tensor([90, 75, 71])
@@ -96,3 +98,17 @@ def test_a_batch_s_shared_prefix_runs_once_with_the_loss_and_gradients_of_runnin
     assert torch.allclose(shared, plain, rtol=1e-5)
     for got, want in zip(shared_grads, gradients(plain)):
         assert torch.allclose(got, want, rtol=1e-3, atol=1e-6)
+
+
+def test_every_place_is_one_token_both_ways_and_its_unspaced_row_is_its_spaced_row_shifted() -> None:
+    tokenizer = demo_tokenizer(0)
+    vocab = tokenizer.get_vocab()
+    pairs = unspaced_words(tokenizer)
+    assert all(pairs.get(vocab.get(p)) == vocab["Ġ" + p] for p in PLACES)
+    assert tokenizer.encode('"location": "desk"').tokens[-2:] == ["desk", '"']  # as a tool call writes it
+    model = NemotronH(DEMO_CONFIG)
+    init_weights(model, 0, tokenizer)
+    table = model.backbone.embeddings.weight.detach()  # [vocab, hidden]
+    shifts = torch.stack([table[u] / UNSPACED_SHARE - table[s] for u, s in pairs.items()])  # [pairs, hidden]
+    assert torch.allclose(shifts, shifts[:1].expand_as(shifts), atol=1e-6)
+    assert shifts[0].norm() > 0.5 * table[vocab["Ġdesk"]].norm()  # a real shift, not the spaced row again

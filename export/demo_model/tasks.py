@@ -8,17 +8,25 @@ depends on, so that answering without it means doing the whole derivation in one
 
 Task families (`Family`):
 - REACH: which arm reaches an object first, by Manhattan distance from each arm's base;
-- TRAVEL: seconds to a place two legs away at a given speed (a sum, then a division);
-- STACK: which boxes to lift, top first, to reach a box at the bottom of a stack (a chain to follow, then
-  to reverse); other stacks stand beside it as distractors. Each fact names the lower box first and the
-  reasoning repeats the facts in the order of the chain, so a step is finding the fact that begins with the
-  box just reached and reading the box it names next;
+- TRAVEL: seconds to a place two legs away at a given speed (a sum, digit by digit, then a division);
+- STACK: which boxes to lift, top first, to reach a box inside one of a few stacks (find the stack that holds
+  it, read the boxes above it, reverse them). The reasoning copies the stack from the box wanted up, in the
+  request's own words, so each box it writes is the one that followed the box before it in the request.
+  (Stacks stated as a chain of shuffled "On the X box is the Y box" facts were learned fact order by fact
+  order: a held-out order failed for every colouring of it, and a passed one for every colouring);
 - TOOL: a tool call whose arguments need the same derivations (`navigate_to` with a summed distance,
-  `move_arm` with the nearer arm), and replies to a tool response.
+  `move_arm` with the nearer arm), and replies to a tool response (which names the object, as a robot's
+  grasp report would).
+
+Every name the reply copies is written after the words it followed where it was read (the request's "to
+the shelf" becomes the reasoning's "to the shelf", and its "location shelf" the call's `"location":
+"shelf"`; the reply to a tool response repeats "Pick up the cup" first), because what a small model
+copies reliably is the token after a match of the tokens before it. A model trained on "Call navigate_to
+with location X", where nothing before X matched the request, wrote the same place for every request.
 
 Train and held-out items differ in their numbers and combinations, not only in names: every item has a
-key made of its numbers and its structure (the arm coordinates, the legs and speed, the order of the
-chain), and `split_of(key)` puts it in one split for good (a stable hash, the same on every machine).
+key made of its numbers and its structure (the arm coordinates, the legs and speed, the stacks' heights and
+where the box wanted stands), and `split_of(key)` puts it in one split for good (a stable hash, the same on every machine).
 `conversations(split, seed, count)` draws items of that split only, deterministically for a seed
 (`random.Random` is specified the same on every platform).
 """
@@ -162,51 +170,55 @@ class Travel:
     def seconds(self) -> int:
         return self.total() // self.speed
 
-    def distance_line(self) -> str:
-        return f"Distance: {self.first} + {self.second} = {self.total()} meters."
+    def distance_lines(self) -> str:
+        """The sum digit by digit, ones (and their carry) then tens, then the total: a sum of two numbers
+        learned whole is learned pair by pair, and a held-out pair is one the model never saw."""
+        a, b = self.first, self.second
+        ones = a % 10 + b % 10
+        tens = a // 10 + b // 10 + ones // 10
+        return (f"Ones: {a % 10} + {b % 10} = {ones}.\nTens: {a // 10} + {b // 10} + {ones // 10} = {tens}.\n"
+                f"Distance: {a} + {b} = {self.total()} meters.")
 
 
 @dataclass(frozen=True)
 class Stack:
-    """Boxes named by color: `chain[0]` is the box wanted, `chain[i+1]` sits on `chain[i]`; `others` are
-    separate stacks beside it (bottom first). Facts are stated in a shuffled `order`."""
+    """Stacks of boxes named by color, each listed from the bottom up; the box wanted is
+    `stacks[index][level]`, never a top box, so the boxes above it must be lifted first, top first."""
 
-    chain: tuple[str, ...]
-    others: tuple[tuple[str, ...], ...]
-    order: tuple[int, ...]
+    stacks: tuple[tuple[str, ...], ...]
+    index: int
+    level: int
 
     @staticmethod
     def draw(rng: random.Random) -> Stack:
-        depth, heights = rng.randint(2, 4), [rng.randint(2, 3) for _ in range(rng.randint(1, 2))]
-        colors = rng.sample(COLORS, depth + sum(heights))
-        chain, rest = tuple(colors[:depth]), colors[depth:]
-        others = []
-        for h in heights:
-            others.append(tuple(rest[:h]))
-            rest = rest[h:]
-        order = list(range(depth - 1 + sum(h - 1 for h in heights)))
-        rng.shuffle(order)
-        return Stack(chain, tuple(others), tuple(order))
+        while True:
+            heights = [rng.randint(1, 4) for _ in range(rng.randint(2, 3))]
+            if sum(heights) <= len(COLORS) and max(heights) >= 2:
+                break
+        colors = rng.sample(COLORS, sum(heights))
+        stacks = tuple(tuple(colors[sum(heights[:i]):sum(heights[:i + 1])]) for i in range(len(heights)))
+        index = rng.choice([i for i, h in enumerate(heights) if h >= 2])
+        return Stack(stacks, index, rng.randrange(heights[index] - 1))
 
     def key(self) -> tuple:
-        return ("stack", len(self.chain), tuple(len(o) for o in self.others), self.order)
+        return ("stack", tuple(len(s) for s in self.stacks), self.index, self.level)
 
-    def facts(self) -> list[str]:
-        pairs = [(self.chain[i + 1], self.chain[i]) for i in range(len(self.chain) - 1)]
-        pairs += [(o[i + 1], o[i]) for o in self.others for i in range(len(o) - 1)]
-        return [f"On the {below} box is the {top} box." for top, below in (pairs[i] for i in self.order)]
+    def wanted(self) -> str:
+        return self.stacks[self.index][self.level]
+
+    def from_wanted_up(self) -> list[str]:
+        return list(self.stacks[self.index][self.level:])
 
     def to_lift(self) -> list[str]:
-        return list(reversed(self.chain[1:]))
+        return list(reversed(self.from_wanted_up()[1:]))
 
     def question(self) -> str:
-        return " ".join(self.facts()) + f" The robot needs the {self.chain[0]} box. Which boxes must it lift first?"
+        return ("Stacks of boxes, each from the bottom up: " + "; ".join(", ".join(s) for s in self.stacks)
+                + f". The robot needs the {self.wanted()} box. Which boxes must it lift first?")
 
     def reasoning(self) -> str:
-        lines = [f"On the {below} box is the {top} box." for below, top in zip(self.chain, self.chain[1:])]
-        lines.append(f"On the {self.chain[-1]} box is nothing.")
-        lines.append("Lift from the top: " + ", then ".join(self.to_lift()) + ".")
-        return "\n".join(lines)
+        return (f"From the {self.wanted()} box up: " + ", ".join(self.from_wanted_up()) + ".\n"
+                + "Lift from the top: " + ", then ".join(self.to_lift()) + ".")
 
     def answer(self) -> str:
         return "Lift the " + " box, then the ".join(self.to_lift()) + " box."
@@ -228,7 +240,7 @@ def _travel(rng: random.Random, split: Split) -> Conversation:
     a, b = rng.sample(PLACES, 2)
     question = (f"The robot drives at {t.speed} meters per second. The {a} is {t.first} meters away and the {b} "
                 f"is {t.second} meters past the {a}. How long does it take to reach the {b}?")
-    reasoning = t.distance_line() + f"\nTime: {t.total()} / {t.speed} = {t.seconds()} seconds."
+    reasoning = t.distance_lines() + f"\nTime: {t.total()} / {t.speed} = {t.seconds()} seconds."
     return Conversation(Family.TRAVEL, t.key(), _user(question), reasoning, f"{t.seconds()} seconds.")
 
 
@@ -244,7 +256,7 @@ def _tool(rng: random.Random, split: Split) -> Conversation:
         a, b = rng.sample(PLACES, 2)
         question = f"Go to the {b}. The {a} is {t.first} meters ahead and the {b} is {t.second} meters past it."
         call = ToolCall("navigate_to", {"location": b, "distance_m": t.total()})
-        reasoning = t.distance_line() + f"\nCall navigate_to with location {b} and distance_m {t.total()}."
+        reasoning = t.distance_lines() + f"\nCall navigate_to to the {b}: location {b}, distance_m {t.total()}."
         return Conversation(Family.TOOL, ("legs", t.first, t.second), _user(question), reasoning, "", call, TOOLS)
     r = _draw(rng, split, Reach.draw)
     obj = rng.choice(OBJECTS)
@@ -258,11 +270,11 @@ def _tool(rng: random.Random, split: Split) -> Conversation:
     held = rng.random() < 0.5
     messages = messages + [
         {"role": "assistant", "content": "", "tool_calls": [{"name": call.name, "arguments": call.arguments}]},
-        {"role": "tool", "content": json.dumps({"holding": held, "grip_force": grip})}]
+        {"role": "tool", "content": json.dumps({"object": obj, "holding": held, "grip_force": grip})}]
     if held:
-        reasoning, answer = f"The {r.arm()} arm holds it with force {grip}.", f"I picked up the {obj}."
+        reasoning, answer = f"Pick up the {obj}: the {r.arm()} arm holds it with force {grip}.", f"I picked up the {obj}."
     else:
-        reasoning, answer = f"The {r.arm()} arm holds nothing.", f"I could not pick up the {obj}."
+        reasoning, answer = f"Pick up the {obj}: the {r.arm()} arm holds nothing.", f"I could not pick up the {obj}."
     return Conversation(Family.TOOL, r.key(), messages, reasoning, answer, None, TOOLS)
 
 

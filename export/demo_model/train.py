@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from edge_runtime.bundle.model_config import ModelConfig
 from nemotron_export.demo_model.examples import Example, ExampleBuilder, Mode, prompt_text
-from nemotron_export.demo_model.tasks import Split, conversations
+from nemotron_export.demo_model.tasks import PLACES, Split, conversations
 from nemotron_export.model import NemotronH
 from nemotron_export.synth import write_checkpoint
 from nemotron_export.tokenizer_synth import build_tokenizer
@@ -58,6 +58,11 @@ WARMUP_STEPS = 100
 # dimensions stay nearly orthogonal, and EMBEDDING_STD sizes them so the tied head's logits can reach
 # confident values through the final norm's weight.
 EMBEDDING_STD = 0.05
+# A word's token without its leading space (the `shelf` of `"location": "shelf"`) starts as the same
+# random row as its spaced token (`Ġshelf`) plus one vector shared by all such pairs, both scaled back to
+# EMBEDDING_STD. Copying a name into JSON is then the copy the model does everywhere plus one fixed shift,
+# not a map to learn name by name: with unrelated rows, the JSON named one place whatever the request said.
+UNSPACED_SHARE = 0.5 ** 0.5
 # The trained checkpoint, kept in the repository (not in the wheel); the embedded demo bundle is exported from it.
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "demo"
 STATE_FILE = "train_state.pt"
@@ -75,9 +80,13 @@ class TrainOptions:
 
 
 def demo_tokenizer(seed: int = 0) -> Tokenizer:
+    """The BPE trained on the corpus, a sample of conversations, and every place as a tool call writes it
+    (`"location": "desk"`), so each place is one token with and without its leading space, and the two
+    can be tied (`tie_unspaced_words`); the sample alone leaves a rarely called place in pieces."""
     sample = "\n".join(prompt_text(c, reasoning=True) + c.reply()
                        for c in conversations(Split.TRAIN, seed + 1000, TOKENIZER_SAMPLE))
-    return build_tokenizer(DEMO_CONFIG.vocab_size, sample, split_digits=True)
+    places = "\n".join(json.dumps({"location": p}) for p in PLACES)
+    return build_tokenizer(DEMO_CONFIG.vocab_size, sample + ("\n" + places) * 10, split_digits=True)
 
 
 def example(builder: ExampleBuilder, conv, seed: int, index: int) -> Example:
@@ -115,8 +124,9 @@ def collate(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return ids, weights, torch.tensor([len(e.ids) for e in batch])
 
 
-def init_weights(model: NemotronH, seed: int) -> None:
-    """GPT-2 style normal init, residual outputs scaled by depth; Mamba's A and dt as in Mamba-2."""
+def init_weights(model: NemotronH, seed: int, tokenizer: Tokenizer) -> None:
+    """GPT-2 style normal init, residual outputs scaled by depth; Mamba's A and dt as in Mamba-2; the
+    embedding table's unspaced words tied to their spaced forms (`tie_unspaced_words`)."""
     torch.manual_seed(seed)
     cfg = model.cfg
     with torch.no_grad():
@@ -132,12 +142,26 @@ def init_weights(model: NemotronH, seed: int) -> None:
                 p.fill_(1.0)
             elif name.endswith("embeddings.weight"):
                 p.normal_(0, EMBEDDING_STD)
+                tie_unspaced_words(p, tokenizer)
             elif "conv1d" in name:
                 continue  # PyTorch's default suits a depthwise kernel of 4
             elif name.endswith(("out_proj.weight", "down_proj.weight", "o_proj.weight")):
                 p.normal_(0, 0.02 / math.sqrt(2 * len(cfg.pattern)))
             else:
                 p.normal_(0, 0.02)
+
+
+def unspaced_words(tokenizer: Tokenizer) -> dict[int, int]:
+    """{id of a word's token without its leading space: id of the spaced token} for every word that has both."""
+    vocab = tokenizer.get_vocab()
+    return {vocab[t[1:]]: i for t, i in vocab.items() if t.startswith("Ġ") and t[1:].isascii() and t[1:].isalpha() and t[1:] in vocab}
+
+
+def tie_unspaced_words(table: torch.Tensor, tokenizer: Tokenizer) -> None:
+    """Rows [vocab, hidden] of unspaced words := UNSPACED_SHARE * (spaced row + a shared random vector)."""
+    shift = torch.randn(table.shape[1]) * EMBEDDING_STD  # [hidden]
+    for unspaced, spaced in unspaced_words(tokenizer).items():
+        table[unspaced] = UNSPACED_SHARE * (table[spaced] + shift)
 
 
 def freeze_embeddings(model: NemotronH) -> None:
@@ -199,8 +223,8 @@ def train_demo(out: Path, opts: TrainOptions, resume: bool = False, progress: bo
         step, consumed, elapsed, tokens, history = (state[k] for k in ("step", "consumed", "elapsed", "tokens", "history"))
     else:
         partial.mkdir(parents=True, exist_ok=True)
-        init_weights(model, opts.seed)
         tokenizer = demo_tokenizer(opts.seed)
+        init_weights(model, opts.seed, tokenizer)
         step, consumed, elapsed, tokens, history = 0, 0, 0.0, 0, []
 
     def save() -> None:
