@@ -21,15 +21,15 @@ sock="${TMPDIR:-/tmp}/nemotron-edge-demo/edge.sock"
 .venv/bin/nemotron-edge serve --listen "unix:$sock" ${kernels[@]+"${kernels[@]}"} &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-# The demo model was trained with this system prompt (export/demo_model/tasks.py).
+# The demo model was trained with this system prompt (export/demo_model/tasks.py); greedy, as its accuracy is measured.
 system="You are the assistant of a two-armed mobile robot. Answer briefly."
-.venv/bin/nemotron-edge chat --server "unix:$sock" --wait 120 --max-thinking-tokens 128 --max-answer-tokens 48 \
+.venv/bin/nemotron-edge chat --server "unix:$sock" --wait 120 --greedy --max-thinking-tokens 128 --max-answer-tokens 48 \
     --system "$system" \
     "${1:-The robot drives at 3 meters per second. The lab is 4 meters away and the kitchen is 14 meters past the lab. How long does it take to reach the kitchen?}"
 if [ $# -eq 0 ]; then
   # One tool round trip: the model calls move_arm, the tool's response goes back, the model answers it.
   echo
-  .venv/bin/nemotron-edge chat --server "unix:$sock" --max-thinking-tokens 128 --max-answer-tokens 48 \
+  .venv/bin/nemotron-edge chat --server "unix:$sock" --greedy --max-thinking-tokens 128 --max-answer-tokens 48 \
       --system "$system" --tools scripts/demo-tools.json --tool-result '{"object": "apple", "holding": true, "grip_force": 42}' \
       "The apple is at x 8, y 4. The left arm is at x 3, y 7 and the right arm is at x 8, y 8. Pick up the apple."
 fi

@@ -42,3 +42,16 @@ def test_a_round_trip_appends_the_call_and_the_response_as_the_template_renders_
     text = ChatTemplate(bundle.chat_template, bundle.special_tokens).render(then)
     assert '"name": "move_arm"' in text and '{"holding": true}' in text
     assert round_trip(messages, Final(FinishReason.STOP, Usage(), Timings()), "x") is None  # no call, no second turn
+
+
+def test_greedy_chat_answers_as_the_demo_benchmark_measures(capsys: pytest.CaptureFixture[str]) -> None:
+    # A held-out stack that a sampled run (temperature 0.6, the default with reasoning on) got wrong.
+    from edge_runtime.cli import main
+    from nemotron_export.demo_model.tasks import SYSTEM_PROMPT, Split, conversations
+
+    conv = list(conversations(Split.HELD_OUT, 0, 24))[22]
+    assert main(["chat", "--greedy", "--json", "--system", SYSTEM_PROMPT, conv.messages[-1]["content"]]) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert final["answer_text"].strip() == conv.answer
+    with pytest.raises(SystemExit):  # greedy has no seed
+        main(["chat", "--greedy", "--seed", "1", "x"])

@@ -54,9 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--thinking-deadline-ms", type=float)
     p.add_argument("--max-answer-tokens", type=int)
     p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--seed", type=int, help="sampling seed (reasoning on samples at temperature 0.6, top-p 0.95)")
+    sampling = p.add_mutually_exclusive_group()
+    sampling.add_argument("--seed", type=int, help="sampling seed (reasoning on samples at temperature 0.6, top-p 0.95)")
+    sampling.add_argument("--greedy", action="store_true", help="greedy decoding (temperature 0)")
     p.add_argument("--json", action="store_true", help="print the final record as JSON")
     p.set_defaults(func=run)
+
+
+def sampling_of(args: argparse.Namespace) -> dict | None:
+    """The request's sampling fields the command line sets; None leaves them to the model's defaults."""
+    if args.greedy:
+        return {"temperature": 0.0}
+    return None if args.seed is None else {"seed": args.seed}
 
 
 def messages_of(args: argparse.Namespace) -> list[dict]:
@@ -187,7 +196,7 @@ def _run_local(args: argparse.Namespace, chat, messages: list[dict], tools: list
         response_format=ResponseFormat.from_openai(response_format_of(args)),
         max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
         thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
-        max_tokens=args.max_tokens, sampling={} if args.seed is None else {"seed": args.seed},
+        max_tokens=args.max_tokens, sampling=sampling_of(args) or {},
     )
     handle = chat.submit(request, display)
     engine.run_until_done([handle])
@@ -211,7 +220,7 @@ def _run_server(args: argparse.Namespace, messages: list[dict], tools: list[dict
             response_format=response_format_of(args),
             max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
             thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
-            max_tokens=args.max_tokens, sampling=None if args.seed is None else {"seed": args.seed})
+            max_tokens=args.max_tokens, sampling=sampling_of(args))
         for event in stream:
             if display is not None:
                 display(event)
