@@ -12,8 +12,10 @@ import pytest
 from edge_runtime.bundle.demo import DEMO_BUNDLE
 from edge_runtime.bundle.chat_template import ChatTemplate
 from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.cli import main
 from edge_runtime.commands.chat import round_trip, tools_of
 from edge_runtime.engine.records import Final, FinishReason, RequestError, Timings, ToolCallRecord, Usage
+from nemotron_export.demo_model.tasks import SYSTEM_PROMPT, Split, conversations
 
 
 def _args(tools: Path | None) -> argparse.Namespace:
@@ -46,9 +48,6 @@ def test_a_round_trip_appends_the_call_and_the_response_as_the_template_renders_
 
 def test_greedy_chat_answers_as_the_demo_benchmark_measures(capsys: pytest.CaptureFixture[str]) -> None:
     # A held-out stack that a sampled run (temperature 0.6, the default with reasoning on) got wrong.
-    from edge_runtime.cli import main
-    from nemotron_export.demo_model.tasks import SYSTEM_PROMPT, Split, conversations
-
     conv = list(conversations(Split.HELD_OUT, 0, 24))[22]
     assert main(["chat", "--greedy", "--json", "--system", SYSTEM_PROMPT, conv.messages[-1]["content"]]) == 0
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

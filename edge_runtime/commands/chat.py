@@ -61,11 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def sampling_of(args: argparse.Namespace) -> dict | None:
-    """The request's sampling fields the command line sets; None leaves them to the model's defaults."""
+def sampling_of(args: argparse.Namespace) -> dict:
+    """The request's sampling fields the command line sets; the rest stay the model card's defaults."""
     if args.greedy:
         return {"temperature": 0.0}
-    return None if args.seed is None else {"seed": args.seed}
+    return {} if args.seed is None else {"seed": args.seed}
 
 
 def messages_of(args: argparse.Namespace) -> list[dict]:
@@ -196,7 +196,7 @@ def _run_local(args: argparse.Namespace, chat, messages: list[dict], tools: list
         response_format=ResponseFormat.from_openai(response_format_of(args)),
         max_thinking_tokens=args.max_thinking_tokens, thinking_grace_tokens=args.thinking_grace_tokens,
         thinking_deadline_ms=args.thinking_deadline_ms, max_answer_tokens=args.max_answer_tokens,
-        max_tokens=args.max_tokens, sampling=sampling_of(args) or {},
+        max_tokens=args.max_tokens, sampling=sampling_of(args),
     )
     handle = chat.submit(request, display)
     engine.run_until_done([handle])

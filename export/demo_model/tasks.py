@@ -26,7 +26,8 @@ with location X", where nothing before X matched the request, wrote the same pla
 
 Train and held-out items differ in their numbers and combinations, not only in names: every item has a
 key made of its numbers and its structure (the arm coordinates, the legs and speed, the stacks' heights and
-where the box wanted stands), and `split_of(key)` puts it in one split for good (a stable hash, the same on every machine).
+where the box wanted stands), and `split_of(key)` puts it in one split for good (a stable hash, the same
+on every machine).
 `conversations(split, seed, count)` draws items of that split only, deterministically for a seed
 (`random.Random` is specified the same on every platform).
 """
@@ -271,10 +272,9 @@ def _tool(rng: random.Random, split: Split) -> Conversation:
     messages = messages + [
         {"role": "assistant", "content": "", "tool_calls": [{"name": call.name, "arguments": call.arguments}]},
         {"role": "tool", "content": json.dumps({"object": obj, "holding": held, "grip_force": grip})}]
-    if held:
-        reasoning, answer = f"Pick up the {obj}: the {r.arm()} arm holds it with force {grip}.", f"I picked up the {obj}."
-    else:
-        reasoning, answer = f"Pick up the {obj}: the {r.arm()} arm holds nothing.", f"I could not pick up the {obj}."
+    grasp = f"holds it with force {grip}" if held else "holds nothing"
+    reasoning = f"Pick up the {obj}: the {r.arm()} arm {grasp}."
+    answer = f"I picked up the {obj}." if held else f"I could not pick up the {obj}."
     return Conversation(Family.TOOL, r.key(), messages, reasoning, answer, None, TOOLS)
 
 

@@ -154,7 +154,8 @@ def init_weights(model: NemotronH, seed: int, tokenizer: Tokenizer) -> None:
 def unspaced_words(tokenizer: Tokenizer) -> dict[int, int]:
     """{id of a word's token without its leading space: id of the spaced token} for every word that has both."""
     vocab = tokenizer.get_vocab()
-    return {vocab[t[1:]]: i for t, i in vocab.items() if t.startswith("Ġ") and t[1:].isascii() and t[1:].isalpha() and t[1:] in vocab}
+    words = {t[1:]: i for t, i in vocab.items() if t.startswith("Ġ") and t[1:].isascii() and t[1:].isalpha()}
+    return {vocab[word]: spaced for word, spaced in words.items() if word in vocab}
 
 
 def tie_unspaced_words(table: torch.Tensor, tokenizer: Tokenizer) -> None:
