@@ -29,7 +29,7 @@ def test_the_same_seed_gives_the_same_conversations_on_every_machine():
     assert list(conversations(Split.TRAIN, 3, 20)) == list(conversations(Split.TRAIN, 3, 20))
     assert list(conversations(Split.TRAIN, 3, 20)) != list(conversations(Split.TRAIN, 4, 20))
     # random.Random's algorithm is specified; these pin it and the generator together.
-    assert (_digest(Split.TRAIN), _digest(Split.HELD_OUT)) == ("4211c4b5474fb6c9", "0b75bc8ead18579b")
+    assert (_digest(Split.TRAIN), _digest(Split.HELD_OUT)) == ("d967df4009bd3993", "871761f4b6d438b1")
 
 
 def test_held_out_items_differ_from_training_items_in_numbers_and_structure():
@@ -51,6 +51,9 @@ def test_every_family_appears_in_turn_and_tool_conversations_declare_the_tools()
     convs = list(conversations(Split.HELD_OUT, 0, 200))
     assert [c.family for c in convs[:4]] == list(Family)
     assert {f: sum(c.family is f for c in convs) for f in Family} == {f: 50 for f in Family}
+    mixed = list(conversations(Split.TRAIN, 0, 40, {Family.REACH: 1, Family.STACK: 3}))  # training's weighted stream
+    assert [c.family for c in mixed[:8]] == [Family.REACH, Family.STACK, Family.STACK, Family.STACK] * 2
+    assert sum(c.family is Family.STACK for c in mixed) == 30
     tool = [c for c in convs if c.family is Family.TOOL]
     assert all(c.tools for c in tool) and not any(c.tools for c in convs if c.family is not Family.TOOL)
     assert any(c.tool_call is None and c.messages[-1]["role"] == "tool" for c in tool)
@@ -59,12 +62,12 @@ def test_every_family_appears_in_turn_and_tool_conversations_declare_the_tools()
     # and in the reasoning, "location" in the reasoning and in the call.
     for c in (c for c in tool if c.tool_call and c.tool_call.name == "navigate_to"):
         place, meters = c.tool_call.arguments["location"], c.tool_call.arguments["distance_m"]
-        assert f"to the {place}." in c.messages[-1]["content"]
+        assert c.messages[-1]["content"].endswith(f"Go to the {place}.") and c.reasoning.startswith(f"Go to the {place}.")
         assert f"to the {place}: location {place}, distance_m {meters}." in c.reasoning
-    for c in (c for c in tool if c.tool_call is None):  # the object, after "Pick up the" as in the request
-        obj = c.answer.removesuffix(".").split()[-1]
-        assert f"Pick up the {obj}." in c.messages[1]["content"] and c.reasoning.startswith(f"Pick up the {obj}:")
-        assert json.loads(c.messages[-1]["content"])["object"] == obj
+    for c in (c for c in tool if c.tool_call is None):  # the grasp report decides the reply
+        held = json.loads(c.messages[-1]["content"])["holding"]
+        assert c.reasoning.startswith(f"Holding {json.dumps(held)}:")
+        assert c.answer == ("I picked it up." if held else "I could not pick it up.")
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -79,9 +82,9 @@ def test_the_reasoning_derives_the_answer(seed):
     s = Stack.draw(rng)
     lift, stack = s.to_lift(), s.stacks[s.index]
     assert lift and lift[0] == stack[-1] and s.wanted() not in lift and s.wanted() in stack
-    assert ", ".join(reversed(lift)) in s.question() and ", ".join(reversed(lift)) in s.reasoning()
+    assert " ".join(reversed(lift)) + " (top)" in s.question() and " ".join(reversed(lift)) + " (top)." in s.reasoning()
     stacks = s.question().split(". The robot needs")[0].split(";")
-    assert sum(f" {s.wanted()}," in part + "," for part in stacks) == 1  # in one stack only
+    assert sum(f" {s.wanted()} " in f" {part} " for part in stacks) == 1  # in one stack only
 
 
 def test_a_reply_is_judged_on_its_answer_or_its_single_tool_call():

@@ -11,18 +11,23 @@ Task families (`Family`):
 - TRAVEL: seconds to a place two legs away at a given speed (a sum, digit by digit, then a division);
 - STACK: which boxes to lift, top first, to reach a box inside one of a few stacks (find the stack that holds
   it, read the boxes above it, reverse them). The reasoning copies the stack from the box wanted up, in the
-  request's own words, so each box it writes is the one that followed the box before it in the request.
+  request's own words, so each box it writes is the one that directly followed the box before it in the
+  request (no comma between them: the token to match is the one just written), down to the "(top)" that
+  ends each stack there (unmarked, with commas, a copy ran on into the next stack or stopped short, by the
+  stacks' heights rather than by the words).
   (Stacks stated as a chain of shuffled "On the X box is the Y box" facts were learned fact order by fact
   order: a held-out order failed for every colouring of it, and a passed one for every colouring);
 - TOOL: a tool call whose arguments need the same derivations (`navigate_to` with a summed distance,
-  `move_arm` with the nearer arm), and replies to a tool response (which names the object, as a robot's
-  grasp report would).
+  `move_arm` with the nearer arm), and replies to a tool response: the grasp report says whether the arm
+  holds the object, and the reply says whether it was picked up.
 
-Every name the reply copies is written after the words it followed where it was read (the request's "to
-the shelf" becomes the reasoning's "to the shelf", and its "location shelf" the call's `"location":
-"shelf"`; the reply to a tool response repeats "Pick up the cup" first), because what a small model
-copies reliably is the token after a match of the tokens before it. A model trained on "Call navigate_to
-with location X", where nothing before X matched the request, wrote the same place for every request.
+Every name the reply copies is written after the words it followed where it was read (the request's last
+sentence, "Go to the shelf.", starts the reasoning, whose "to the shelf" becomes "location shelf" and the call's
+`"location": "shelf"`), because what a small model copies reliably is the token after a match of the
+tokens before it. A model trained on "Call navigate_to with location X", where nothing before X matched
+the request, wrote the same place for every request. The reply to a grasp report names no object: read
+back from the request three turns earlier, the object was right in one trained model and the same object
+for every request in the next.
 
 Train and held-out items differ in their numbers and combinations, not only in names: every item has a
 key made of its numbers and its structure (the arm coordinates, the legs and speed, the stacks' heights and
@@ -214,11 +219,11 @@ class Stack:
         return list(reversed(self.from_wanted_up()[1:]))
 
     def question(self) -> str:
-        return ("Stacks of boxes, each from the bottom up: " + "; ".join(", ".join(s) for s in self.stacks)
+        return ("Stacks of boxes, each from the bottom up: " + "; ".join(" ".join(s) + " (top)" for s in self.stacks)
                 + f". The robot needs the {self.wanted()} box. Which boxes must it lift first?")
 
     def reasoning(self) -> str:
-        return (f"From the {self.wanted()} box up: " + ", ".join(self.from_wanted_up()) + ".\n"
+        return (f"From the {self.wanted()} box up: " + " ".join(self.from_wanted_up()) + " (top).\n"
                 + "Lift from the top: " + ", then ".join(self.to_lift()) + ".")
 
     def answer(self) -> str:
@@ -255,9 +260,9 @@ def _tool(rng: random.Random, split: Split) -> Conversation:
     if kind == 0:  # navigate_to with the summed distance: the legs are all the request says
         t = _draw(rng, split, Travel.draw, key=lambda t: ("legs", t.first, t.second))
         a, b = rng.sample(PLACES, 2)
-        question = f"Go to the {b}. The {a} is {t.first} meters ahead and the {b} is {t.second} meters past it."
+        question = f"The {a} is {t.first} meters ahead and the {b} is {t.second} meters past it. Go to the {b}."
         call = ToolCall("navigate_to", {"location": b, "distance_m": t.total()})
-        reasoning = t.distance_lines() + f"\nCall navigate_to to the {b}: location {b}, distance_m {t.total()}."
+        reasoning = f"Go to the {b}.\n" + t.distance_lines() + f"\nCall navigate_to to the {b}: location {b}, distance_m {t.total()}."
         return Conversation(Family.TOOL, ("legs", t.first, t.second), _user(question), reasoning, "", call, TOOLS)
     r = _draw(rng, split, Reach.draw)
     obj = rng.choice(OBJECTS)
@@ -273,8 +278,8 @@ def _tool(rng: random.Random, split: Split) -> Conversation:
         {"role": "assistant", "content": "", "tool_calls": [{"name": call.name, "arguments": call.arguments}]},
         {"role": "tool", "content": json.dumps({"object": obj, "holding": held, "grip_force": grip})}]
     grasp = f"holds it with force {grip}" if held else "holds nothing"
-    reasoning = f"Pick up the {obj}: the {r.arm()} arm {grasp}."
-    answer = f"I picked up the {obj}." if held else f"I could not pick up the {obj}."
+    reasoning = f"Holding {json.dumps(held)}: the {r.arm()} arm {grasp}."
+    answer = "I picked it up." if held else "I could not pick it up."
     return Conversation(Family.TOOL, r.key(), messages, reasoning, answer, None, TOOLS)
 
 
@@ -290,12 +295,19 @@ MAKERS: dict[Family, Callable[[random.Random, Split], Conversation]] = {
     Family.REACH: _reach, Family.TRAVEL: _travel, Family.STACK: _stack, Family.TOOL: _tool}
 
 
-def conversations(split: Split, seed: int, count: int) -> Iterator[Conversation]:
-    """`count` conversations of `split`, the families in turn, deterministic for `seed`."""
+def conversations(split: Split, seed: int, count: int, mix: dict[Family, int] | None = None) -> Iterator[Conversation]:
+    """`count` conversations of `split`, deterministic for `seed`: the families in turn, or in a cycle where
+    each family comes `mix[family]` times (in turn while each has some left)."""
     rng = random.Random(f"{split.value}:{seed}")
-    families = list(Family)
+    left = dict(mix) if mix else {f: 1 for f in Family}
+    cycle = []
+    while any(left.values()):
+        for f in Family:
+            if left.get(f, 0):
+                cycle.append(f)
+                left[f] -= 1
     for i in range(count):
-        yield MAKERS[families[i % len(families)]](rng, split)
+        yield MAKERS[cycle[i % len(cycle)]](rng, split)
 
 
 def normalized(text: str) -> str:
