@@ -11,14 +11,15 @@
 #
 # Layout: .whl/N/ folders, each under PART_MIB. A wheel larger than that is cut (`split`) into
 # NAME.part-00, NAME.part-01, ... one part per folder; gpu-check.sh --wheels .whl glues them back in order.
-# Each call also carries the working tree (about 6 MiB), hence parts of 50 MiB rather than 60.
+# Each call also carries the working tree (about 17 MiB with the demo checkpoint and bundle), hence parts
+# of 40 MiB rather than 60.
 # On the GPU machine: one call per folder while it stays warm (carry [".whl/1"], then [".whl/2"], ...:
 # a carried folder stays there between calls), the last one running
 #   bash scripts/gpu-check.sh --wheels .whl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PART_MIB=50
+PART_MIB=40
 WHEELS=(onnxruntime-gpu==1.31.1 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12 llguidance==1.9.1)
 PY=${PYTHON:-python3}
 
